@@ -1,0 +1,1 @@
+"""crankmesh: a decentralized pub/sub bidding mesh."""

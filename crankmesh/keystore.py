@@ -1,0 +1,105 @@
+"""Key files: one Ed25519 identity per file, created 0600, refused if others can read it.
+
+Format (JSON, one object)::
+
+    {"type": "crankmesh-ed25519-v1", "did": "did:key:z6Mk…", "seed": "<64 hex chars>"}
+
+The DID is stored for humans and checked against the seed on load.
+
+Error handling: every problem (missing file, bad JSON, wrong DID, unsafe mode)
+raises :class:`~crankmesh.protocol.errors.KeystoreError` with the path and what
+to do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+from .protocol.errors import KeystoreError
+from .protocol.identity import Identity
+
+__all__ = [
+    "KEY_TYPE",
+    "default_key_path",
+    "load_identity",
+    "load_or_create_identity",
+    "save_identity",
+]
+
+KEY_TYPE = "crankmesh-ed25519-v1"
+
+
+def default_key_path() -> Path:
+    base = os.environ.get("CRANKMESH_HOME") or os.path.join(Path.home(), ".crankmesh")
+    return Path(base) / "node.key"
+
+
+def save_identity(
+    identity: Identity, path: str | os.PathLike[str], *, overwrite: bool = False
+) -> Path:
+    """Write ``identity`` to ``path`` with mode 0600 (parent created 0700)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
+    data = json.dumps({"type": KEY_TYPE, "did": identity.did, "seed": identity.seed.hex()})
+    try:
+        fd = os.open(p, flags, 0o600)
+    except FileExistsError:
+        raise KeystoreError(f"{p} already exists; refusing to overwrite a key") from None
+    except OSError as exc:
+        raise KeystoreError(f"cannot create key file {p}: {exc.strerror}") from exc
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, data.encode() + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return p
+
+
+def load_identity(path: str | os.PathLike[str]) -> Identity:
+    """Load a key file, refusing one that group or others can read or write."""
+    p = Path(path)
+    try:
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        raise KeystoreError(
+            f"no key file at {p}; create one with `crankmesh identity new --out {p}`"
+        ) from None
+    except OSError as exc:
+        raise KeystoreError(f"cannot open key file {p}: {exc.strerror}") from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise KeystoreError(f"{p} is not a regular file")
+        if st.st_mode & 0o077:
+            raise KeystoreError(
+                f"key file {p} has mode {stat.S_IMODE(st.st_mode):04o}; it must not be "
+                f"accessible by group or others (run `chmod 600 {p}`)"
+            )
+        raw = os.read(fd, 4096)
+    finally:
+        os.close(fd)
+    try:
+        doc = json.loads(raw)
+        if doc.get("type") != KEY_TYPE:
+            raise ValueError(f"unknown key type {doc.get('type')!r}")
+        identity = Identity.from_seed(bytes.fromhex(doc["seed"]))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise KeystoreError(f"{p} is not a crankmesh key file: {exc}") from None
+    if doc.get("did") not in (None, identity.did):
+        raise KeystoreError(f"{p}: stored DID {doc['did']} does not match the key")
+    return identity
+
+
+def load_or_create_identity(path: str | os.PathLike[str]) -> Identity:
+    """Load the key at ``path``, creating a new one there if none exists."""
+    p = Path(path)
+    if p.exists():
+        return load_identity(p)
+    identity = Identity.generate()
+    save_identity(identity, p)
+    return identity

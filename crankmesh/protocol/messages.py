@@ -1,0 +1,352 @@
+"""Typed protocol messages (RFC 0001 §6).
+
+Each signed message type is a frozen pydantic model validated once, at the
+boundary, from an :class:`~crankmesh.protocol.envelope.Envelope` body.  Inside
+crankmesh code trusts these types.  ``to_wire()`` gives the body map (``None``
+fields omitted); absent optional fields decode as ``None``.
+
+Content addresses are always computed over the bytes as received (e.g. the job
+CID over the ``job`` map inside an announce), never over a re-serialised model.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, ClassVar, Final, Literal, TypeVar
+
+import pydantic
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from .cid import CODEC_MESSAGEPACK, CODEC_RAW, cid_for_document, parse_cid
+from .encoding import canonical_encode
+from .envelope import Envelope, open_envelope, sign_envelope
+from .errors import DecodeError, InvalidCID, InvalidDID, ProtocolError, WrongMessageType
+from .identity import Identity, public_key_from_did
+
+__all__ = [
+    "CAPABILITY_RE",
+    "MESSAGE_TYPES",
+    "RECEIPT_STATUSES",
+    "Accept",
+    "Advert",
+    "AdvertCapability",
+    "Announce",
+    "Assignment",
+    "Bid",
+    "BidSlo",
+    "Constraints",
+    "JobSlo",
+    "JobSpec",
+    "Load",
+    "Metering",
+    "Receipt",
+    "ReceiptDelivery",
+    "Reject",
+    "Settlement",
+    "SignedMessage",
+    "decode_message",
+    "job_cid_of",
+]
+
+CAPABILITY_RE: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}(\.[a-z0-9][a-z0-9_-]{0,31}){0,7}$")
+
+
+def _check_did(value: str) -> str:
+    try:
+        public_key_from_did(value)
+    except InvalidDID as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
+def _cid_checker(codec: int | None) -> AfterValidator:
+    def check(value: str) -> str:
+        try:
+            got, _ = parse_cid(value)
+        except InvalidCID as exc:
+            raise ValueError(str(exc)) from None
+        if codec is not None and got != codec:
+            raise ValueError(f"{value} has the wrong codec for this field")
+        return value
+
+    return AfterValidator(check)
+
+
+def _check_capability(value: str) -> str:
+    if not CAPABILITY_RE.match(value):
+        raise ValueError(
+            f"capability {value!r} must be dot-separated lower-case tokens of [a-z0-9_-] "
+            "(it becomes part of a NATS subject)"
+        )
+    return value
+
+
+DID = Annotated[str, AfterValidator(_check_did)]
+DocCID = Annotated[str, _cid_checker(CODEC_MESSAGEPACK)]
+BlobCID = Annotated[str, _cid_checker(CODEC_RAW)]
+Capability = Annotated[str, AfterValidator(_check_capability)]
+UInt = Annotated[int, Field(ge=0, le=2**63 - 1)]
+PosInt = Annotated[int, Field(ge=1, le=2**63 - 1)]
+Nonce = Annotated[bytes, Field(min_length=16, max_length=32)]
+Currency = Annotated[str, Field(pattern=r"^[A-Z][A-Z0-9]{2,7}$")]
+ShortText = Annotated[str, Field(max_length=1024)]
+Token = Annotated[str, Field(pattern=r"^[a-z0-9_.-]{1,64}$")]
+
+RECEIPT_STATUSES: Final = (
+    "ok",
+    "error",
+    "timeout",
+    "output_limit",
+    "memory_limit",
+    "killed",
+    "sandbox_error",
+    "invalid_input",
+    "cancelled",
+)
+ReceiptStatus = Literal[
+    "ok",
+    "error",
+    "timeout",
+    "output_limit",
+    "memory_limit",
+    "killed",
+    "sandbox_error",
+    "invalid_input",
+    "cancelled",
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    def to_wire(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+# --------------------------------------------------------------------------- job
+
+
+class Constraints(_Model):
+    """Public execution parameters every bidder needs to see (seed 001)."""
+
+    timeout_ms: Annotated[int, Field(ge=1, le=86_400_000)] = 10_000
+    max_output_bytes: Annotated[int, Field(ge=0, le=1 << 30)] = 1 << 20
+    memory_mb: Annotated[int, Field(ge=1, le=1 << 24)] | None = None
+    accelerator: Literal["cpu", "gpu", "cuda", "rocm", "mps"] | None = None
+    env_profile: Token | None = None
+    runtime: Token | None = None
+    isolation: Literal["none", "basic", "standard", "strict"] | None = None
+
+
+class JobSlo(_Model):
+    """What the originator demands; all optional."""
+
+    p95_us: PosInt | None = None
+    p99_us: PosInt | None = None
+    min_accuracy_ppm: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
+
+
+class JobSpec(_Model):
+    """The content-addressed job document (payload excluded: only its CID)."""
+
+    v: Literal[1] = 1
+    capability: Capability
+    originator: DID
+    created: UInt
+    nonce: Nonce
+    payload: BlobCID
+    payload_size: UInt
+    deadline: UInt
+    constraints: Constraints = Constraints()
+    requirements: dict[str, Any] = Field(default_factory=dict)
+    slo: JobSlo | None = None
+    max_price: UInt | None = None
+    currency: Currency = "USD"
+    budget: DocCID | None = None
+
+
+def job_cid_of(job_wire: dict[str, Any]) -> str:
+    """The job CID: ``messagepack`` CID of the canonical job map."""
+    return cid_for_document(canonical_encode(job_wire))
+
+
+# --------------------------------------------------------------------------- signed
+
+
+class SignedMessage(_Model):
+    TYPE: ClassVar[str]
+    signer: DID
+    ts: UInt
+
+    def sign(self, identity: Identity) -> Envelope:
+        return sign_envelope(identity, self.TYPE, self.to_wire())
+
+
+class Announce(SignedMessage):
+    TYPE: ClassVar[str] = "announce"
+    exp: UInt
+    job: JobSpec
+
+
+class BidSlo(_Model):
+    """Self-measured performance promised with a bid or advert (microseconds)."""
+
+    p50_us: UInt | None = None
+    p95_us: UInt | None = None
+    p99_us: UInt | None = None
+    throughput_mjps: UInt | None = None  # milli-jobs per second
+    accuracy_ppm: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
+    samples: UInt = 0
+
+
+class Load(_Model):
+    running: UInt = 0
+    queued: UInt = 0
+    capacity: PosInt = 1
+
+
+class Bid(SignedMessage):
+    TYPE: ClassVar[str] = "bid"
+    exp: UInt
+    job: DocCID
+    nonce: Nonce
+    price: UInt
+    currency: Currency = "USD"
+    slo: BidSlo = BidSlo()
+    load: Load = Load()
+    est_us: UInt | None = None
+    isolation: Literal["none", "basic", "standard", "strict"] = "none"
+    match: Literal["compatible", "degraded"] = "compatible"
+    warnings: Annotated[list[ShortText], Field(max_length=16)] = Field(default_factory=list)
+
+
+class Assignment(SignedMessage):
+    TYPE: ClassVar[str] = "assignment"
+    exp: UInt
+    job: DocCID
+    bid: DocCID
+    executor: DID
+    attempt: Annotated[int, Field(ge=1, le=1000)]
+    nonce: Nonce
+    payload: bytes  # sealed box of the payload bytes to ``executor``
+    deadline: UInt  # receipt due (ms since the epoch)
+
+
+class Accept(SignedMessage):
+    TYPE: ClassVar[str] = "accept"
+    job: DocCID
+    assignment: DocCID
+    attempt: Annotated[int, Field(ge=1, le=1000)]
+
+
+class Reject(SignedMessage):
+    TYPE: ClassVar[str] = "reject"
+    job: DocCID
+    assignment: DocCID
+    attempt: Annotated[int, Field(ge=1, le=1000)]
+    reason: Token
+    detail: ShortText = ""
+
+
+class Metering(_Model):
+    wall_us: UInt = 0
+    cpu_us: UInt = 0
+    peak_rss_kb: UInt = 0
+
+
+class Receipt(SignedMessage):
+    TYPE: ClassVar[str] = "receipt"
+    job: DocCID
+    assignment: DocCID
+    bid: DocCID
+    originator: DID
+    attempt: Annotated[int, Field(ge=1, le=1000)]
+    status: ReceiptStatus
+    result: BlobCID | None = None
+    result_size: UInt = 0
+    metering: Metering = Metering()
+    charge: UInt = 0
+    currency: Currency = "USD"
+    seq: PosInt
+    prev: DocCID | None = None
+    budget: DocCID | None = None
+    detail: ShortText = ""
+
+
+class Settlement(SignedMessage):
+    """The originator's countersignature of the receipt it accepted."""
+
+    TYPE: ClassVar[str] = "settlement"
+    receipt: DocCID
+    job: DocCID
+    executor: DID
+    verified: bool
+    observed_us: UInt
+    promised_p95_us: UInt | None = None
+    charge: UInt = 0
+    currency: Currency = "USD"
+
+
+class AdvertCapability(_Model):
+    name: Capability
+    price: UInt
+    currency: Currency = "USD"
+    slo: BidSlo | None = None
+
+
+class Advert(SignedMessage):
+    TYPE: ClassVar[str] = "advert"
+    exp: UInt
+    seq: UInt = 0
+    name: Annotated[str, Field(max_length=64)] | None = None
+    region: Annotated[str, Field(max_length=64)] | None = None
+    capabilities: Annotated[list[AdvertCapability], Field(max_length=256)]
+    hardware: dict[str, Any] = Field(default_factory=dict)
+    load: Load = Load()
+    isolation: Literal["none", "basic", "standard", "strict"] = "none"
+    draining: bool = False
+
+
+MESSAGE_TYPES: Final[dict[str, type[SignedMessage]]] = {
+    cls.TYPE: cls
+    for cls in (Announce, Bid, Assignment, Accept, Reject, Receipt, Settlement, Advert)
+}
+
+M = TypeVar("M", bound=SignedMessage)
+
+
+def decode_message(
+    env_or_bytes: Envelope | bytes, model: type[M], *, max_len: int | None = None
+) -> tuple[Envelope, M]:
+    """Parse (not verify) a signed message of type ``model`` from bytes or an envelope.
+
+    Error handling: every defect raises a :class:`ProtocolError` subclass.
+    """
+    if isinstance(env_or_bytes, Envelope):
+        env = env_or_bytes
+        if env.type != model.TYPE:
+            raise WrongMessageType(env.type, model.TYPE)
+    else:
+        kwargs: dict[str, Any] = {} if max_len is None else {"max_len": max_len}
+        env = open_envelope(env_or_bytes, expected_type=model.TYPE, **kwargs)
+    try:
+        msg = model.model_validate(env.body)
+    except pydantic.ValidationError as exc:
+        errors = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5]
+        )
+        raise DecodeError(f"invalid {model.TYPE} body: {errors}") from None
+    except ProtocolError:
+        raise
+    return env, msg
+
+
+class ReceiptDelivery(_Model):
+    """Unsigned container on ``jobs.<cid>.receipt``: the signed receipt plus the
+    result sealed to the originator.  The receipt binds the result by CID."""
+
+    receipt: bytes
+    result: bytes | None = None
+
+    def encode(self) -> bytes:
+        return canonical_encode(self.to_wire())

@@ -1,0 +1,128 @@
+"""NATS subject names (RFC 0001 §7), on RFC 0022's pattern under a federation prefix.
+
+==============================================  ==========================================
+subject                                         carries
+==============================================  ==========================================
+``crank.<fed>.jobs.announce.<capability>``      Announce (capability may span tokens)
+``crank.<fed>.jobs.<job_cid>.bids``             Bid
+``crank.<fed>.jobs.<job_cid>.assignment.<id>``  Assignment as a request; reply Accept/Reject
+``crank.<fed>.jobs.<job_cid>.receipt``          ReceiptDelivery (receipt + sealed result)
+``crank.<fed>.receipts.<id>``                   Receipt (persisted in JetStream)
+``crank.<fed>.settlements.<id>``                Settlement (persisted in JetStream)
+``crank.<fed>.nodes.adverts``                   Advert heartbeats
+==============================================  ==========================================
+
+``<id>`` is a node's DID without ``did:key:`` (``z6Mk…``).  Putting the
+capability in the announce subject lets NATS deliver an announcement only to
+executors that offer it; putting the executor in the assignment subject lets
+NATS answer "no responders" at once when the assigned executor is gone.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Final
+
+from .identity import did_node_id
+
+__all__ = [
+    "ROOT",
+    "SubjectInfo",
+    "adverts",
+    "announce",
+    "announce_all",
+    "assignment",
+    "assignments_for",
+    "bids",
+    "check_federation",
+    "parse_subject",
+    "receipt_delivery",
+    "receipts",
+    "receipts_all",
+    "settlements",
+    "settlements_all",
+]
+
+ROOT: Final = "crank"
+_FED_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def check_federation(federation: str) -> str:
+    if not _FED_RE.match(federation):
+        raise ValueError(f"federation name {federation!r} must match [A-Za-z0-9_-]{{1,64}}")
+    return federation
+
+
+def announce(federation: str, capability: str) -> str:
+    return f"{ROOT}.{federation}.jobs.announce.{capability}"
+
+
+def announce_all(federation: str) -> str:
+    return f"{ROOT}.{federation}.jobs.announce.>"
+
+
+def bids(federation: str, job_cid: str) -> str:
+    return f"{ROOT}.{federation}.jobs.{job_cid}.bids"
+
+
+def assignment(federation: str, job_cid: str, executor_did: str) -> str:
+    return f"{ROOT}.{federation}.jobs.{job_cid}.assignment.{did_node_id(executor_did)}"
+
+
+def assignments_for(federation: str, executor_did: str) -> str:
+    return f"{ROOT}.{federation}.jobs.*.assignment.{did_node_id(executor_did)}"
+
+
+def receipt_delivery(federation: str, job_cid: str) -> str:
+    return f"{ROOT}.{federation}.jobs.{job_cid}.receipt"
+
+
+def receipts(federation: str, executor_did: str) -> str:
+    return f"{ROOT}.{federation}.receipts.{did_node_id(executor_did)}"
+
+
+def receipts_all(federation: str) -> str:
+    return f"{ROOT}.{federation}.receipts.*"
+
+
+def settlements(federation: str, originator_did: str) -> str:
+    return f"{ROOT}.{federation}.settlements.{did_node_id(originator_did)}"
+
+
+def settlements_all(federation: str) -> str:
+    return f"{ROOT}.{federation}.settlements.*"
+
+
+def adverts(federation: str) -> str:
+    return f"{ROOT}.{federation}.nodes.adverts"
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectInfo:
+    kind: str  # announce | bids | assignment | receipt | receipts | settlements | adverts
+    federation: str
+    job_cid: str | None = None
+    capability: str | None = None
+    node_id: str | None = None
+
+
+def parse_subject(subject: str) -> SubjectInfo:
+    """Classify a crankmesh subject; :class:`ValueError` for anything else."""
+    parts = subject.split(".")
+    if len(parts) < 4 or parts[0] != ROOT or not _FED_RE.match(parts[1]):
+        raise ValueError(f"not a crankmesh subject: {subject!r}")
+    fed, area, rest = parts[1], parts[2], parts[3:]
+    if area == "jobs":
+        if rest[0] == "announce" and len(rest) >= 2:
+            return SubjectInfo("announce", fed, capability=".".join(rest[1:]))
+        if len(rest) == 2 and rest[1] in ("bids", "receipt"):
+            kind = "bids" if rest[1] == "bids" else "receipt"
+            return SubjectInfo(kind, fed, job_cid=rest[0])
+        if len(rest) == 3 and rest[1] == "assignment":
+            return SubjectInfo("assignment", fed, job_cid=rest[0], node_id=rest[2])
+    elif area in ("receipts", "settlements") and len(rest) == 1:
+        return SubjectInfo(area, fed, node_id=rest[0])
+    elif area == "nodes" and rest == ["adverts"]:
+        return SubjectInfo("adverts", fed)
+    raise ValueError(f"not a crankmesh subject: {subject!r}")
