@@ -7,3 +7,6 @@ import pytest
 def anyio_backend() -> str:
     # nats-py is asyncio-only, so crankmesh runs anyio on the asyncio backend.
     return "asyncio"
+
+
+from crankmesh.testing import nats_cluster, nats_server  # noqa: E402, F401

@@ -27,6 +27,11 @@ PRIOR_BAD = 1.0
 UNKNOWN_REPUTATION = PRIOR_GOOD / (PRIOR_GOOD + PRIOR_BAD)
 
 
+def _check_counts(*counts: int) -> None:
+    if min(counts) < 0:
+        raise ValueError(f"reputation counts cannot be negative, got {counts}")
+
+
 def reputation_score(
     *,
     successes: int = 0,
@@ -36,8 +41,7 @@ def reputation_score(
     equivocations: int = 0,
 ) -> float:
     """The 0..1 reputation for these counts (see the module docstring for the formula)."""
-    if min(successes, failures, slo_met, slo_missed, equivocations) < 0:
-        raise ValueError("reputation counts cannot be negative")
+    _check_counts(successes, failures, slo_met, slo_missed, equivocations)
     if equivocations:
         return 0.0
     good = successes + slo_met
@@ -56,7 +60,10 @@ class LocalReputation:
     equivocations: int = 0
 
     def __post_init__(self) -> None:
-        if min(self.successes, self.failures, self.slo_met, self.slo_missed, self.equivocations) < 0:
+        if (
+            min(self.successes, self.failures, self.slo_met, self.slo_missed, self.equivocations)
+            < 0
+        ):
             raise ValueError("reputation counts cannot be negative")
 
     @property

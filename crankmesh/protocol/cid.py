@@ -82,9 +82,11 @@ def parse_cid(text: str) -> tuple[int, bytes]:
         raise InvalidCID(f"bad base32 in CID {text!r}") from exc
     for prefix, codec in _CODEC_OF_PREFIX.items():
         if raw.startswith(prefix) and len(raw) == len(prefix) + 32:
-            if len(text) != _STRLEN[codec]:
+            digest = raw[len(prefix) :]
+            # Also catches non-zero base32 pad bits: exactly one string per CID.
+            if len(text) != _STRLEN[codec] or cid_from_digest(digest, codec) != text:
                 raise InvalidCID(f"non-canonical CID string {text!r}")
-            return codec, raw[len(prefix) :]
+            return codec, digest
     raise InvalidCID(
         f"unsupported CID {text!r}: crankmesh accepts CIDv1 sha2-256 with codec messagepack or raw"
     )

@@ -144,7 +144,9 @@ def open_envelope(
     outer = canonical_decode(data)
     if not isinstance(outer, dict):
         raise DecodeError("an envelope is a map")
-    if "v" in outer and outer["v"] != PROTOCOL_VERSION:
+    # ``type(...) is not int``: True == 1 in Python, and the unsigned ``v`` must
+    # not admit a second encoding (it would give the same signature a new CID).
+    if "v" in outer and (type(outer["v"]) is not int or outer["v"] != PROTOCOL_VERSION):
         raise UnsupportedVersion(outer["v"], (PROTOCOL_VERSION,))
     if set(outer) != _ENVELOPE_KEYS:
         raise DecodeError(f"envelope keys must be {sorted(_ENVELOPE_KEYS)}, got {sorted(outer)}")
@@ -209,12 +211,15 @@ class ReplayGuard:
     retention).  Pure: the caller passes the clock.
     """
 
-    __slots__ = ("_capacity", "_expiry", "_heap", "evictions")
+    __slots__ = ("_capacity", "_expiry", "_heap", "_pushes", "evictions")
 
     def __init__(self, capacity: int = 100_000) -> None:
         self._capacity = capacity
         self._expiry: dict[bytes | str, int] = {}
-        self._heap: list[tuple[int, bytes | str]] = []
+        # (expiry, push counter, key): the counter breaks ties so that keys are
+        # never compared (bytes < str raises TypeError when both kinds are used).
+        self._heap: list[tuple[int, int, bytes | str]] = []
+        self._pushes = 0
         self.evictions = 0
 
     def __len__(self) -> int:
@@ -226,7 +231,7 @@ class ReplayGuard:
     def _prune(self, now_ms: int) -> None:
         heap = self._heap
         while heap and (heap[0][0] < now_ms or len(self._expiry) > self._capacity):
-            exp, key = heapq.heappop(heap)
+            exp, _, key = heapq.heappop(heap)
             if self._expiry.get(key) == exp:
                 if exp >= now_ms:
                     self.evictions += 1
@@ -238,6 +243,7 @@ class ReplayGuard:
         if key in self._expiry:
             raise ReplayedMessage(f"message {key!r:.80} was already seen")
         self._expiry[key] = expires_ms
-        heapq.heappush(self._heap, (expires_ms, key))
+        self._pushes += 1
+        heapq.heappush(self._heap, (expires_ms, self._pushes, key))
         if len(self._expiry) > self._capacity:
             self._prune(now_ms)

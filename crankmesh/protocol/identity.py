@@ -68,11 +68,16 @@ def did_from_public_key(public_key: bytes) -> str:
     return DID_PREFIX + b58encode(_ED25519_MULTICODEC + public_key)
 
 
-@functools.lru_cache(maxsize=8192)
 def public_key_from_did(did: str) -> bytes:
     """The 32-byte Ed25519 key inside a ``did:key``; :class:`InvalidDID` otherwise."""
+    # Type check before the cache: lru_cache would raise TypeError on unhashable input.
     if not isinstance(did, str) or not did.startswith(DID_PREFIX) or len(did) > 64:
         raise InvalidDID(f"not an Ed25519 did:key: {did!r:.80}")
+    return _public_key_from_did(did)
+
+
+@functools.lru_cache(maxsize=8192)
+def _public_key_from_did(did: str) -> bytes:
     try:
         raw = b58decode(did[len(DID_PREFIX) :])
     except ValueError as exc:
@@ -113,7 +118,11 @@ def verify_signature(did: str, message: bytes, signature: bytes) -> None:
 
 @functools.lru_cache(maxsize=4096)
 def _curve_public(did: str) -> nacl.public.PublicKey:
-    return nacl.public.PublicKey(bytes(_verify_key(did).to_curve25519_public_key()))
+    try:
+        curve = _verify_key(did).to_curve25519_public_key()
+    except nacl.exceptions.CryptoError as exc:  # not a valid (or a small-order) point
+        raise InvalidDID(f"{did} holds no usable Ed25519 public key") from exc
+    return nacl.public.PublicKey(bytes(curve))
 
 
 def seal(plaintext: bytes, recipient_did: str) -> bytes:

@@ -15,12 +15,19 @@ import re
 from typing import Annotated, Any, ClassVar, Final, Literal, TypeVar
 
 import pydantic
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from .cid import CODEC_MESSAGEPACK, CODEC_RAW, cid_for_document, parse_cid
 from .encoding import canonical_encode
 from .envelope import Envelope, open_envelope, sign_envelope
-from .errors import DecodeError, InvalidCID, InvalidDID, ProtocolError, WrongMessageType
+from .errors import (
+    DecodeError,
+    InvalidCID,
+    InvalidDID,
+    ProtocolError,
+    UnsupportedVersion,
+    WrongMessageType,
+)
 from .identity import Identity, public_key_from_did
 
 __all__ = [
@@ -34,6 +41,7 @@ __all__ = [
     "Assignment",
     "Bid",
     "BidSlo",
+    "Close",
     "Constraints",
     "JobSlo",
     "JobSpec",
@@ -48,7 +56,7 @@ __all__ = [
     "job_cid_of",
 ]
 
-CAPABILITY_RE: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}(\.[a-z0-9][a-z0-9_-]{0,31}){0,7}$")
+CAPABILITY_RE: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}(\.[a-z0-9][a-z0-9_-]{0,31}){0,7}\Z")
 
 
 def _check_did(value: str) -> str:
@@ -164,6 +172,15 @@ class JobSpec(_Model):
     currency: Currency = "USD"
     budget: DocCID | None = None
 
+    @field_validator("v", mode="before")
+    @classmethod
+    def _known_version(cls, value: object) -> object:
+        # Unknown versions are rejected with reason "version" (not "decode"), and
+        # ``True``/``1.0`` (equal to 1 in Python) are not version 1.
+        if type(value) is not int or value != 1:
+            raise UnsupportedVersion(value, (1,))
+        return value
+
 
 def job_cid_of(job_wire: dict[str, Any]) -> str:
     """The job CID: ``messagepack`` CID of the canonical job map."""
@@ -230,6 +247,17 @@ class Assignment(SignedMessage):
     nonce: Nonce
     payload: bytes  # sealed box of the payload bytes to ``executor``
     deadline: UInt  # receipt due (ms since the epoch)
+
+
+class Close(SignedMessage):
+    """The originator's notice that a job's bidding is over (winner accepted, or
+    the job was abandoned): every other bidder releases the capacity its bid
+    reserved.  Published on ``jobs.<cid>.closed``."""
+
+    TYPE: ClassVar[str] = "close"
+    job: DocCID
+    winner: DID | None = None
+    bid: DocCID | None = None
 
 
 class Accept(SignedMessage):
@@ -309,7 +337,7 @@ class Advert(SignedMessage):
 
 MESSAGE_TYPES: Final[dict[str, type[SignedMessage]]] = {
     cls.TYPE: cls
-    for cls in (Announce, Bid, Assignment, Accept, Reject, Receipt, Settlement, Advert)
+    for cls in (Announce, Bid, Assignment, Accept, Reject, Close, Receipt, Settlement, Advert)
 }
 
 M = TypeVar("M", bound=SignedMessage)

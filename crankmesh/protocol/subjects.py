@@ -7,6 +7,7 @@ subject                                         carries
 ``crank.<fed>.jobs.<job_cid>.bids``             Bid
 ``crank.<fed>.jobs.<job_cid>.assignment.<id>``  Assignment as a request; reply Accept/Reject
 ``crank.<fed>.jobs.<job_cid>.receipt``          ReceiptDelivery (receipt + sealed result)
+``crank.<fed>.jobs.<job_cid>.closed``           Close (bidding over: release reservations)
 ``crank.<fed>.receipts.<id>``                   Receipt (persisted in JetStream)
 ``crank.<fed>.settlements.<id>``                Settlement (persisted in JetStream)
 ``crank.<fed>.nodes.adverts``                   Advert heartbeats
@@ -36,6 +37,8 @@ __all__ = [
     "assignments_for",
     "bids",
     "check_federation",
+    "closed",
+    "closed_all",
     "parse_subject",
     "receipt_delivery",
     "receipts",
@@ -45,7 +48,7 @@ __all__ = [
 ]
 
 ROOT: Final = "crank"
-_FED_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_FED_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 
 
 def check_federation(federation: str) -> str:
@@ -78,6 +81,14 @@ def receipt_delivery(federation: str, job_cid: str) -> str:
     return f"{ROOT}.{federation}.jobs.{job_cid}.receipt"
 
 
+def closed(federation: str, job_cid: str) -> str:
+    return f"{ROOT}.{federation}.jobs.{job_cid}.closed"
+
+
+def closed_all(federation: str) -> str:
+    return f"{ROOT}.{federation}.jobs.*.closed"
+
+
 def receipts(federation: str, executor_did: str) -> str:
     return f"{ROOT}.{federation}.receipts.{did_node_id(executor_did)}"
 
@@ -100,7 +111,7 @@ def adverts(federation: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class SubjectInfo:
-    kind: str  # announce | bids | assignment | receipt | receipts | settlements | adverts
+    kind: str  # announce|bids|assignment|receipt|closed|receipts|settlements|adverts
     federation: str
     job_cid: str | None = None
     capability: str | None = None
@@ -116,9 +127,8 @@ def parse_subject(subject: str) -> SubjectInfo:
     if area == "jobs":
         if rest[0] == "announce" and len(rest) >= 2:
             return SubjectInfo("announce", fed, capability=".".join(rest[1:]))
-        if len(rest) == 2 and rest[1] in ("bids", "receipt"):
-            kind = "bids" if rest[1] == "bids" else "receipt"
-            return SubjectInfo(kind, fed, job_cid=rest[0])
+        if len(rest) == 2 and rest[1] in ("bids", "receipt", "closed"):
+            return SubjectInfo(rest[1], fed, job_cid=rest[0])
         if len(rest) == 3 and rest[1] == "assignment":
             return SubjectInfo("assignment", fed, job_cid=rest[0], node_id=rest[2])
     elif area in ("receipts", "settlements") and len(rest) == 1:

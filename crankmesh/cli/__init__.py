@@ -1,0 +1,297 @@
+"""The ``crankmesh`` command line.
+
+Every command has ``--help``; those that report results take ``--json`` for
+machine output.  Exit status: 0 success, 1 the operation failed (e.g. a job
+without a verified receipt), 2 usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+__all__ = ["main"]
+
+
+def _parse_price(text: str) -> int:
+    """Prices on the command line: integer micro-units (``1500``) or decimals (``0.0015``)."""
+    if any(c in text for c in ".eE"):
+        from decimal import Decimal, InvalidOperation
+
+        try:
+            return int(Decimal(text) * 1_000_000)
+        except InvalidOperation:
+            raise argparse.ArgumentTypeError(f"not a price: {text!r}") from None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a price: {text!r}") from None
+
+
+def _emit(args: argparse.Namespace, obj: Any, text: str) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(obj, default=str))
+    else:
+        print(text)
+
+
+# ----------------------------------------------------------------------------- identity
+
+
+def _cmd_identity_new(args: argparse.Namespace) -> int:
+    from ..keystore import save_identity
+    from ..protocol.errors import KeystoreError
+    from ..protocol.identity import Identity
+
+    identity = Identity.generate()
+    try:
+        path = save_identity(identity, args.out, overwrite=args.force)
+    except KeystoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    _emit(args, {"did": identity.did, "path": str(path)}, f"{identity.did}\nkey written to {path} (mode 0600)")
+    return 0
+
+
+def _cmd_identity_show(args: argparse.Namespace) -> int:
+    from ..keystore import default_key_path, load_identity
+    from ..protocol.errors import KeystoreError
+    from ..protocol.identity import spiffe_alias
+
+    path = Path(args.key) if args.key else default_key_path()
+    try:
+        identity = load_identity(path)
+    except KeystoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    obj = {"did": identity.did, "path": str(path), "public_key": identity.public_key.hex()}
+    if args.trust_domain:
+        obj["spiffe"] = spiffe_alias(identity.did, args.trust_domain)
+    _emit(args, obj, "\n".join(f"{k}: {v}" for k, v in obj.items()))
+    return 0
+
+
+# ----------------------------------------------------------------------------- node
+
+
+def _cmd_node(args: argparse.Namespace) -> int:
+    from ..executor.agent import ExecutorConfig
+    from ..keystore import default_key_path, load_or_create_identity
+    from ..node import Node, NodeConfig
+    from ..observability import configure_logging
+
+    configure_logging(json=args.log_json, level=args.log_level)
+    key = Path(args.key) if args.key else default_key_path()
+    identity = load_or_create_identity(key)
+    prices = {}
+    for item in args.capability_price or []:
+        name, _, price = item.partition("=")
+        prices[name] = _parse_price(price)
+    config = NodeConfig(
+        federation=args.federation,
+        name=args.name,
+        region=args.region,
+        capabilities=tuple(args.capabilities.split(",")),
+        executor=ExecutorConfig(
+            default_price=args.price,
+            prices=prices,
+            max_concurrency=args.max_concurrency,
+            queue_depth=args.queue_depth,
+        ),
+        state_dir=str(key.parent),
+        drain_grace_s=args.grace,
+    )
+    log = logging.getLogger("crankmesh.node")
+
+    async def run() -> None:
+        from ..testing import NatsServer
+
+        server = None
+        nats_url = args.nats
+        if not nats_url:
+            server = NatsServer()
+            await server.__aenter__()
+            nats_url = server.url
+            log.info("no --nats given: started an embedded nats-server at %s", nats_url)
+        try:
+            async with Node(identity=identity, nats=nats_url, config=config) as node:
+                log.info("node %s serving %s on %s (federation %s)", node.did,
+                         ",".join(config.capabilities), nats_url, config.federation)
+                print(json.dumps({"event": "ready", "did": node.did, "nats": nats_url}),
+                      flush=True)
+                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for _sig in signals:
+                        log.info("signal received: draining (a second signal exits at once)")
+                        signal.signal(signal.SIGINT, signal.SIG_DFL)
+                        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                        break
+        finally:
+            if server is not None:
+                await server.__aexit__(None, None, None)
+
+    anyio.run(run)
+    return 0
+
+
+# ----------------------------------------------------------------------------- submit
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from ..originator import Client, Job
+    from ..protocol.errors import CrankmeshError
+
+    if args.capability == "python.run":
+        code = args.code
+        if args.file:
+            code = Path(args.file).read_text()
+        if code is None:
+            print("error: python.run needs --code or --file", file=sys.stderr)
+            return 2
+        job = Job.python(code, json.loads(args.args) if args.args else None,
+                         env_profile=args.env_profile, accelerator=args.accelerator,
+                         timeout_sec=args.timeout, max_price=args.max_price)
+    else:
+        data = (args.payload or "").encode()
+        job = Job.call(args.capability, data, timeout_sec=args.timeout, max_price=args.max_price)
+
+    async def run() -> int:
+        failures = 0
+        async with Client(nats=args.nats, federation=args.federation, policy=args.policy) as c:
+            await c.wait_for_peers(job.capability, 1, timeout=args.wait_peers)
+            for _ in range(args.count):
+                try:
+                    r = await c.run(job)
+                except CrankmeshError as exc:
+                    failures += 1
+                    _emit(args, {"error": type(exc).__name__, "message": str(exc)},
+                          f"error: {exc}")
+                    continue
+                obj = {
+                    "job_cid": r.job_cid, "status": r.status, "executor": r.executor,
+                    "price": r.price, "currency": r.currency,
+                    "latency_ms": round(r.latency_ms, 3), "receipt_cid": r.receipt_cid,
+                    "verified": r.verified,
+                }
+                if job.capability == "python.run":
+                    obj.update(stdout=r.stdout, stderr=r.stderr, exit_code=r.exit_code)
+                else:
+                    obj["output"] = (r.output or b"").decode("utf-8", "replace")
+                text = (
+                    (r.stdout if job.capability == "python.run" else obj["output"])
+                    + f"\n[{r.status}] job {r.job_cid} on {r.executor} for {r.price} µ{r.currency}"
+                    f" in {r.latency_ms:.1f} ms, receipt {r.receipt_cid} verified"
+                )
+                _emit(args, obj, text)
+                if not r.ok:
+                    failures += 1
+        return 1 if failures else 0
+
+    return anyio.run(run)
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(
+        nodes=args.nodes, jobs=args.jobs, as_json=args.json, python=not args.echo_only
+    )
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="crankmesh",
+        description="crankmesh: a decentralized pub/sub bidding mesh over NATS.",
+    )
+    p.add_argument("--version", action="version", version="crankmesh 0.1.0")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    d = sub.add_parser("demo", help="run a demo mesh on an embedded nats-server",
+                       description="Start an embedded nats-server and N nodes with different "
+                       "prices, run jobs through the full signed flow, print each result. "
+                       "Exits 0 only if every job ended with a verified receipt.")
+    d.add_argument("--nodes", type=int, default=3)
+    d.add_argument("--jobs", type=int, default=20)
+    d.add_argument("--echo-only", action="store_true", help="skip python.run jobs")
+    d.add_argument("--json", action="store_true", help="one JSON object per job, then a summary")
+    d.set_defaults(fn=_cmd_demo)
+
+    ident = sub.add_parser("identity", help="create or show a node identity (did:key)")
+    isub = ident.add_subparsers(dest="identity_command", required=True, metavar="ACTION")
+    n = isub.add_parser("new", help="generate an Ed25519 key and write it (mode 0600)")
+    n.add_argument("--out", required=True, help="key file to create")
+    n.add_argument("--force", action="store_true", help="overwrite an existing file")
+    n.add_argument("--json", action="store_true")
+    n.set_defaults(fn=_cmd_identity_new)
+    s = isub.add_parser("show", help="print the DID of a key file")
+    s.add_argument("--key", help="key file (default: $CRANKMESH_HOME/node.key or ~/.crankmesh/node.key)")
+    s.add_argument("--trust-domain", help="also print a SPIFFE-style alias in this trust domain")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=_cmd_identity_show)
+
+    nd = sub.add_parser("node", help="run a node (executor + originator) until SIGINT/SIGTERM")
+    nd.add_argument("--nats", default=os.environ.get("CRANKMESH_NATS"),
+                    help="NATS URL(s), comma-separated (default: start an embedded server)")
+    nd.add_argument("--key", help="key file (created if missing)")
+    nd.add_argument("--federation", default=os.environ.get("CRANKMESH_FEDERATION", "default"))
+    nd.add_argument("--name")
+    nd.add_argument("--region")
+    nd.add_argument("--capabilities", default="echo,python.run",
+                    help="comma-separated capabilities to offer (default: echo,python.run)")
+    nd.add_argument("--price", type=_parse_price, default=1000,
+                    help="price per job in micro-units (1000) or units (0.001)")
+    nd.add_argument("--capability-price", action="append", metavar="CAP=PRICE",
+                    help="price for one capability, e.g. python.run=5000 (repeatable)")
+    nd.add_argument("--max-concurrency", type=int, default=2)
+    nd.add_argument("--queue-depth", type=int, default=8)
+    nd.add_argument("--grace", type=float, default=30.0, help="drain grace period (s)")
+    nd.add_argument("--log-json", action="store_true", help="JSON log lines")
+    nd.add_argument("--log-level", default="INFO")
+    nd.set_defaults(fn=_cmd_node)
+
+    sb = sub.add_parser("submit", help="submit a job to a mesh and print the verified result")
+    sb.add_argument("--nats", required=True, help="NATS URL(s), comma-separated")
+    sb.add_argument("--federation", default="default")
+    sb.add_argument("--capability", default="python.run")
+    sb.add_argument("--code", help="Python code for python.run")
+    sb.add_argument("--file", help="file with Python code for python.run")
+    sb.add_argument("--args", help="JSON object passed to the code as `args`")
+    sb.add_argument("--payload", help="payload (UTF-8 text) for other capabilities")
+    sb.add_argument("--env-profile", default="python-core")
+    sb.add_argument("--accelerator", default="cpu")
+    sb.add_argument("--timeout", type=float, default=10.0, help="job timeout (s)")
+    sb.add_argument("--max-price", type=_parse_price)
+    sb.add_argument("--policy", default="cost")
+    sb.add_argument("--count", type=int, default=1)
+    sb.add_argument("--wait-peers", type=float, default=3.0,
+                    help="seconds to wait for a peer offering the capability")
+    sb.add_argument("--json", action="store_true")
+    sb.set_defaults(fn=_cmd_submit)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.fn(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Executor side: bidding agent, admission, sandbox, hardware, benchmarks."""

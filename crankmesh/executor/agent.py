@@ -1,0 +1,518 @@
+"""The executor side of a node: hears announcements, bids, accepts assignments,
+executes, and publishes signed, hash-chained receipts.
+
+Resource handling: :meth:`Executor.serve` subscribes on the given NATS
+connection (which it does not own) and runs jobs in its own task group; when
+cancelled it unsubscribes, and running jobs are cancelled with the group.
+Use :meth:`Executor.drain` first for a graceful stop.
+
+Error handling: every inbound message is validated at the boundary; anything
+malformed, forged, stale or replayed is dropped and counted in
+``crankmesh_rejections_total{kind, reason}``; a failing handler is logged and
+counted and never stops a subscription.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from anyio.abc import TaskStatus
+
+from ..observability import Metrics
+from ..protocol import subjects
+from ..protocol.cid import cid_for_blob, verify_blob
+from ..protocol.envelope import ReplayGuard, check_fresh
+from ..protocol.errors import ProtocolError
+from ..protocol.identity import Identity, did_node_id, open_sealed, seal
+from ..protocol.messages import (
+    Accept,
+    Announce,
+    Assignment,
+    Bid,
+    BidSlo,
+    Close,
+    JobSpec,
+    Load,
+    Metering,
+    Receipt,
+    ReceiptDelivery,
+    Reject,
+    decode_message,
+    job_cid_of,
+)
+from ..receipts.chain import ChainHead
+from .handlers import CapabilityHandler, Outcome
+from .stats import LatencyWindow
+
+__all__ = ["Executor", "ExecutorConfig"]
+
+log = logging.getLogger("crankmesh.executor")
+
+MAX_ANNOUNCE_BYTES = 256 * 1024
+MAX_ASSIGNMENT_BYTES = 8 * 1024 * 1024
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExecutorConfig:
+    """How an executor bids and how much it takes on."""
+
+    prices: Mapping[str, int] = field(default_factory=dict)  # capability -> µ-units per job
+    default_price: int = 1_000
+    currency: str = "USD"
+    max_concurrency: int = 2
+    queue_depth: int = 8
+    bid_valid_ms: int = 10_000
+    announce_max_age_ms: int = 30_000
+    max_skew_ms: int = 5_000
+    idempotency_window_ms: int = 3_600_000
+    idempotency_capacity: int = 100_000
+    isolation: str = "none"
+
+    def price_for(self, capability: str) -> int:
+        return self.prices.get(capability, self.default_price)
+
+
+@dataclass(slots=True)
+class _BidRecord:
+    bid_cid: str
+    job_cid: str
+    job: JobSpec
+    exp: int
+    reserved: bool = True
+
+
+@dataclass(slots=True)
+class _JobRecord:
+    """Idempotency record: one per job this executor accepted."""
+
+    job_cid: str
+    accept_raw: bytes
+    delivery: bytes | None = None
+    done: anyio.Event = field(default_factory=anyio.Event)
+
+
+class Executor:
+    """Bids for and executes jobs for the capabilities it has handlers for."""
+
+    def __init__(
+        self,
+        *,
+        identity: Identity,
+        federation: str,
+        handlers: Sequence[CapabilityHandler],
+        config: ExecutorConfig | None = None,
+        metrics: Metrics | None = None,
+        chain: ChainHead | None = None,
+    ) -> None:
+        self.identity = identity
+        self.federation = subjects.check_federation(federation)
+        self.handlers: dict[str, CapabilityHandler] = {h.name: h for h in handlers}
+        self.config = config or ExecutorConfig()
+        self.metrics = metrics or Metrics()
+        self.chain = chain or ChainHead()
+        self.latency: dict[str, LatencyWindow] = {name: LatencyWindow() for name in self.handlers}
+        self._bids: dict[str, _BidRecord] = {}  # bid_cid -> record
+        self._bids_by_job: dict[str, str] = {}  # job_cid -> bid_cid
+        self._bid_expiry: list[tuple[int, str]] = []
+        self._reserved = 0
+        self._running = 0
+        self._queued = 0
+        self._jobs: OrderedDict[str, tuple[int, _JobRecord]] = OrderedDict()
+        self._announce_replay = ReplayGuard(capacity=100_000)
+        self._exec_slots = anyio.Semaphore(self.config.max_concurrency)
+        self._receipt_lock = anyio.Lock()
+        self._nc: Any = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._draining = False
+        self._idle = anyio.Event()
+        self._idle.set()
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def capacity(self) -> int:
+        return self.config.max_concurrency + self.config.queue_depth
+
+    @property
+    def load(self) -> Load:
+        return Load(
+            running=self._running,
+            queued=self._queued + self._reserved,
+            capacity=self.config.max_concurrency,
+        )
+
+    @property
+    def outstanding(self) -> int:
+        """Jobs running + queued + capacity reserved by live bids."""
+        return self._running + self._queued + self._reserved
+
+    def slo_for(self, capability: str) -> BidSlo:
+        w = self.latency.get(capability)
+        if w is None or not len(w):
+            return BidSlo()
+        p50 = w.quantile(0.5)
+        return BidSlo(
+            p50_us=p50,
+            p95_us=w.quantile(0.95),
+            p99_us=w.quantile(0.99),
+            throughput_mjps=(
+                int(1_000_000_000 * self.config.max_concurrency / max(p50 or 1, 1))
+                if p50
+                else None
+            ),
+            samples=w.count,
+        )
+
+    def _expire_bids(self, now: int) -> None:
+        heap = self._bid_expiry
+        while heap and heap[0][0] < now:
+            _, bid_cid = heapq.heappop(heap)
+            rec = self._bids.pop(bid_cid, None)
+            if rec is not None:
+                self._bids_by_job.pop(rec.job_cid, None)
+                self._release(rec)
+
+    def _release(self, rec: _BidRecord) -> None:
+        if rec.reserved:
+            rec.reserved = False
+            self._reserved -= 1
+            self.metrics.reserved.set(self._reserved)
+
+    def _remember_job(self, rec: _JobRecord, now: int) -> None:
+        jobs = self._jobs
+        jobs[rec.job_cid] = (now + self.config.idempotency_window_ms, rec)
+        while jobs:
+            exp, oldest = next(iter(jobs.values()))
+            if exp < now or len(jobs) > self.config.idempotency_capacity:
+                if not oldest.done.is_set() and len(jobs) <= self.config.idempotency_capacity:
+                    break
+                jobs.popitem(last=False)
+            else:
+                break
+
+    # ------------------------------------------------------------------ serve
+
+    async def serve(self, nc: Any, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Subscribe and serve until cancelled (see module docstring)."""
+        self._nc = nc
+        subs = []
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            try:
+                for capability in self.handlers:
+                    subs.append(
+                        await nc.subscribe(
+                            subjects.announce(self.federation, capability),
+                            cb=self._guard("announce", self._on_announce),
+                        )
+                    )
+                subs.append(
+                    await nc.subscribe(
+                        subjects.assignments_for(self.federation, self.identity.did),
+                        cb=self._guard("assignment", self._on_assignment),
+                    )
+                )
+                subs.append(
+                    await nc.subscribe(
+                        subjects.closed_all(self.federation),
+                        cb=self._guard("closed", self._on_close),
+                    )
+                )
+                await nc.flush()
+                task_status.started()
+                await anyio.sleep_forever()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    for sub in subs:
+                        try:
+                            await sub.unsubscribe()
+                        except Exception:  # connection already gone
+                            pass
+
+    def _guard(self, kind: str, handler: Any) -> Any:
+        async def cb(msg: Any) -> None:
+            try:
+                await handler(msg)
+            except ProtocolError as exc:
+                self.metrics.reject(kind, exc.reason)
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("dropped %s on %s: %s", kind, msg.subject, exc)
+            except Exception:
+                self.metrics.reject(kind, "handler_error")
+                log.exception("handler for %s failed on %s", kind, msg.subject)
+
+        return cb
+
+    async def drain(self, grace_s: float = 30.0) -> None:
+        """Stop bidding and wait (up to ``grace_s``) for accepted jobs to finish."""
+        self._draining = True
+        with anyio.move_on_after(grace_s):
+            await self._idle.wait()
+
+    # ------------------------------------------------------------------ announce
+
+    async def _on_announce(self, msg: Any) -> None:
+        env, ann = decode_message(msg.data, Announce, max_len=MAX_ANNOUNCE_BYTES)
+        now = now_ms()
+        check_fresh(env, now, max_age_ms=self.config.announce_max_age_ms,
+                    max_skew_ms=self.config.max_skew_ms)
+        if ann.signer != ann.job.originator:
+            raise _Reject("not_originator")
+        job_cid = job_cid_of(env.body["job"])
+        self._announce_replay.remember(env.cid, (ann.exp or now) + 60_000, now)
+        env.verify()
+        capability = ann.job.capability
+        self.metrics.announces_seen.labels(capability=capability).inc()
+        if self._draining:
+            self.metrics.bids_declined.labels(reason="draining").inc()
+            return
+        handler = self.handlers.get(capability)
+        if handler is None:
+            self.metrics.bids_declined.labels(reason="no_handler").inc()
+            return
+        if job_cid in self._bids_by_job or job_cid in self._jobs:
+            self.metrics.bids_declined.labels(reason="duplicate").inc()
+            return
+        reason = handler.check(ann.job)
+        if reason is not None:
+            self.metrics.bids_declined.labels(reason=reason).inc()
+            return
+        price = self.config.price_for(capability)
+        if ann.job.max_price is not None and price > ann.job.max_price:
+            self.metrics.bids_declined.labels(reason="over_max_price").inc()
+            return
+        if ann.job.currency != self.config.currency:
+            self.metrics.bids_declined.labels(reason="currency").inc()
+            return
+        self._expire_bids(now)
+        if self.outstanding >= self.capacity:
+            self.metrics.bids_declined.labels(reason="no_capacity").inc()
+            return
+        slo = self.slo_for(capability)
+        queue_wait = (slo.p50_us or 0) * (self._queued + self._running) // max(
+            self.config.max_concurrency, 1
+        )
+        bid = Bid(
+            signer=self.identity.did,
+            ts=now,
+            exp=now + self.config.bid_valid_ms,
+            job=job_cid,
+            nonce=os.urandom(16),
+            price=price,
+            currency=self.config.currency,
+            slo=slo,
+            load=self.load,
+            est_us=(slo.p50_us or 0) + queue_wait if slo.p50_us else None,
+            isolation=self.config.isolation,  # type: ignore[arg-type]
+        )
+        bid_env = bid.sign(self.identity)
+        rec = _BidRecord(bid_env.cid, job_cid, ann.job, bid.exp)
+        self._bids[rec.bid_cid] = rec
+        self._bids_by_job[job_cid] = rec.bid_cid
+        heapq.heappush(self._bid_expiry, (rec.exp, rec.bid_cid))
+        self._reserved += 1
+        self.metrics.reserved.set(self._reserved)
+        await self._nc.publish(subjects.bids(self.federation, job_cid), bid_env.raw)
+        self.metrics.job_bids.labels(capability=capability).inc()
+
+    async def _on_close(self, msg: Any) -> None:
+        # Cheap pre-filter: only closes for jobs we hold a reservation for matter.
+        info = subjects.parse_subject(msg.subject)
+        bid_cid = self._bids_by_job.get(info.job_cid or "")
+        if bid_cid is None:
+            return
+        rec = self._bids.get(bid_cid)
+        if rec is None or not rec.reserved:
+            return
+        env, close = decode_message(msg.data, Close, max_len=4096)
+        if close.job != rec.job_cid or close.signer != rec.job.originator:
+            raise _Reject("not_originator")
+        env.verify()
+        if close.winner != self.identity.did:
+            self._release(rec)
+
+    # ------------------------------------------------------------------ assignment
+
+    async def _reply(self, msg: Any, data: bytes) -> None:
+        if msg.reply:
+            await self._nc.publish(msg.reply, data)
+
+    async def _reject(self, msg: Any, assignment: Assignment, asg_cid: str, reason: str,
+                      detail: str = "") -> None:
+        self.metrics.assignments.labels(outcome=reason).inc()
+        rej = Reject(
+            signer=self.identity.did,
+            ts=now_ms(),
+            job=assignment.job,
+            assignment=asg_cid,
+            attempt=assignment.attempt,
+            reason=reason,
+            detail=detail,
+        ).sign(self.identity)
+        await self._reply(msg, rej.raw)
+        log.info("rejected assignment for job %s: %s %s", assignment.job, reason, detail)
+
+    async def _on_assignment(self, msg: Any) -> None:
+        env, asg = decode_message(msg.data, Assignment, max_len=MAX_ASSIGNMENT_BYTES)
+        now = now_ms()
+        info = subjects.parse_subject(msg.subject)
+        if asg.executor != self.identity.did or info.node_id != did_node_id(asg.executor):
+            raise _Reject("not_for_us")
+        if info.job_cid != asg.job:
+            raise _Reject("subject_mismatch")
+        env.verify()
+        # Idempotency first: a repeated assignment for a job we accepted never runs twice.
+        known = self._jobs.get(asg.job)
+        if known is not None:
+            job_rec = known[1]
+            self.metrics.assignments.labels(outcome="duplicate").inc()
+            await self._reply(msg, job_rec.accept_raw)
+            if job_rec.delivery is not None:
+                await self._nc.publish(subjects.receipt_delivery(self.federation, asg.job),
+                                       job_rec.delivery)
+            return
+        rec = self._bids.get(asg.bid)
+        if rec is None or rec.job_cid != asg.job:
+            await self._reject(msg, asg, env.cid, "unknown_bid",
+                               "this executor made no such bid for this job")
+            return
+        if asg.signer != rec.job.originator:
+            await self._reject(msg, asg, env.cid, "not_originator",
+                               "assignment not signed by the job's originator")
+            return
+        try:
+            check_fresh(env, now, max_age_ms=self.config.bid_valid_ms,
+                        max_skew_ms=self.config.max_skew_ms)
+        except ProtocolError as exc:
+            await self._reject(msg, asg, env.cid, "stale", str(exc))
+            return
+        if now > rec.exp:
+            await self._reject(msg, asg, env.cid, "bid_expired", f"bid {rec.bid_cid} expired")
+            return
+        if not rec.reserved and self.outstanding >= self.capacity:
+            await self._reject(msg, asg, env.cid, "no_capacity",
+                               f"queue full ({self.outstanding}/{self.capacity})")
+            return
+        if self._draining:
+            await self._reject(msg, asg, env.cid, "draining", "executor is shutting down")
+            return
+        try:
+            payload = open_sealed(asg.payload, self.identity)
+            if len(payload) != rec.job.payload_size:
+                raise ProtocolError("payload size differs from the job's payload_size")
+            verify_blob(payload, rec.job.payload)
+        except ProtocolError as exc:
+            await self._reject(msg, asg, env.cid, "payload_mismatch", str(exc))
+            return
+        # Consume the bid: its reservation turns into a queued job.
+        self._bids.pop(rec.bid_cid, None)
+        self._bids_by_job.pop(rec.job_cid, None)
+        self._release(rec)
+        self._queued += 1
+        self._idle = anyio.Event() if self._idle.is_set() else self._idle
+        accept = Accept(
+            signer=self.identity.did, ts=now, job=asg.job, assignment=env.cid,
+            attempt=asg.attempt,
+        ).sign(self.identity)
+        job_rec = _JobRecord(asg.job, accept.raw)
+        self._remember_job(job_rec, now)
+        self.metrics.assignments.labels(outcome="accepted").inc()
+        await self._reply(msg, accept.raw)
+        assert self._tg is not None
+        self._tg.start_soon(self._execute, rec, asg, env.cid, payload, job_rec)
+
+    # ------------------------------------------------------------------ execute
+
+    async def _execute(self, rec: _BidRecord, asg: Assignment, asg_cid: str, payload: bytes,
+                       job_rec: _JobRecord) -> None:
+        job = rec.job
+        handler = self.handlers[job.capability]
+        try:
+            async with self._exec_slots:
+                self._queued -= 1
+                self._running += 1
+                self.metrics.running.set(self._running)
+                self.metrics.execution_start.labels(capability=job.capability).inc()
+                start = time.perf_counter_ns()
+                try:
+                    outcome = await handler.execute(job, payload)
+                except Exception as exc:
+                    log.exception("capability %s crashed on job %s", job.capability, rec.job_cid)
+                    outcome = Outcome("error", None, f"{type(exc).__name__}: {exc}"[:1000])
+                wall_us = (time.perf_counter_ns() - start) // 1000
+                self._running -= 1
+                self.metrics.running.set(self._running)
+            if outcome.status == "ok":
+                self.latency[job.capability].add(wall_us)
+            self.metrics.execution_seconds.labels(capability=job.capability).observe(
+                wall_us / 1e6
+            )
+            with anyio.CancelScope(shield=True):
+                await self._publish_receipt(rec, asg, asg_cid, outcome, wall_us, job_rec)
+        finally:
+            if self._running == 0 and self._queued == 0:
+                self._idle.set()
+
+    async def _publish_receipt(self, rec: _BidRecord, asg: Assignment, asg_cid: str,
+                               outcome: Outcome, wall_us: int, job_rec: _JobRecord) -> None:
+        job = rec.job
+        result = outcome.result
+        async with self._receipt_lock:
+            seq, prev = self.chain.next_links()
+            receipt = Receipt(
+                signer=self.identity.did,
+                ts=now_ms(),
+                job=rec.job_cid,
+                assignment=asg_cid,
+                bid=rec.bid_cid,
+                originator=job.originator,
+                attempt=asg.attempt,
+                status=outcome.status,  # type: ignore[arg-type]
+                result=None if result is None else cid_for_blob(result),
+                result_size=0 if result is None else len(result),
+                metering=Metering(
+                    wall_us=outcome.wall_us or wall_us,
+                    cpu_us=outcome.cpu_us,
+                    peak_rss_kb=outcome.peak_rss_kb,
+                ),
+                charge=self.config.price_for(job.capability),
+                currency=self.config.currency,
+                seq=seq,
+                prev=prev,
+                budget=job.budget,
+                detail=outcome.detail,
+            )
+            renv = receipt.sign(self.identity)
+            self.chain.advance(seq, renv.cid)
+        delivery = ReceiptDelivery(
+            receipt=renv.raw,
+            result=None if result is None else seal(result, job.originator),
+        ).encode()
+        job_rec.delivery = delivery
+        job_rec.done.set()
+        await self._nc.publish(subjects.receipt_delivery(self.federation, rec.job_cid), delivery)
+        await self._nc.publish(subjects.receipts(self.federation, self.identity.did), renv.raw)
+        self.metrics.receipts.labels(status=outcome.status).inc()
+        log.info("job %s finished: %s in %d µs (receipt %s, seq %d)", rec.job_cid,
+                 outcome.status, wall_us, renv.cid, seq)
+
+
+class _Reject(ProtocolError):
+    """Internal: drop a message with a specific reason token."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+

@@ -1,0 +1,83 @@
+"""The result of ranking bids under a policy: who is eligible, in which order, and who was
+filtered out and why."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from ..protocol.errors import NoEligibleBid
+from ._candidate import Candidate, Terms
+from ._filters import RejectedCandidate
+
+if TYPE_CHECKING:
+    from ._explain import Explanation
+
+ScoreKind = Literal["price", "latency_us", "load", "arrival", "custom"]
+"""What a ranking's ``score`` measures, for formatting (lower is always better)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScoredCandidate:
+    """An eligible candidate, its policy score (lower is better) and its 1-based rank.
+
+    ``key`` is the full sort key when the policy exposes one (the built-in policies do); the
+    ranking's ``key_names`` name its components, which lets an explanation say which
+    tie-break decided between two bids with the same score.
+    """
+
+    candidate: Candidate
+    score: float
+    rank: int
+    key: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ranking:
+    """Eligible candidates best first, plus the rejected ones with the filter each failed.
+
+    ``criterion`` is the phrase that opens the reason sentence ("cheapest bid meeting
+    p95 ≤ 50 ms"); ``algorithm`` describes the scoring for explanations.  Custom policies
+    may leave both, ``score_kind`` and ``key_names`` at their defaults.
+    """
+
+    policy: str
+    terms: Terms
+    eligible: tuple[ScoredCandidate, ...]
+    rejected: tuple[RejectedCandidate, ...] = ()
+    criterion: str = ""
+    algorithm: str = ""
+    score_kind: ScoreKind = "custom"
+    key_names: tuple[str, ...] = ()
+
+    @property
+    def winner(self) -> Candidate | None:
+        """The best eligible candidate, or None when every bid was rejected (or none came)."""
+        return self.eligible[0].candidate if self.eligible else None
+
+    @property
+    def candidates(self) -> tuple[Candidate, ...]:
+        """The eligible candidates, best first."""
+        return tuple(s.candidate for s in self.eligible)
+
+    def raise_if_empty(self, job_cid: str) -> Candidate:
+        """Return the winner, or raise :class:`NoEligibleBid` naming each bid and the
+        constraint it missed.
+
+        Error handling: with no candidates at all the error lists "(none)"; the originator
+        should raise ``NoBids`` before selecting when the bid window closed empty.
+        """
+        if self.eligible:
+            return self.eligible[0].candidate
+        raise NoEligibleBid(job_cid, [r.describe() for r in self.rejected])
+
+    def explanation(
+        self,
+        job_cid: str,
+        requirements: Mapping[str, object] | str | None = None,
+    ) -> Explanation:
+        """Explain this decision (who was considered, scores, filters, winner, and why)."""
+        from ._explain import build_explanation  # _explain imports this module
+
+        return build_explanation(self, job_cid, requirements)

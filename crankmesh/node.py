@@ -1,0 +1,248 @@
+"""The node: one identity, one NATS connection, an executor, an originator,
+an advert heartbeat and a peer directory.
+
+Resource handling: ``async with Node(...) as node`` connects (or uses the
+connection passed in), starts the sandbox when ``python.run`` is offered, and
+runs every loop in one task group; exit drains (stops bidding, waits for
+accepted jobs up to ``drain_grace_s``, publishes their receipts) and closes
+what it opened.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Awaitable, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.abc import TaskStatus
+
+from .directory import PeerDirectory
+from .executor.agent import Executor, ExecutorConfig
+from .executor.handlers import CapabilityHandler, EchoCapability, InProcessCapability
+from .observability import Metrics
+from .originator.client import Client, ClientConfig
+from .protocol import subjects
+from .protocol.errors import ClientStateError
+from .protocol.identity import Identity
+from .protocol.messages import Advert, AdvertCapability
+from .receipts.chain import ChainHead
+
+__all__ = ["Node", "NodeConfig"]
+
+log = logging.getLogger("crankmesh.node")
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodeConfig:
+    """Everything a node needs besides its identity and connection."""
+
+    federation: str = "default"
+    name: str | None = None
+    region: str | None = None
+    capabilities: Sequence[str] = ("echo", "python.run")
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    client: ClientConfig | None = None
+    advert_interval_s: float = 1.0
+    advert_ttl_s: float = 5.0
+    drain_grace_s: float = 30.0
+    state_dir: str | None = None  # receipt chain head lives here (next to the key)
+    sandbox_profiles: Sequence[str] = ("python-core",)
+    extra_handlers: Sequence[CapabilityHandler] = ()
+
+
+class Node:
+    """A crankmesh node (see module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        identity: Identity | None = None,
+        nats: Any = None,
+        connection: Any = None,
+        config: NodeConfig | None = None,
+        metrics: Metrics | None = None,
+        services: Mapping[str, Callable[[bytes], Awaitable[bytes]]] | None = None,
+    ) -> None:
+        if (nats is None) == (connection is None):
+            raise ValueError("pass exactly one of nats= (URL or NatsOptions) or connection=")
+        self.config = config or NodeConfig()
+        self.identity = identity or Identity.generate()
+        self.metrics = metrics or Metrics()
+        self._nats_target = nats
+        self.nc: Any = connection
+        self._services = dict(services or {})
+        self.directory = PeerDirectory(federation=self.config.federation, metrics=self.metrics)
+        self.executor: Executor | None = None
+        self.client: Client | None = None
+        self.sandbox: Any = None
+        self._stack: AsyncExitStack | None = None
+        self._opened = False
+        self._advert_seq = 0
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    @property
+    def did(self) -> str:
+        return self.identity.did
+
+    async def _handlers(self, stack: AsyncExitStack) -> list[CapabilityHandler]:
+        handlers: list[CapabilityHandler] = []
+        for name in self.config.capabilities:
+            if name == "echo":
+                handlers.append(EchoCapability())
+            elif name == "python.run":
+                from .executor.handlers import PythonRunCapability
+                from .executor.sandbox import Sandbox
+
+                self.sandbox = await stack.enter_async_context(
+                    Sandbox(
+                        profiles=self.config.sandbox_profiles,
+                        max_concurrency=self.config.executor.max_concurrency,
+                    )
+                )
+                handlers.append(PythonRunCapability(self.sandbox))
+            elif name in self._services:
+                handlers.append(InProcessCapability(name, self._services[name]))
+            else:
+                raise ValueError(f"unknown capability {name!r}: register a service for it")
+        for name, fn in self._services.items():
+            if name not in self.config.capabilities:
+                handlers.append(InProcessCapability(name, fn))
+        handlers.extend(self.config.extra_handlers)
+        return handlers
+
+    @asynccontextmanager
+    async def _lifecycle(self) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            if self.nc is None:
+                from .transport import NatsOptions, connect
+
+                target = self._nats_target
+                opts = target if isinstance(target, NatsOptions) else NatsOptions.from_url(
+                    target if isinstance(target, str) else ",".join(target)
+                )
+                self.nc = await connect(opts)
+
+                async def _close_nc() -> None:
+                    with anyio.move_on_after(5, shield=True):
+                        try:
+                            await self.nc.drain()
+                        except Exception:
+                            await self.nc.close()
+
+                stack.push_async_callback(_close_nc)
+            handlers = await self._handlers(stack)
+            chain_path = (
+                Path(self.config.state_dir) / "receipt-chain.json"
+                if self.config.state_dir
+                else None
+            )
+            isolation = "none"
+            if self.sandbox is not None:
+                isolation = self.sandbox.isolation.level.token
+            exec_cfg = self.config.executor
+            if exec_cfg.isolation != isolation:
+                exec_cfg = ExecutorConfig(**{**exec_cfg.__dict__, "isolation": isolation})
+            self.executor = Executor(
+                identity=self.identity,
+                federation=self.config.federation,
+                handlers=handlers,
+                config=exec_cfg,
+                metrics=self.metrics,
+                chain=ChainHead(chain_path),
+            )
+            self.client = Client(
+                connection=self.nc,
+                identity=self.identity,
+                config=self.config.client or ClientConfig(federation=self.config.federation),
+                directory=self.directory,
+                metrics=self.metrics,
+                local_executor=self.identity.did,
+            )
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                await tg.start(self.directory.serve, self.nc)
+                await tg.start(self.executor.serve, self.nc)
+                await tg.start(self._advertise)
+                async with self.client:
+                    try:
+                        yield
+                    finally:
+                        with anyio.CancelScope(shield=True):
+                            await self._shutdown()
+                tg.cancel_scope.cancel()
+
+    async def _shutdown(self) -> None:
+        assert self.executor is not None
+        log.info("node %s draining", self.did)
+        self.executor._draining = True
+        try:
+            await self._publish_advert(draining=True)
+        except Exception:
+            pass
+        await self.executor.drain(self.config.drain_grace_s)
+        try:
+            await self.nc.flush(timeout=2)
+        except Exception:
+            pass
+
+    def advert(self, *, draining: bool = False) -> Advert:
+        assert self.executor is not None
+        now = time.time_ns() // 1_000_000
+        self._advert_seq += 1
+        ex = self.executor
+        return Advert(
+            signer=self.did,
+            ts=now,
+            exp=now + int(self.config.advert_ttl_s * 1000),
+            seq=self._advert_seq,
+            name=self.config.name,
+            region=self.config.region,
+            capabilities=[
+                AdvertCapability(
+                    name=name,
+                    price=ex.config.price_for(name),
+                    currency=ex.config.currency,
+                    slo=ex.slo_for(name),
+                )
+                for name in ex.handlers
+            ],
+            load=ex.load,
+            isolation=ex.config.isolation,  # type: ignore[arg-type]
+            draining=draining or ex._draining,
+        )
+
+    async def _publish_advert(self, *, draining: bool = False) -> None:
+        env = self.advert(draining=draining).sign(self.identity)
+        await self.nc.publish(subjects.adverts(self.config.federation), env.raw)
+
+    async def _advertise(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        await self._publish_advert()
+        task_status.started()
+        while True:
+            await anyio.sleep(self.config.advert_interval_s)
+            try:
+                await self._publish_advert()
+            except Exception as exc:  # disconnected: nats-py buffers or raises; keep going
+                log.warning("advert publish failed: %s", exc)
+
+    async def __aenter__(self) -> Node:
+        if self._opened:
+            raise ClientStateError("Cannot reopen a node once it has been opened.")
+        self._opened = True
+        stack = AsyncExitStack()
+        await stack.enter_async_context(self._lifecycle())
+        self._stack = stack
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()

@@ -1,0 +1,614 @@
+"""The originator SDK: ``async with Client(...) as c: result = await c.run(job)``.
+
+One job's life (RFC 0001 §8):
+
+1. the job spec (payload replaced by its CID) is content-addressed;
+2. an :class:`~crankmesh.protocol.messages.Announce` goes to
+   ``jobs.announce.<capability>``; bids come back on ``jobs.<cid>.bids``;
+3. the bid window closes as soon as every peer the advert directory knows to
+   offer the capability has answered, or a bid arrives that no outstanding
+   bidder could beat, bounded by ``max_bid_window_ms``;
+4. bids are ranked by the policy; signatures are verified lazily, best first;
+5. the winner gets a signed Assignment (payload sealed to its key) as a NATS
+   request; its signed Accept/Reject is the reply (``no responders`` means it
+   is gone);
+6. the receipt arrives on ``jobs.<cid>.receipt``; its signature, links and the
+   result's CID are verified; a Close releases the losing bidders.
+
+Failures (reject, no accept in time, executor gone, no receipt by the
+deadline) move on to the next-best still-valid bid with ``attempt + 1``, then
+to a fresh announce round; exhaustion raises
+:class:`~crankmesh.protocol.errors.ExecutorsExhausted` listing every attempt.
+
+Resource handling: a Client that creates its NATS connection closes it on
+exit; a connection passed in is left open.  Error handling: NATS errors are
+translated to :class:`~crankmesh.protocol.errors.TransportError`; protocol
+violations by peers are counted and skipped, never raised to the caller.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import nats.errors
+
+from .. import market
+from ..directory import PeerDirectory
+from ..observability import Metrics
+from ..protocol import subjects
+from ..protocol.cid import cid_for_blob, verify_blob
+from ..protocol.envelope import Envelope, open_envelope
+from ..protocol.errors import (
+    Attempt,
+    ClientStateError,
+    ExecutorsExhausted,
+    NoBids,
+    ProtocolError,
+    TransportError,
+)
+from ..protocol.identity import Identity, open_sealed, seal
+from ..protocol.messages import (
+    Accept,
+    Announce,
+    Assignment,
+    Bid,
+    Close,
+    JobSpec,
+    Receipt,
+    ReceiptDelivery,
+    Reject,
+    decode_message,
+    job_cid_of,
+)
+from .job import Job, JobResult
+
+__all__ = ["Client", "ClientConfig"]
+
+log = logging.getLogger("crankmesh.originator")
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientConfig:
+    """Timeouts and defaults of an originator."""
+
+    federation: str = "default"
+    policy: str = "cost"
+    max_bid_window_ms: int = 200
+    min_bid_window_ms: int = 0
+    accept_timeout_ms: int = 2_000
+    receipt_grace_ms: int = 3_000
+    max_attempts: int = 6
+    max_rounds: int = 3
+    announce_ttl_ms: int = 30_000
+    liveness_check_ms: int = 250
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    RUNNING = "running"
+    CLOSED = "closed"
+
+
+@dataclass(slots=True)
+class _JobTrack:
+    """Everything that arrives for one job on ``jobs.<cid>.*``."""
+
+    job_cid: str
+    bids: list[tuple[Envelope, Bid]] = field(default_factory=list)
+    bidders: set[str] = field(default_factory=set)
+    deliveries: list[bytes] = field(default_factory=list)
+    changed: anyio.Event = field(default_factory=anyio.Event)
+    late_receipts: list[str] = field(default_factory=list)
+
+    def poke(self) -> None:
+        self.changed.set()
+        self.changed = anyio.Event()
+
+
+class Client:
+    """An originator: announces jobs, selects executors, verifies receipts.
+
+    Use as an async context manager.  Either pass ``nats`` (URL(s) or
+    :class:`~crankmesh.transport.NatsOptions`) to let the client connect, or
+    ``connection`` (an open nats-py client, e.g. a node's) to share one.
+    """
+
+    def __init__(
+        self,
+        *,
+        nats: Any = None,
+        connection: Any = None,
+        identity: Identity | None = None,
+        config: ClientConfig | None = None,
+        directory: PeerDirectory | None = None,
+        metrics: Metrics | None = None,
+        local_executor: str | None = None,
+        **overrides: Any,
+    ) -> None:
+        if (nats is None) == (connection is None):
+            raise ValueError("pass exactly one of nats= (URL or NatsOptions) or connection=")
+        cfg = config or ClientConfig()
+        if overrides:
+            cfg = ClientConfig(**{**cfg.__dict__, **overrides})
+        self.config = cfg
+        subjects.check_federation(cfg.federation)
+        self.identity = identity or Identity.generate()
+        self.metrics = metrics or Metrics()
+        self._nats_target = nats
+        self._nc: Any = connection
+        self._owns_directory = directory is None
+        self.directory = directory or PeerDirectory(
+            federation=cfg.federation, metrics=self.metrics
+        )
+        self.local_executor = local_executor
+        self._state = _State.NEW
+        self._stack: AsyncExitStack | None = None
+        self._tracks: dict[str, _JobTrack] = {}
+        self.explanations: dict[str, market.Explanation] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @asynccontextmanager
+    async def _lifecycle(self) -> AsyncIterator[None]:
+        if self._nc is None:
+            from ..transport import NatsOptions, connect
+
+            target = self._nats_target
+            opts = target if isinstance(target, NatsOptions) else NatsOptions.from_url(
+                target if isinstance(target, str) else ",".join(target)
+            )
+            nc = await connect(opts)
+            owns_connection = True
+            self._nc = nc
+        else:
+            owns_connection = False
+        try:
+            async with anyio.create_task_group() as tg:
+                if self._owns_directory:
+                    await tg.start(self.directory.serve, self._nc)
+                try:
+                    yield
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:
+            if owns_connection:
+                with anyio.move_on_after(5, shield=True):
+                    try:
+                        await self._nc.drain()
+                    except Exception:
+                        await self._nc.close()
+
+    async def __aenter__(self) -> Client:
+        if self._state is not _State.NEW:
+            raise ClientStateError(
+                "Cannot reopen a client once it has been opened; create a new Client."
+            )
+        stack = AsyncExitStack()
+        await stack.enter_async_context(self._lifecycle())
+        self._stack = stack
+        self._state = _State.RUNNING
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._state is _State.RUNNING and self._stack is not None:
+            self._state = _State.CLOSED
+            await self._stack.aclose()
+        self._state = _State.CLOSED
+
+    def _check_open(self) -> None:
+        if self._state is not _State.RUNNING:
+            raise ClientStateError(
+                "The client is not open; use `async with Client(...) as client:`."
+            )
+
+    # ------------------------------------------------------------------ helpers
+
+    async def wait_for_peers(self, capability: str, count: int = 1, timeout: float = 10.0) -> int:
+        """Wait until ``count`` peers offering ``capability`` are in the directory."""
+        with anyio.move_on_after(timeout):
+            while len(self.directory.offering(capability)) < count:
+                await self.directory.wait_changed()
+        return len(self.directory.offering(capability))
+
+    def _build_spec(self, job: Job, now: int) -> JobSpec:
+        c = job.constraints
+        attempts_budget = c.timeout_ms + self.config.receipt_grace_ms
+        return JobSpec(
+            capability=job.capability,
+            originator=self.identity.did,
+            created=now,
+            nonce=os.urandom(16),
+            payload=cid_for_blob(job.payload),
+            payload_size=len(job.payload),
+            deadline=now + attempts_budget * self.config.max_attempts + 60_000,
+            constraints=c,
+            requirements=job.requirements,
+            slo=job.slo,
+            max_price=job.max_price,
+            currency=job.currency,
+        )
+
+    def _terms(self, job: Job) -> market.Terms:
+        return market.Terms(
+            currency=job.currency,
+            max_price_micros=job.max_price,
+            slo_p95_us=job.slo.p95_us if job.slo else None,
+            slo_p99_us=job.slo.p99_us if job.slo else None,
+            min_accuracy_ppm=job.slo.min_accuracy_ppm if job.slo else None,
+        )
+
+    # ------------------------------------------------------------------ run
+
+    async def run(self, job: Job, *, policy: str | market.Policy | None = None) -> JobResult:
+        """Run ``job`` on the mesh and return its verified result.
+
+        Error handling: raises :class:`NoBids` when no executor answered,
+        :class:`~crankmesh.protocol.errors.NoEligibleBid` when every bid failed
+        a filter, :class:`ExecutorsExhausted` when every attempt failed, and
+        :class:`TransportError` when NATS is unusable.  A job that ran and
+        failed returns a result whose ``status`` says so (see
+        :meth:`JobResult.raise_for_status`).
+        """
+        self._check_open()
+        started = time.perf_counter()
+        now = _now_ms()
+        spec = self._build_spec(job, now)
+        job_cid = job_cid_of(spec.to_wire())
+        track = _JobTrack(job_cid)
+        self._tracks[job_cid] = track
+        pol = policy or job.policy or self.config.policy
+        terms = self._terms(job)
+        self.metrics.jobs_submitted.labels(capability=job.capability).inc()
+
+        async def on_msg(msg: Any) -> None:
+            kind = msg.subject.rsplit(".", 1)[-1]
+            if kind == "bids":
+                try:
+                    env, bid = decode_message(msg.data, Bid, max_len=64 * 1024)
+                    if bid.job != job_cid:
+                        raise ProtocolError("bid for another job")
+                except ProtocolError as exc:
+                    self.metrics.reject("bid", exc.reason)
+                    return
+                if bid.signer in track.bidders:
+                    self.metrics.reject("bid", "duplicate")
+                    return
+                track.bidders.add(bid.signer)
+                track.bids.append((env, bid))
+                track.poke()
+            elif kind == "receipt":
+                if len(track.deliveries) < 64:
+                    track.deliveries.append(msg.data)
+                    track.poke()
+                else:
+                    self.metrics.reject("receipt", "flood")
+
+        try:
+            sub = await self._nc.subscribe(
+                f"{subjects.ROOT}.{self.config.federation}.jobs.{job_cid}.*", cb=on_msg
+            )
+        except Exception as exc:
+            raise TransportError(f"cannot subscribe for job {job_cid}: {exc}") from exc
+        try:
+            return await self._run_rounds(job, spec, job_cid, track, pol, terms, started)
+        finally:
+            self._tracks.pop(job_cid, None)
+            with anyio.CancelScope(shield=True):
+                try:
+                    await sub.unsubscribe()
+                except Exception:
+                    pass
+
+    async def _announce(self, spec: JobSpec) -> int:
+        now = _now_ms()
+        env = Announce(
+            signer=self.identity.did,
+            ts=now,
+            exp=now + self.config.announce_ttl_ms,
+            job=spec,
+        ).sign(self.identity)
+        try:
+            await self._nc.publish(
+                subjects.announce(self.config.federation, spec.capability), env.raw
+            )
+        except Exception as exc:
+            raise TransportError(f"cannot publish announcement: {exc}") from exc
+        return now
+
+    async def _collect(
+        self, spec: JobSpec, track: _JobTrack, policy_name: str, terms: market.Terms,
+        tried: set[str],
+    ) -> None:
+        """Wait for bids until every expected bidder answered or the window ends."""
+        cfg = self.config
+        start = time.perf_counter()
+        deadline = start + cfg.max_bid_window_ms / 1000
+        min_deadline = start + cfg.min_bid_window_ms / 1000
+        expected = self.directory.expected_bidders(spec.capability, exclude=tried)
+        while True:
+            now = time.perf_counter()
+            fresh = [b for _, b in track.bids if b.signer not in tried]
+            if fresh and now >= min_deadline:
+                if expected and expected <= track.bidders:
+                    break
+                if self._unbeatable(spec, track, fresh, expected, policy_name, terms):
+                    break
+            if now >= deadline:
+                break
+            with anyio.move_on_after(deadline - now):
+                await track.changed.wait()
+        self.metrics.bid_window_seconds.observe(time.perf_counter() - start)
+
+    def _unbeatable(
+        self, spec: JobSpec, track: _JobTrack, fresh: list[Bid], expected: set[str],
+        policy_name: str, terms: market.Terms,
+    ) -> bool:
+        if not expected:
+            return False
+        waiting = [self.directory.get(d) for d in expected - track.bidders]
+        prices = [p.price_of(spec.capability) for p in waiting if p is not None]
+        floor_price = min((p for p in prices if p is not None), default=None)
+        cands = self._candidates([(e, b) for e, b in track.bids if b in fresh])
+        ranking = market.select(cands, terms, policy_name, _now_ms())
+        best = ranking.winner
+        if best is None or floor_price is None:
+            return False
+        return not market.can_be_beaten(
+            best, terms, policy_name, floor_price_micros=floor_price, floor_latency_us=None
+        )
+
+    def _candidates(self, bids: Sequence[tuple[Envelope, Bid]]) -> list[market.Candidate]:
+        out = []
+        for i, (env, b) in enumerate(bids):
+            out.append(
+                market.Candidate(
+                    bid_cid=env.cid,
+                    executor=b.signer,
+                    price_micros=b.price,
+                    currency=b.currency,
+                    p50_us=b.slo.p50_us,
+                    p95_us=b.slo.p95_us,
+                    p99_us=b.slo.p99_us,
+                    accuracy_ppm=b.slo.accuracy_ppm,
+                    running=b.load.running,
+                    queued=b.load.queued,
+                    capacity=b.load.capacity,
+                    est_latency_us=b.est_us,
+                    local=b.signer == self.local_executor,
+                    degraded=b.match == "degraded",
+                    warnings=tuple(b.warnings),
+                    expires_ms=b.exp,
+                    arrival=i,
+                )
+            )
+        return out
+
+    async def _run_rounds(
+        self, job: Job, spec: JobSpec, job_cid: str, track: _JobTrack,
+        policy: str | market.Policy, terms: market.Terms, started: float,
+    ) -> JobResult:
+        attempts: list[Attempt] = []
+        tried: set[str] = set()
+        policy_name = policy if isinstance(policy, str) else policy.name
+        for _round in range(self.config.max_rounds):
+            await self._announce(spec)
+            await self._collect(spec, track, policy_name, terms, tried)
+            while True:
+                usable = [(e, b) for e, b in track.bids if b.signer not in tried]
+                if not usable:
+                    break
+                ranking = market.select(self._candidates(usable), terms, policy, _now_ms())
+                explanation = ranking.explanation(job_cid, spec.requirements or None)
+                self.explanations[job_cid] = explanation
+                if ranking.winner is None:
+                    if not attempts:
+                        ranking.raise_if_empty(job_cid)
+                    break
+                by_cid = {e.cid: (e, b) for e, b in usable}
+                progressed = False
+                for scored in ranking.eligible:
+                    env, bid = by_cid[scored.candidate.bid_cid]
+                    tried.add(bid.signer)
+                    try:
+                        env.verify()
+                    except ProtocolError:
+                        self.metrics.reject("bid", "bad_signature")
+                        log.warning("bid %s claims %s but its signature is invalid; skipped",
+                                    env.cid, bid.signer)
+                        continue
+                    if len(attempts) >= self.config.max_attempts:
+                        raise ExecutorsExhausted(job_cid, attempts)
+                    n = len(attempts) + 1
+                    result, outcome = await self._attempt(job, spec, job_cid, track, env, bid, n)
+                    if result is not None:
+                        self.metrics.jobs_completed.labels(status=result.status).inc()
+                        self.metrics.job_seconds.labels(capability=spec.capability).observe(
+                            time.perf_counter() - started
+                        )
+                        return JobResult(
+                            **{
+                                **result.__dict__,
+                                "latency_ms": (time.perf_counter() - started) * 1000,
+                                "attempts": tuple(attempts),
+                                "explanation": explanation,
+                            }
+                        )
+                    attempts.append(Attempt(n, bid.signer, outcome))
+                    log.info("job %s attempt %d on %s failed: %s", job_cid, n, bid.signer,
+                             outcome)
+                    self.metrics.reassignments.labels(cause=outcome.split(":")[0]).inc()
+                    progressed = True
+                    break  # re-rank: new bids may have arrived meanwhile
+                if not progressed:
+                    break
+        if not attempts and not track.bids:
+            self.metrics.jobs_failed.labels(reason="no_bids").inc()
+            raise NoBids(job_cid, spec.capability, self.config.max_bid_window_ms)
+        self.metrics.jobs_failed.labels(reason="exhausted").inc()
+        if not attempts:
+            # Bids came, but none was usable (forged, or all filtered): say why.
+            ranking = market.select(self._candidates(track.bids), terms, policy, _now_ms())
+            ranking.raise_if_empty(job_cid)
+            attempts.extend(
+                Attempt(0, b.signer, "bid signature invalid") for _, b in track.bids
+            )
+        raise ExecutorsExhausted(job_cid, attempts)
+
+    async def _attempt(
+        self, job: Job, spec: JobSpec, job_cid: str, track: _JobTrack, bid_env: Envelope,
+        bid: Bid, attempt: int,
+    ) -> tuple[JobResult | None, str]:
+        cfg = self.config
+        now = _now_ms()
+        executor = bid.signer
+        asg = Assignment(
+            signer=self.identity.did,
+            ts=now,
+            exp=now + cfg.accept_timeout_ms,
+            job=job_cid,
+            bid=bid_env.cid,
+            executor=executor,
+            attempt=attempt,
+            nonce=os.urandom(16),
+            payload=seal(job.payload, executor),
+            deadline=now + job.constraints.timeout_ms + cfg.receipt_grace_ms,
+        ).sign(self.identity)
+        self.metrics.assignments_sent.inc()
+        try:
+            reply = await self._nc.request(
+                subjects.assignment(cfg.federation, job_cid, executor),
+                asg.raw,
+                timeout=cfg.accept_timeout_ms / 1000,
+            )
+        except nats.errors.NoRespondersError:
+            return None, "unreachable: no responders on its assignment subject"
+        except nats.errors.TimeoutError:
+            return None, f"no_accept: no reply within {cfg.accept_timeout_ms} ms"
+        except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError) as exc:
+            raise TransportError(f"NATS connection unusable: {exc}") from exc
+        try:
+            renv = open_envelope(reply.data, max_len=64 * 1024)
+            if renv.type == "reject":
+                _, rej = decode_message(renv, Reject)
+                if rej.signer != executor or rej.assignment != asg.cid:
+                    raise ProtocolError("reject not from the assigned executor")
+                renv.verify()
+                return None, f"rejected: {rej.reason} {rej.detail}".rstrip()
+            _, acc = decode_message(renv, Accept)
+            if acc.signer != executor or acc.assignment != asg.cid or acc.attempt != attempt:
+                raise ProtocolError("accept does not match the assignment")
+            renv.verify()
+        except ProtocolError as exc:
+            self.metrics.reject("accept", exc.reason)
+            return None, f"bad_accept: {exc}"
+        # Winner accepted: release every other bidder's reservation.
+        close = Close(
+            signer=self.identity.did, ts=_now_ms(), job=job_cid, winner=executor,
+            bid=bid_env.cid,
+        ).sign(self.identity)
+        await self._nc.publish(subjects.closed(cfg.federation, job_cid), close.raw)
+        return await self._await_receipt(job, spec, job_cid, track, asg, bid_env, bid, attempt)
+
+    async def _await_receipt(
+        self, job: Job, spec: JobSpec, job_cid: str, track: _JobTrack, asg: Envelope,
+        bid_env: Envelope, bid: Bid, attempt: int,
+    ) -> tuple[JobResult | None, str]:
+        executor = bid.signer
+        deadline_ms = asg.body["deadline"]
+        # Executor death shows as its adverts stopping: only usable if it advertised.
+        watch_liveness = self.directory.get(executor) is not None
+        seen = 0
+        while True:
+            while seen < len(track.deliveries):
+                data = track.deliveries[seen]
+                seen += 1
+                result = self._check_delivery(data, job_cid, asg, bid_env, bid, attempt)
+                if result is not None:
+                    return result, ""
+            now = _now_ms()
+            if now >= deadline_ms:
+                return None, (
+                    f"no_receipt: none within {job.constraints.timeout_ms} ms + "
+                    f"{self.config.receipt_grace_ms} ms grace"
+                )
+            if watch_liveness and self.directory.get(executor) is None:
+                return None, "executor_gone: its adverts stopped (TTL expired)"
+            wait_s = min(deadline_ms - now, self.config.liveness_check_ms) / 1000
+            with anyio.move_on_after(wait_s):
+                await track.changed.wait()
+
+    def _check_delivery(
+        self, data: bytes, job_cid: str, asg: Envelope, bid_env: Envelope, bid: Bid,
+        attempt: int,
+    ) -> JobResult | None:
+        try:
+            delivery = ReceiptDelivery.model_validate(_decode_map(data))
+            renv, receipt = decode_message(delivery.receipt, Receipt)
+            if receipt.job != job_cid:
+                raise ProtocolError("receipt for another job")
+            if receipt.assignment != asg.cid:
+                # A receipt for an earlier attempt (a replaced executor): record, don't use.
+                renv.verify()
+                track = self._tracks.get(job_cid)
+                if track is not None:
+                    track.late_receipts.append(renv.cid)
+                log.info("late receipt %s for job %s from %s recorded, not used", renv.cid,
+                         job_cid, receipt.signer)
+                return None
+            if receipt.signer != bid.signer or receipt.bid != bid_env.cid:
+                raise ProtocolError("receipt not signed by the assigned executor")
+            if receipt.attempt != attempt or receipt.originator != self.identity.did:
+                raise ProtocolError("receipt links do not match the assignment")
+            renv.verify()
+            output: bytes | None = None
+            if receipt.result is not None:
+                if delivery.result is None:
+                    raise ProtocolError("receipt names a result but none was delivered")
+                output = open_sealed(delivery.result, self.identity)
+                verify_blob(output, receipt.result)
+                if len(output) != receipt.result_size:
+                    raise ProtocolError("result size differs from the receipt")
+        except ProtocolError as exc:
+            self.metrics.reject("receipt", exc.reason)
+            log.warning("dropped receipt delivery for job %s: %s", job_cid, exc)
+            return None
+        except Exception as exc:  # pydantic ValidationError on the container, etc.
+            self.metrics.reject("receipt", "decode")
+            log.warning("dropped malformed receipt delivery for job %s: %s", job_cid, exc)
+            return None
+        return JobResult(
+            job_cid=job_cid,
+            status=receipt.status,
+            output=output,
+            receipt=receipt,
+            receipt_cid=renv.cid,
+            executor=receipt.signer,
+            price=receipt.charge,
+            currency=receipt.currency,
+            latency_ms=0.0,
+        )
+
+
+def _decode_map(data: bytes) -> dict[str, Any]:
+    from ..protocol.encoding import canonical_decode
+    from ..protocol.errors import DecodeError
+
+    doc = canonical_decode(data, max_len=16 * 1024 * 1024)
+    if not isinstance(doc, dict):
+        raise DecodeError("receipt delivery must be a map")
+    return doc

@@ -1,0 +1,177 @@
+"""Job builders and results: what an SDK user writes and gets back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from ..executor.handlers import encode_python_payload
+from ..protocol.errors import Attempt, JobFailed, JobTimeout
+from ..protocol.messages import Constraints, JobSlo, Receipt
+
+__all__ = ["Job", "JobResult"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Job:
+    """A job to run on the mesh: a capability, its payload, and its terms.
+
+    Build with :meth:`python`, :meth:`echo` or :meth:`call`.  The payload never
+    leaves this process except sealed to the one executor that wins the job.
+    """
+
+    capability: str
+    payload: bytes
+    constraints: Constraints = field(default_factory=Constraints)
+    requirements: dict[str, Any] = field(default_factory=dict)
+    slo: JobSlo | None = None
+    max_price: int | None = None
+    currency: str = "USD"
+    policy: str | None = None
+    fallback: tuple[str, ...] = ()
+
+    @classmethod
+    def python(
+        cls,
+        code: str,
+        args: dict[str, Any] | None = None,
+        *,
+        env_profile: str = "python-core",
+        accelerator: str = "cpu",
+        timeout_sec: float = 10.0,
+        max_output_bytes: int = 1 << 20,
+        memory_mb: int | None = None,
+        isolation: str | None = None,
+        requirements: dict[str, Any] | None = None,
+        slo_p95_ms: float | None = None,
+        slo_p99_ms: float | None = None,
+        max_price: int | None = None,
+        currency: str = "USD",
+        policy: str | None = None,
+        fallback: tuple[str, ...] | list[str] = (),
+    ) -> Job:
+        """A ``python.run`` job (seed 001 FaaS schema): ``code`` sees a global ``args``."""
+        return cls(
+            capability="python.run",
+            payload=encode_python_payload(code, args),
+            constraints=Constraints(
+                timeout_ms=max(1, int(timeout_sec * 1000)),
+                max_output_bytes=max_output_bytes,
+                memory_mb=memory_mb,
+                accelerator=accelerator,  # type: ignore[arg-type]
+                env_profile=env_profile,
+                runtime="python",
+                isolation=isolation,  # type: ignore[arg-type]
+            ),
+            requirements=dict(requirements or {}),
+            slo=_slo(slo_p95_ms, slo_p99_ms),
+            max_price=max_price,
+            currency=currency,
+            policy=policy,
+            fallback=tuple(fallback),
+        )
+
+    @classmethod
+    def echo(cls, data: bytes, *, timeout_sec: float = 5.0, **kwargs: Any) -> Job:
+        """An ``echo`` job: the executor returns ``data`` unchanged."""
+        return cls.call("echo", data, timeout_sec=timeout_sec, **kwargs)
+
+    @classmethod
+    def call(
+        cls,
+        capability: str,
+        payload: bytes,
+        requirements: dict[str, Any] | None = None,
+        *,
+        timeout_sec: float = 10.0,
+        max_output_bytes: int = 1 << 20,
+        slo_p95_ms: float | None = None,
+        slo_p99_ms: float | None = None,
+        max_price: int | None = None,
+        currency: str = "USD",
+        policy: str | None = None,
+    ) -> Job:
+        """A job for any capability, e.g. an in-process service registered on nodes."""
+        return cls(
+            capability=capability,
+            payload=bytes(payload),
+            constraints=Constraints(
+                timeout_ms=max(1, int(timeout_sec * 1000)), max_output_bytes=max_output_bytes
+            ),
+            requirements=dict(requirements or {}),
+            slo=_slo(slo_p95_ms, slo_p99_ms),
+            max_price=max_price,
+            currency=currency,
+            policy=policy,
+        )
+
+
+def _slo(p95_ms: float | None, p99_ms: float | None) -> JobSlo | None:
+    if p95_ms is None and p99_ms is None:
+        return None
+    return JobSlo(
+        p95_us=None if p95_ms is None else int(p95_ms * 1000),
+        p99_us=None if p99_ms is None else int(p99_ms * 1000),
+    )
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """A job's outcome, backed by a verified receipt."""
+
+    job_cid: str
+    status: str
+    output: bytes | None
+    receipt: Receipt
+    receipt_cid: str
+    executor: str
+    price: int
+    currency: str
+    latency_ms: float
+    attempts: tuple[Attempt, ...] = ()
+    verified: bool = True
+    explanation: Any = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def raise_for_status(self) -> JobResult:
+        """Return ``self`` if the job succeeded, else raise :class:`JobFailed`."""
+        if self.status == "ok":
+            return self
+        err = JobTimeout if self.status == "timeout" else JobFailed
+        raise err(self.job_cid, self.status, self.receipt.detail)
+
+    # -- python.run conveniences -------------------------------------------------
+
+    def _py(self) -> dict[str, Any]:
+        if self.output is None:
+            return {}
+        try:
+            doc = msgpack.unpackb(self.output, raw=False)
+        except Exception:
+            return {}
+        return doc if isinstance(doc, dict) else {}
+
+    @property
+    def stdout(self) -> str:
+        out = self._py().get("stdout", b"")
+        return out.decode("utf-8", "replace") if isinstance(out, bytes) else ""
+
+    @property
+    def stderr(self) -> str:
+        err = self._py().get("stderr", b"")
+        return err.decode("utf-8", "replace") if isinstance(err, bytes) else ""
+
+    @property
+    def exit_code(self) -> int | None:
+        code = self._py().get("exit_code")
+        return code if isinstance(code, int) else None
+
+    @property
+    def return_value(self) -> Any:
+        raw = self._py().get("return")
+        return None if raw is None else msgpack.unpackb(raw, raw=False)

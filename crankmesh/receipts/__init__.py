@@ -1,0 +1,1 @@
+"""Receipts: per-executor hash chains, persistence, audit, reputation."""

@@ -1,0 +1,195 @@
+"""The signed job flow end to end on a real nats-server (RFC 0001 §8)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import anyio
+import pytest
+
+from crankmesh.executor.handlers import EchoCapability
+from crankmesh.originator import Job
+from crankmesh.protocol import subjects
+from crankmesh.protocol.envelope import open_envelope, signing_input
+from crankmesh.protocol.encoding import canonical_encode
+from crankmesh.protocol.identity import Identity
+from crankmesh.protocol.messages import (
+    Announce,
+    Assignment,
+    Bid,
+    BidSlo,
+    Load,
+    Reject,
+    decode_message,
+)
+from crankmesh.protocol.cid import cid_for_document
+
+from .helpers import client_for, mesh, node_config, raw_connection
+
+pytestmark = [pytest.mark.integration, pytest.mark.anyio]
+
+
+def _count(metric, **labels: str) -> float:
+    total = 0.0
+    for m in metric.collect():
+        for s in m.samples:
+            if s.name.endswith("_total") and all(s.labels.get(k) == v for k, v in labels.items()):
+                total += s.value
+    return total
+
+
+async def test_three_nodes_twenty_echo_jobs_every_receipt_verified_cheapest_wins(nats_server):
+    async with mesh(nats_server.url, [node_config(i) for i in range(3)]) as nodes:
+        cheapest = nodes[0]
+        async with client_for(nats_server.url, "echo", 3) as client:
+            seqs = []
+            for i in range(20):
+                data = os.urandom(32) + bytes([i])
+                r = await client.run(Job.echo(data))
+                assert r.ok and r.verified
+                assert r.output == data
+                assert r.executor == cheapest.did
+                assert r.price == 1000
+                assert r.receipt.originator == client.identity.did
+                seqs.append(r.receipt.seq)
+                # the explanation ranks the cheapest first (the window may close before
+                # dearer bids arrive: no advertised peer could beat the cheapest)
+                assert r.explanation.considered[0].executor == cheapest.did
+            # the executor's receipts form an unbroken chain
+            assert seqs == list(range(seqs[0], seqs[0] + 20))
+        assert _count(cheapest.metrics.execution_start, capability="echo") == 20
+        assert _count(nodes[1].metrics.execution_start) == 0
+
+
+async def test_bid_with_forged_signature_is_never_selected(nats_server):
+    """A rogue bids far below everyone, claiming another DID it cannot sign for."""
+    victim = Identity.generate()
+    rogue = Identity.generate()
+    async with mesh(nats_server.url, [node_config(i) for i in range(2)]) as nodes:
+        async with raw_connection(nats_server.url) as nc:
+
+            async def forge(msg):
+                env, ann = decode_message(msg.data, Announce)
+                from crankmesh.protocol.messages import job_cid_of
+
+                job_cid = job_cid_of(env.body["job"])
+                now = time.time_ns() // 1_000_000
+                body = Bid(
+                    signer=victim.did, ts=now, exp=now + 10_000, job=job_cid,
+                    nonce=os.urandom(16), price=1, slo=BidSlo(), load=Load(),
+                ).to_wire()
+                body_bytes = canonical_encode(body)
+                sig = rogue.sign(signing_input("bid", body_bytes))  # wrong key for victim
+                raw = canonical_encode({"b": body_bytes, "s": sig, "t": "bid", "v": 1})
+                await nc.publish(subjects.bids("default", job_cid), raw)
+
+            await nc.subscribe(subjects.announce("default", "echo"), cb=forge)
+            await nc.flush()
+            async with client_for(nats_server.url, "echo", 2, max_bid_window_ms=300) as client:
+                for _ in range(5):
+                    r = await client.run(Job.echo(b"x"))
+                    assert r.ok and r.executor == nodes[0].did
+                    considered = {c.executor: c for c in r.explanation.considered}
+                    assert victim.did in considered  # it was seen (and ranked first) ...
+                assert client.metrics.rejection_count("bid", "bad_signature") == 5  # ...never used
+
+
+async def test_executor_refuses_assignment_for_a_bid_it_did_not_make(nats_server):
+    originator = Identity.generate()
+    async with mesh(nats_server.url, [node_config(0)]) as (node,):
+        async with raw_connection(nats_server.url) as nc:
+            now = time.time_ns() // 1_000_000
+            job_cid = cid_for_document(b"some job")
+            from crankmesh.protocol.identity import seal
+
+            asg = Assignment(
+                signer=originator.did, ts=now, exp=now + 5000, job=job_cid,
+                bid=cid_for_document(b"a bid nobody made"), executor=node.did, attempt=1,
+                nonce=os.urandom(16), payload=seal(b"hi", node.did), deadline=now + 10_000,
+            ).sign(originator)
+            reply = await nc.request(subjects.assignment("default", job_cid, node.did),
+                                     asg.raw, timeout=2)
+            env, rej = decode_message(reply.data, Reject)
+            env.verify()
+            assert rej.signer == node.did and rej.reason == "unknown_bid"
+            assert rej.assignment == asg.cid
+    assert _count(node.metrics.execution_start) == 0
+
+
+async def test_replayed_assignment_is_not_executed_twice(nats_server):
+    async with mesh(nats_server.url, [node_config(0)]) as (node,):
+        async with raw_connection(nats_server.url) as sniffer:
+            captured: list[tuple[str, bytes]] = []
+
+            async def grab(msg):
+                captured.append((msg.subject, msg.data))
+
+            await sniffer.subscribe("crank.default.jobs.*.assignment.*", cb=grab)
+            await sniffer.flush()
+            async with client_for(nats_server.url, "echo", 1) as client:
+                r = await client.run(Job.echo(b"once"))
+                assert r.ok
+            assert len(captured) == 1
+            subject, raw = captured[0]
+            receipts = []
+
+            async def on_receipt(msg):
+                receipts.append(msg.data)
+
+            await sniffer.subscribe(subjects.receipt_delivery("default", r.job_cid), cb=on_receipt)
+            for _ in range(3):
+                reply = await sniffer.request(subject, raw, timeout=2)
+                env = open_envelope(reply.data)
+                env.verify()
+                assert env.type == "accept"  # the original acceptance, not a new run
+            await anyio.sleep(0.2)
+            assert len(receipts) == 3  # the original receipt is re-published
+            assert _count(node.metrics.execution_start) == 1
+            assert _count(node.metrics.assignments, outcome="duplicate") == 3
+
+
+class _DrainAfterBid(EchoCapability):
+    """An echo that starts draining right after it bids: its assignment is rejected."""
+
+    executor = None
+
+    def check(self, job):
+        self.executor._draining = True  # the bid is still published after this check
+        return None
+
+
+async def test_rejecting_executor_leads_to_next_bid(nats_server):
+    handler = _DrainAfterBid()
+    cfgs = [node_config(0, capabilities=(), extra_handlers=[handler]), node_config(1)]
+    async with mesh(nats_server.url, cfgs) as nodes:
+        handler.executor = nodes[0].executor
+        async with client_for(nats_server.url, "echo", 2, max_bid_window_ms=500) as client:
+            r = await client.run(Job.echo(b"next"))
+            assert r.ok and r.executor == nodes[1].did
+            assert [a.executor for a in r.attempts] == [nodes[0].did]
+            assert r.attempts[0].outcome.startswith("rejected: draining")
+        assert _count(nodes[0].metrics.execution_start) == 0
+
+
+async def test_executor_gone_before_accept_fails_over_at_once(nats_server):
+    async with mesh(nats_server.url, [node_config(0), node_config(1)]) as nodes:
+        victim = nodes[0]
+        async with raw_connection(nats_server.url) as sniffer:
+
+            async def kill_on_bid(msg):
+                env = open_envelope(msg.data)
+                if env.signer == victim.did and not victim.nc.is_closed:
+                    await victim.nc.close()
+
+            await sniffer.subscribe("crank.default.jobs.*.bids", cb=kill_on_bid)
+            await sniffer.flush()
+            # keep the window open long enough for the victim's connection to be gone
+            async with client_for(nats_server.url, "echo", 2, max_bid_window_ms=500,
+                                  min_bid_window_ms=300) as client:
+                t = time.perf_counter()
+                r = await client.run(Job.echo(b"failover"))
+                assert r.ok and r.executor == nodes[1].did
+                assert r.attempts and r.attempts[0].executor == victim.did
+                assert r.attempts[0].outcome.startswith("unreachable")
+                assert time.perf_counter() - t < 2.0
