@@ -331,11 +331,9 @@ class Executor:
         # Cheap pre-filter: only closes for jobs we hold a reservation for matter.
         info = subjects.parse_subject(msg.subject)
         bid_cid = self._bids_by_job.get(info.job_cid or "")
-        if bid_cid is None:
-            return
-        rec = self._bids.get(bid_cid)
+        rec = self._bids.get(bid_cid) if bid_cid is not None else None
         if rec is None or not rec.reserved:
-            return
+            raise _Reject("unsolicited")  # not a job we hold capacity for
         env, close = decode_message(msg.data, Close, max_len=4096)
         if close.job != rec.job_cid or close.signer != rec.job.originator:
             raise _Reject("not_originator")

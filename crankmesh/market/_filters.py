@@ -190,7 +190,11 @@ SLO_FILTERS: tuple[Filter, ...] = (SLO_P95, SLO_P99, ACCURACY)
 PERFORMANCE_FILTERS = frozenset(f.name for f in SLO_FILTERS)
 """Filters whose rejects are "cheaper but slower/less accurate" in a reason sentence."""
 
-FILTER_LABELS: dict[str, str] = {f.name: f.label for f in BASE_FILTERS + SLO_FILTERS}
+FILTER_LABELS: dict[str, str] = {
+    **{f.name: f.label for f in BASE_FILTERS + SLO_FILTERS},
+    # rejections the originator adds after ranking (Ranking.reject)
+    "signature": "with an invalid signature",
+}
 
 
 def apply_filters(

@@ -4,7 +4,7 @@ filtered out and why."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
 from ..protocol.errors import NoEligibleBid
@@ -60,6 +60,25 @@ class Ranking:
     def candidates(self) -> tuple[Candidate, ...]:
         """The eligible candidates, best first."""
         return tuple(s.candidate for s in self.eligible)
+
+    def reject(self, bid_cid: str, filter: str, reason: str) -> Ranking:
+        """A copy with the eligible bid ``bid_cid`` moved to ``rejected`` (ranks renumbered).
+
+        For what is only learnt after ranking: a bid whose signature fails lazy verification
+        (``filter="signature"``), an executor that declined the assignment, ...  The
+        explanation then shows the next bid as the winner and this one with ``reason``.
+        ValueError when ``bid_cid`` is not an eligible bid of this ranking.
+        """
+        for i, s in enumerate(self.eligible):
+            if s.candidate.bid_cid == bid_cid:
+                break
+        else:
+            raise ValueError(f"bid {bid_cid} is not an eligible bid of this ranking")
+        kept = self.eligible[:i] + tuple(
+            replace(s, rank=s.rank - 1) for s in self.eligible[i + 1 :]
+        )
+        gone = RejectedCandidate(candidate=self.eligible[i].candidate, filter=filter, reason=reason)
+        return replace(self, eligible=kept, rejected=(*self.rejected, gone))
 
     def raise_if_empty(self, job_cid: str) -> Candidate:
         """Return the winner, or raise :class:`NoEligibleBid` naming each bid and the

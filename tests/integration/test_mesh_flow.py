@@ -86,7 +86,8 @@ async def test_bid_with_forged_signature_is_never_selected(nats_server):
 
             await nc.subscribe(subjects.announce("default", "echo"), cb=forge)
             await nc.flush()
-            async with client_for(nats_server.url, "echo", 2, max_bid_window_ms=300) as client:
+            async with client_for(nats_server.url, "echo", 2, max_bid_window_ms=300,
+                                  min_bid_window_ms=100) as client:
                 for _ in range(5):
                     r = await client.run(Job.echo(b"x"))
                     assert r.ok and r.executor == nodes[0].did

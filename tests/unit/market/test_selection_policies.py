@@ -364,3 +364,22 @@ def test_terms_price_limit() -> None:
     assert Terms(max_price_micros=5).price_limit_micros == 5
     assert Terms(budget_remaining_micros=3).price_limit_micros == 3
     assert Terms(max_price_micros=5, budget_remaining_micros=3).price_limit_micros == 3
+
+
+def test_reject_after_ranking_moves_the_bid_and_promotes_the_next() -> None:
+    ranking = select(FIXTURE, Terms(), "cost", NOW)
+    first, second = ranking.candidates[:2]
+    after = ranking.reject(first.bid_cid, "signature", "signature does not verify")
+    assert after.winner == second
+    assert [s.rank for s in after.eligible] == [1, 2, 3, 4]
+    assert after.rejected[-1].candidate == first
+    assert ranking.winner == first  # the original is unchanged
+    reason = after.explanation("bafy-job").reason
+    assert reason.endswith("3 others ranked lower, 1 with an invalid signature")
+    with pytest.raises(ValueError, match="not an eligible bid"):
+        after.reject(first.bid_cid, "signature", "again")
+    emptied = after
+    for c in after.candidates:
+        emptied = emptied.reject(c.bid_cid, "declined", "queue full")
+    with pytest.raises(NoEligibleBid, match="declined: queue full"):
+        emptied.raise_if_empty("bafy-job")
