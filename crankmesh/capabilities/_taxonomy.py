@@ -42,7 +42,7 @@ def _token(value: object, path: str, what: str) -> str:
 
 def _choice(value: object, path: str, choices: dict[str, str], what: str) -> str:
     if not isinstance(value, str):
-        raise CapabilitySpecError(path, f"expected a {what} name, got {kind(value)}")
+        raise CapabilitySpecError(path, f"expected a string ({what}), got {kind(value)}")
     token = choices.get(value.strip().lower())
     if token is None:
         options = ", ".join(sorted(set(choices.values())))

@@ -8,7 +8,8 @@ the operators ``>= > <= < == != ~=`` and ``==X.*`` / ``!=X.*`` wildcards.
 One deliberate difference from installers: a specifier set does *not* exclude pre-releases by
 default.  Matching checks a version an executor already has installed, not one to choose, so
 ``2.2.0rc1`` satisfies ``>=2.1``.  PEP 440's exclusive-ordering rules are kept, so ``<3`` is not
-satisfied by ``3.0.0rc1`` and ``>2`` is not satisfied by ``2.0.post1``.
+satisfied by ``3.0.0rc1`` and ``>2`` is not satisfied by ``2.0.post1``; a candidate's local
+label is ignored unless the specifier has one.
 """
 
 from __future__ import annotations
@@ -239,16 +240,18 @@ class Specifier:
         if op == ">=":
             return public >= spec
         if op == "<":
+            # "<3" must not admit a pre-release of 3 (3.0rc1), although it sorts below 3.
             if public >= spec:
                 return False
-            # "<3" must not admit 3.0rc1, although 3.0rc1 sorts below 3.
-            return spec.is_prerelease or not (public.is_prerelease and public.base == spec.base)
-        # op == ">"
+            # 1a1.post1 is a pre-release of 1; 1.post1.dev0 is one of 1.post1.
+            post = None if public.pre is not None else public.post
+            family = Version(public.release, public.epoch, post=post)
+            return spec.is_prerelease or not (public.is_prerelease and family == spec)
+        # op == ">": ">2" must not admit a post-release of 2 (2.post1).
         if public <= spec:
             return False
-        if not spec.is_postrelease and public.is_postrelease and public.base == spec.base:
-            return False  # ">2" must not admit 2.post1
-        return not (candidate.local is not None and public.base == spec.base)
+        family = Version(public.release, public.epoch, pre=public.pre)
+        return spec.is_postrelease or not (public.is_postrelease and family == spec)
 
     def _equal(self, candidate: Version) -> bool:
         spec = self.version

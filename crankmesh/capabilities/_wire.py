@@ -68,8 +68,13 @@ class FrozenMap(Mapping[str, V]):
 EMPTY_MAP: Final[FrozenMap[object]] = FrozenMap()
 
 
-def freeze(value: object, path: str) -> FrozenWire:
+MAX_DEPTH: Final = 16
+
+
+def freeze(value: object, path: str, _depth: int = 0) -> FrozenWire:
     """Validate a wire-safe value and make it immutable; floats are refused."""
+    if _depth > MAX_DEPTH:
+        raise CapabilitySpecError(path, f"nested deeper than {MAX_DEPTH} levels")
     if value is None or isinstance(value, bool | int | str | bytes):
         if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
             raise CapabilitySpecError(path, f"integer {value} does not fit in 64 bits")
@@ -81,13 +86,13 @@ def freeze(value: object, path: str) -> FrozenWire:
             "(MiB, ms, parts per million)",
         )
     if isinstance(value, list | tuple):
-        return tuple(freeze(v, f"{path}[{i}]") for i, v in enumerate(value))
+        return tuple(freeze(v, f"{path}[{i}]", _depth + 1) for i, v in enumerate(value))
     if isinstance(value, Mapping):
         out: dict[str, FrozenWire] = {}
         for k, v in value.items():
             if not isinstance(k, str):
                 raise CapabilitySpecError(path, f"keys must be strings, got {k!r}")
-            out[k] = freeze(v, join(path, k))
+            out[k] = freeze(v, join(path, k), _depth + 1)
         return FrozenMap(out)
     raise CapabilitySpecError(path, f"expected a wire-safe value, got {kind(value)}")
 

@@ -29,7 +29,7 @@ from anyio.abc import TaskStatus
 from ..observability import Metrics
 from ..protocol import subjects
 from ..protocol.cid import cid_for_blob, verify_blob
-from ..protocol.envelope import ReplayGuard, check_fresh
+from ..protocol.envelope import Envelope, ReplayGuard, check_fresh
 from ..protocol.errors import ProtocolError
 from ..protocol.identity import Identity, did_node_id, open_sealed, seal
 from ..protocol.messages import (
@@ -90,6 +90,7 @@ class _BidRecord:
     job_cid: str
     job: JobSpec
     exp: int
+    announce: Envelope
     reserved: bool = True
 
 
@@ -271,8 +272,11 @@ class Executor:
         if ann.signer != ann.job.originator:
             raise _Reject("not_originator")
         job_cid = job_cid_of(env.body["job"])
-        self._announce_replay.remember(env.cid, (ann.exp or now) + 60_000, now)
-        env.verify()
+        # Key on the signature: unique per (key, body), and free (no hashing).
+        self._announce_replay.remember(env.signature, ann.exp + 60_000, now)
+        # The announce signature is verified lazily, when (and only if) this bid wins
+        # an assignment: a bid reveals nothing a public advert does not, and the
+        # winner checks both the announce and the assignment before it runs anything.
         capability = ann.job.capability
         self.metrics.announces_seen.labels(capability=capability).inc()
         if self._draining:
@@ -318,7 +322,7 @@ class Executor:
             isolation=self.config.isolation,  # type: ignore[arg-type]
         )
         bid_env = bid.sign(self.identity)
-        rec = _BidRecord(bid_env.cid, job_cid, ann.job, bid.exp)
+        rec = _BidRecord(bid_env.cid, job_cid, ann.job, bid.exp, env)
         self._bids[rec.bid_cid] = rec
         self._bids_by_job[job_cid] = rec.bid_cid
         heapq.heappush(self._bid_expiry, (rec.exp, rec.bid_cid))
@@ -389,6 +393,11 @@ class Executor:
         if asg.signer != rec.job.originator:
             await self._reject(msg, asg, env.cid, "not_originator",
                                "assignment not signed by the job's originator")
+            return
+        try:
+            rec.announce.verify()
+        except ProtocolError as exc:
+            await self._reject(msg, asg, env.cid, "bad_announce", str(exc))
             return
         try:
             check_fresh(env, now, max_age_ms=self.config.bid_valid_ms,

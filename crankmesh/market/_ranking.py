@@ -69,10 +69,8 @@ class Ranking:
         explanation then shows the next bid as the winner and this one with ``reason``.
         ValueError when ``bid_cid`` is not an eligible bid of this ranking.
         """
-        for i, s in enumerate(self.eligible):
-            if s.candidate.bid_cid == bid_cid:
-                break
-        else:
+        i = next((n for n, s in enumerate(self.eligible) if s.candidate.bid_cid == bid_cid), -1)
+        if i < 0:
             raise ValueError(f"bid {bid_cid} is not an eligible bid of this ranking")
         kept = self.eligible[:i] + tuple(
             replace(s, rank=s.rank - 1) for s in self.eligible[i + 1 :]

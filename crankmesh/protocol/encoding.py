@@ -48,33 +48,68 @@ def canonicalize(value: Any, _depth: int = 0) -> Any:
     Raises :class:`TypeError` for anything that has no canonical form (floats,
     non-``str`` keys, sets, arbitrary objects) and :class:`ValueError` for
     integers out of the msgpack range.
+
+    Keys are sorted as Python ``str``: code-point order is exactly the order
+    of their UTF-8 bytes, so no encoding is needed to sort.
     """
     if _depth > MAX_DEPTH:
         raise ValueError(f"nesting deeper than {MAX_DEPTH} levels")
-    # bool is a subclass of int: test it first.
-    if value is None or isinstance(value, bool | str | bytes):
+    t = type(value)
+    if t is str or t is bytes or t is bool or value is None:
         return value
-    if isinstance(value, int):
+    if t is int:
         if not _INT_MIN <= value <= _INT_MAX:
             raise ValueError(f"integer {value} is outside the msgpack range")
         return value
-    if isinstance(value, Mapping):
-        items = []
-        for k, v in value.items():
-            if not isinstance(k, str):
+    if t is dict or isinstance(value, Mapping):
+        for k in value:
+            if type(k) is not str:
                 raise TypeError(f"map keys must be str, got {type(k).__name__}: {k!r}")
-            items.append((k.encode("utf-8"), k, canonicalize(v, _depth + 1)))
-        items.sort(key=lambda t: t[0])
-        return {k: v for _, k, v in items}
-    if isinstance(value, list | tuple):
-        return [canonicalize(v, _depth + 1) for v in value]
-    if isinstance(value, bytearray | memoryview):
+        d = _depth + 1
+        return {k: canonicalize(value[k], d) for k in sorted(value)}
+    if t is list or t is tuple:
+        d = _depth + 1
+        return [canonicalize(v, d) for v in value]
+    if isinstance(value, str):  # str subclasses (e.g. StrEnum) encode as plain str
+        return str.__add__("", value)
+    if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return canonicalize(int(value), _depth)
+    if isinstance(value, list | tuple):
+        return canonicalize(list(value), _depth)
     if isinstance(value, float):
         raise TypeError(
             "floats are not allowed in canonical bodies; use integer micro-units, ms or µs"
         )
     raise TypeError(f"{type(value).__name__} has no canonical msgpack form")
+
+
+def _check_canonical_tree(value: Any, depth: int = 0) -> None:
+    """Raise NonCanonicalError unless decoded ``value`` has only canonical shapes:
+    str keys in sorted order, no floats, bounded depth."""
+    if depth > MAX_DEPTH:
+        raise NonCanonicalError(f"nesting deeper than {MAX_DEPTH} levels")
+    t = type(value)
+    if t is dict:
+        prev = None
+        for k, v in value.items():
+            if type(k) is not str:
+                raise NonCanonicalError("map keys must be strings")
+            if prev is not None and k <= prev:
+                raise NonCanonicalError("map keys are not in canonical (sorted, unique) order")
+            prev = k
+            if type(v) in _CONTAINERS or type(v) is float:
+                _check_canonical_tree(v, depth + 1)
+    elif t is list:
+        for v in value:
+            if type(v) in _CONTAINERS or type(v) is float:
+                _check_canonical_tree(v, depth + 1)
+    elif t is float:
+        raise NonCanonicalError("floats are not allowed in canonical msgpack")
+
+
+_CONTAINERS = (dict, list)
 
 
 def canonical_encode(value: Any) -> bytes:
@@ -121,13 +156,11 @@ def canonical_decode(data: bytes, *, max_len: int | None = None) -> Any:
         raise DecodeError(f"malformed msgpack: {exc}") from exc
     except Exception as exc:  # msgpack raises a few undocumented types
         raise DecodeError(f"malformed msgpack: {type(exc).__name__}: {exc}") from exc
-    try:
-        again = canonical_encode(value)
-    except (TypeError, ValueError) as exc:
-        raise NonCanonicalError(f"not canonical: {exc}") from exc
-    if again != data:
+    _check_canonical_tree(value)
+    # Same key order, no floats: re-packing reproduces the bytes exactly when
+    # every int is in its shortest form and str/bin are not confused.
+    if msgpack.packb(value, use_bin_type=True) != data:
         raise NonCanonicalError(
-            "msgpack is valid but not canonical (unsorted keys, non-shortest ints, "
-            "or str/bin confusion)"
+            "msgpack is valid but not canonical (non-shortest ints, or str/bin confusion)"
         )
     return value

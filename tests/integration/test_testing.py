@@ -6,7 +6,6 @@ import logging
 import os
 import shutil
 import socket
-import subprocess
 import time
 from pathlib import Path
 
@@ -15,16 +14,16 @@ import nats.errors
 import pytest
 from nats.aio.client import Client
 
+from crankmesh import testing
 from crankmesh.protocol.errors import ClientStateError, ServerError, TransportError
-from crankmesh.testing import (  # noqa: F401 - fixtures
-    NatsCluster,
-    NatsServer,
-    nats_cluster,
-    nats_server,
-)
+from crankmesh.testing import NatsCluster, NatsServer
 from crankmesh.transport import NatsOptions, connect, find_nats_server_binary
 
 pytestmark = [pytest.mark.integration]
+
+# The fixtures under test, as users get them (these win over any copy in tests/conftest.py).
+nats_server = testing.nats_server
+nats_cluster = testing.nats_cluster
 
 
 async def _round_trip(publisher: Client, subscriber: Client, subject: str) -> bytes:
@@ -202,22 +201,18 @@ async def test_server_with_auth_refuses_a_client_without_credentials(
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 async def test_tls_server_accepts_a_client_that_trusts_its_certificate(tmp_path: Path) -> None:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
+    await anyio.run_process(
         ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
          "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
          "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
-        check=True,
-        capture_output=True,
     )  # fmt: skip
-    async with NatsServer(
-        jetstream=False, tls_cert_file=str(cert), tls_key_file=str(key)
-    ) as server:
-        assert server.url.startswith("tls://")
+    async with NatsServer(jetstream=False, tls_cert_file=str(cert), tls_key_file=str(key)) as s:
+        assert s.url.startswith("tls://")
         started = time.monotonic()
         with pytest.raises(TransportError, match="refused"):
-            await connect(NatsOptions(servers=(server.url,)))  # does not trust the cert
+            await connect(NatsOptions(servers=(s.url,)))  # does not trust the cert
         assert time.monotonic() - started < 2.0
-        nc = await connect(NatsOptions(servers=(server.url,), tls_ca_file=str(cert)))
+        nc = await connect(NatsOptions(servers=(s.url,), tls_ca_file=str(cert)))
         async with nc:
             assert await _round_trip(nc, nc, "crank.test.tls") == b"ping"
 

@@ -53,7 +53,8 @@ class IsolationLevel(enum.IntEnum):
             return cls[token.strip().upper()]
         except KeyError:
             known = ", ".join(repr(level.token) for level in cls)
-            raise ValueError(f"unknown isolation level {token!r}; expected one of {known}") from None
+            msg = f"unknown isolation level {token!r}; expected one of {known}"
+            raise ValueError(msg) from None
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,7 @@ class SandboxLimits:
         return math.ceil(self.timeout_s) + 1
 
 
-class ExecStatus(str, enum.Enum):
+class ExecStatus(enum.StrEnum):
     """How a job ended. A failing job is a status, never an exception."""
 
     OK = "ok"

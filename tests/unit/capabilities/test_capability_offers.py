@@ -118,7 +118,12 @@ def test_every_standard_type_parses_and_round_trips() -> None:
 
 @pytest.mark.parametrize(
     ("alias", "token"),
-    [("nvidia", GpuType.CUDA), ("AMD", GpuType.ROCM), ("hip", GpuType.ROCM), ("mps", GpuType.METAL)],
+    [
+        ("nvidia", GpuType.CUDA),
+        ("AMD", GpuType.ROCM),
+        ("hip", GpuType.ROCM),
+        ("mps", GpuType.METAL),
+    ],
 )
 def test_gpu_type_aliases(alias: str, token: GpuType) -> None:
     assert CapabilityOffer.parse({"gpu": {"type": alias}}).gpus[0].type is token

@@ -236,6 +236,8 @@ def test_specifiers_agree_with_packaging(op: str, spec_v: Version, candidate: Ve
 
 
 @given(st.sampled_from(["==", "!="]), _releases, _versions)
-def test_wildcards_agree_with_packaging(op: str, prefix: tuple[int, ...], candidate: Version) -> None:
+def test_wildcards_agree_with_packaging(
+    op: str, prefix: tuple[int, ...], candidate: Version
+) -> None:
     text = f"{op}{'.'.join(map(str, prefix))}.*"
     assert SpecifierSet.parse(text).contains(candidate) is _packaging_contains(text, str(candidate))

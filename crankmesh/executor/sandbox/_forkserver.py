@@ -1,0 +1,1352 @@
+"""The warm fork-server of the Python sandbox, and everything that runs in its children.
+
+This file is started by :class:`crankmesh.executor.sandbox.Sandbox` as its own clean
+interpreter::
+
+    python -I <this file> <config-json>
+
+with a scrubbed environment, ``close_fds`` and only the control socket passed, so it inherits
+nothing of the node. It is *self-contained* (standard library + msgpack): it never imports
+``crankmesh`` (whose ``__init__`` may pull in NATS and key handling). The node imports it as
+a module only for the wire helpers and constants below.
+
+Process tree per job slot (``STRICT``; lower levels skip the namespaces / uid switch)::
+
+    fork-server (root, single-threaded epoll loop)
+    └── init   pid 1 of a new pid namespace, + net/ipc/uts/mount namespaces, private
+        │      /proc and tmpfs on /tmp, /var/tmp, /dev/shm, /run/lock; child subreaper;
+        │      stays root; waits for the job, then kills and reaps everything of it
+        └── job   setgroups([]), setresgid/setresuid(slot uid), no_new_privs,
+                  pdeathsig; blocks reading its job, applies rlimits, runs the code
+
+Children are *pre-forked*: a slot's init + job pair is created (namespaces, uid switch and
+all) while the slot is idle, so a job only pays for its own code. Protocol:
+
+- node -> server, control socket (``ctl_fd``): one byte ``b"J"`` + one unix socket (SCM_RIGHTS)
+  per job; EOF means shut down. server -> node: one ``ready`` frame at start.
+- per-job socket: node sends one request frame; any later byte (or EOF) cancels the job;
+  the server answers one result frame.
+- frames: 4-byte big-endian length + msgpack.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import ctypes
+import errno
+import functools
+import gc
+import importlib
+import io
+import json
+import linecache
+import os
+import resource
+import select
+import shutil
+import signal
+import socket
+import struct
+import sys
+import time
+import traceback
+import types
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+import msgpack
+
+# --------------------------------------------------------------------------- constants
+
+#: Modules each env profile pre-imports in its fork-server.
+PROFILES: dict[str, tuple[str, ...]] = {
+    "python-core": (
+        "array",
+        "base64",
+        "bisect",
+        "collections",
+        "copy",
+        "csv",
+        "dataclasses",
+        "datetime",
+        "decimal",
+        "enum",
+        "fractions",
+        "functools",
+        "hashlib",
+        "heapq",
+        "io",
+        "itertools",
+        "json",
+        "math",
+        "operator",
+        "pathlib",
+        "random",
+        "re",
+        "shutil",
+        "statistics",
+        "string",
+        "struct",
+        "subprocess",
+        "tempfile",
+        "textwrap",
+        "threading",
+        "time",
+        "typing",
+        "uuid",
+        "zlib",
+        "msgpack",
+        "pydantic",
+    ),
+}
+PROFILES["python-ml"] = (*PROFILES["python-core"], "numpy", "torch")
+
+LEVEL_NONE, LEVEL_BASIC, LEVEL_STANDARD, LEVEL_STRICT = 0, 1, 2, 3
+
+#: Environment of the fork-server (and so of every job, plus HOME / TMPDIR).
+BASE_ENV: dict[str, str] = {
+    "PATH": "/usr/bin:/bin",
+    "LANG": "C.UTF-8",
+    "PYTHONHASHSEED": "0",
+    "PYTHONDONTWRITEBYTECODE": "1",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MALLOC_ARENA_MAX": "2",
+}
+
+STDERR_TAIL = 8 * 1024
+JOB_DIR_IN_NS = "/tmp/job"
+TMPFS_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
+TMPFS_OPTS = b"size=64m,nr_inodes=16384,mode=1777"
+RLIMIT_NOFILE_JOB = 1024
+EXIT_SETUP_FAILED = 70
+MAX_FRAME = 512 * 1024 * 1024
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
+MS_BIND, MS_REC, MS_PRIVATE = 4096, 16384, 1 << 18
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE = 1, 4
+PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 36, 38
+
+_HDR = struct.Struct(">I")
+
+# --------------------------------------------------------------------------- frames
+
+
+def frame(obj: Any) -> bytes:
+    """Encode ``obj`` as one length-prefixed msgpack frame."""
+    body: bytes = msgpack.packb(obj, use_bin_type=True)
+    return _HDR.pack(len(body)) + body
+
+
+def split_frames(buf: bytearray) -> list[Any]:
+    """Remove and decode every complete frame at the start of ``buf``."""
+    out: list[Any] = []
+    while len(buf) >= 4:
+        (size,) = _HDR.unpack_from(buf)
+        if size > MAX_FRAME:
+            raise ValueError(f"frame of {size} bytes is too large")
+        if len(buf) < 4 + size:
+            break
+        out.append(msgpack.unpackb(bytes(buf[4 : 4 + size]), raw=False))
+        del buf[: 4 + size]
+    return out
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _read_frame_blocking(fd: int) -> bytes | None:
+    """Read one frame's body from a blocking fd; ``None`` at a clean EOF."""
+    head = _read_exact(fd, 4)
+    if head is None:
+        return None
+    (size,) = _HDR.unpack(head)
+    body = _read_exact(fd, size)
+    if body is None:
+        raise EOFError("truncated frame")
+    return body
+
+
+def _read_exact(fd: int, size: int) -> bytes | None:
+    chunks: list[bytes] = []
+    left = size
+    while left:
+        chunk = os.read(fd, min(left, 1 << 20))
+        if not chunk:
+            if left == size:
+                return None
+            raise EOFError("truncated frame")
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+# --------------------------------------------------------------------------- syscalls
+
+_libc: ctypes.CDLL | None = None
+
+
+def _lib() -> ctypes.CDLL:
+    global _libc
+    if _libc is None:
+        lib = ctypes.CDLL(None, use_errno=True)
+        lib.mount.argtypes = [
+            ctypes.c_char_p,
+            ctypes.c_char_p,
+            ctypes.c_char_p,
+            ctypes.c_ulong,
+            ctypes.c_char_p,
+        ]
+        lib.prctl.argtypes = [
+            ctypes.c_int,
+            ctypes.c_ulong,
+            ctypes.c_ulong,
+            ctypes.c_ulong,
+            ctypes.c_ulong,
+        ]
+        lib.unshare.argtypes = [ctypes.c_int]
+        lib.setns.argtypes = [ctypes.c_int, ctypes.c_int]
+        lib.sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+        _libc = lib
+    return _libc
+
+
+def _check(ret: int, what: str) -> None:
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def unshare(flags: int) -> None:
+    _check(_lib().unshare(flags), "unshare")
+
+
+def setns(fd: int, nstype: int) -> None:
+    _check(_lib().setns(fd, nstype), "setns")
+
+
+def prctl(option: int, arg: int = 0) -> None:
+    _check(_lib().prctl(option, arg, 0, 0, 0), f"prctl({option})")
+
+
+def mount(
+    source: bytes, target: bytes, fstype: bytes | None, flags: int, data: bytes | None = None
+) -> None:
+    _check(_lib().mount(source, target, fstype, flags, data), f"mount {target!r}")
+
+
+def sethostname(name: bytes) -> None:
+    _check(_lib().sethostname(name, len(name)), "sethostname")
+
+
+def _cpu_us(ru: resource.struct_rusage) -> int:
+    return int((ru.ru_utime + ru.ru_stime) * 1_000_000)
+
+
+def _close_all_but(keep: Iterable[int]) -> None:
+    low = 0
+    for fd in sorted(set(keep)):
+        if fd > low:
+            os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 1 << 20)
+
+
+# --------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """What one fork-server serves, and how strongly it isolates."""
+
+    profile: str
+    level: int
+    slots: int
+    workdir: str
+    uid_base: int | None = None
+    netns_per_job: bool = True
+    node_pid: int = 0
+    ctl_fd: int = 3
+
+    @property
+    def separate_uid(self) -> bool:
+        return self.level >= LEVEL_STANDARD and self.uid_base is not None
+
+    @property
+    def namespaces(self) -> bool:
+        return self.level >= LEVEL_STRICT
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ServerConfig:
+        return cls(**json.loads(text))
+
+
+# --------------------------------------------------------------------------- the job
+
+
+class _Abort(Exception):
+    """Raised in init by SIGTERM: the server wants the job gone."""
+
+
+def _raise_abort(signum: int, frame: object) -> None:
+    raise _Abort
+
+
+def _init_main(
+    cfg: ServerConfig, slot: int, workdir: str, fds: dict[str, int], server_pid: int
+) -> NoReturn:
+    """Body of a slot's init process. Never returns."""
+    st_w = fds["st_w"]
+    try:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        signal.signal(signal.SIGTERM, _raise_abort)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        os.dup2(devnull, 0)
+        os.dup2(fds["out_w"], 1)
+        os.dup2(fds["err_w"], 2)
+        _close_all_but((0, 1, 2, fds["job_r"], fds["res_w"], st_w))
+        os.setsid()
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if not cfg.namespaces and os.getppid() != server_pid:
+            os._exit(0)  # the server died before pdeathsig was armed
+        prctl(PR_SET_CHILD_SUBREAPER, 1)
+        job_dir = workdir
+        if cfg.namespaces:
+            wd_fd = os.open(workdir, os.O_PATH | os.O_DIRECTORY)
+            flags = CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS
+            if cfg.netns_per_job:
+                flags |= CLONE_NEWNET
+            unshare(flags)
+            mount(b"none", b"/", None, MS_REC | MS_PRIVATE)
+            mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+            for path in TMPFS_DIRS:
+                if os.path.isdir(path) and not os.path.islink(path):
+                    mount(b"tmpfs", path.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, TMPFS_OPTS)
+            os.mkdir(JOB_DIR_IN_NS, 0o700)
+            mount(f"/proc/self/fd/{wd_fd}".encode(), JOB_DIR_IN_NS.encode(), None, MS_BIND)
+            os.close(wd_fd)
+            sethostname(b"crankmesh-job")
+            job_dir = JOB_DIR_IN_NS
+        _write_all(st_w, frame(["S", _cpu_us(resource.getrusage(resource.RUSAGE_SELF))]))
+        pid = os.fork()
+        if pid == 0:
+            os.close(st_w)
+            _job_main(cfg, slot, job_dir, fds["job_r"], fds["res_w"])
+        os.close(fds["job_r"])
+        os.close(fds["res_w"])
+        os.dup2(0, 1)
+        os.dup2(0, 2)
+        status = _init_wait(pid)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _kill_descendants(cfg, slot, pid)
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        _write_all(st_w, frame(["E", status, _cpu_us(ru), ru.ru_maxrss]))
+    except BaseException as exc:  # noqa: B036 - init must report, never raise
+        with contextlib.suppress(BaseException):
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            _write_all(st_w, frame(["F", f"{type(exc).__name__}: {exc}"]))
+    os._exit(0)
+
+
+def _init_wait(pid: int) -> int:
+    """Reap children until the job's main process ends; return its wait status."""
+    try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+        while True:
+            try:
+                reaped, status = os.waitpid(-1, 0)
+            except ChildProcessError:
+                return -1
+            if reaped == pid:
+                return status
+    except _Abort:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+        return -2
+
+
+def _kill_descendants(cfg: ServerConfig, slot: int, job_pid: int) -> None:
+    """Kill and reap everything the job left behind (init is their subreaper)."""
+    if cfg.separate_uid:
+        assert cfg.uid_base is not None
+        uid = cfg.uid_base + slot
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)  # kill(-1) now reaches exactly the job's processes
+        while True:
+            with contextlib.suppress(OSError):
+                os.kill(-1, signal.SIGKILL)
+            try:
+                while True:
+                    os.waitpid(-1, 0)
+            except ChildProcessError:
+                return
+    with contextlib.suppress(OSError):
+        os.killpg(job_pid, signal.SIGKILL)
+    me = os.getpid()
+    while True:
+        try:
+            with open(f"/proc/{me}/task/{me}/children") as fh:
+                kids = [int(p) for p in fh.read().split()]
+        except OSError:
+            kids = []
+        for kid in kids:
+            with contextlib.suppress(OSError):
+                os.kill(kid, signal.SIGKILL)
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
+
+
+def _job_main(cfg: ServerConfig, slot: int, job_dir: str, job_r: int, res_w: int) -> NoReturn:
+    """Body of the job process: finish the sandbox, wait for the job, run it."""
+    try:
+        os.setpgid(0, 0)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+        if cfg.separate_uid:
+            assert cfg.uid_base is not None
+            uid = cfg.uid_base + slot
+            os.setgroups([])
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)
+            prctl(PR_SET_DUMPABLE, 1)  # own /proc/self stays readable to the job itself
+        if cfg.level >= LEVEL_BASIC:
+            prctl(PR_SET_NO_NEW_PRIVS, 1)
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        os.chdir(job_dir)
+        os.environ.clear()
+        os.environ.update(BASE_ENV)
+        os.environ.update(HOME=job_dir, TMPDIR=job_dir)
+        body = _read_frame_blocking(job_r)
+        os.close(job_r)
+    except BaseException as exc:  # noqa: B036 - report, never raise
+        with contextlib.suppress(BaseException):
+            _write_all(
+                res_w, frame(["setup", EXIT_SETUP_FAILED, f"{type(exc).__name__}: {exc}", None])
+            )
+        os._exit(EXIT_SETUP_FAILED)
+    if body is None:  # server shut down before a job came
+        os._exit(0)
+    _run_job(cfg, body, res_w)
+
+
+def _set_limits(cfg: ServerConfig, req: dict[str, Any], accelerator: str) -> None:
+    if cfg.level < LEVEL_BASIC:
+        return
+    lim: dict[str, Any] = req["limits"]
+    cpu = int(lim["cpu_seconds"])
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+    resource.setrlimit(resource.RLIMIT_NPROC, (lim["max_processes"], lim["max_processes"]))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (lim["max_file_bytes"], lim["max_file_bytes"]))
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    nofile = RLIMIT_NOFILE_JOB if hard == resource.RLIM_INFINITY else min(RLIMIT_NOFILE_JOB, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+    if accelerator == "cpu":
+        with open("/proc/self/statm") as fh:
+            vsz = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        limit = vsz + int(lim["memory_mb"]) * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _pick_device(profile: str, accelerator: str) -> tuple[str, str]:
+    """Return (device, error). Only the job process touches CUDA, never the server."""
+    if profile != "python-ml" or accelerator == "cpu":
+        return "cpu", ""
+    torch: Any = sys.modules.get("torch")
+    if torch is None:
+        return "cpu", "torch is not available"
+    if accelerator in ("gpu", "cuda"):
+        if torch.cuda.is_available():
+            return "cuda", ""
+        return "cpu", "no CUDA device"
+    if accelerator == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return "mps", ""
+        return "cpu", "no MPS device"
+    return "cpu", f"unknown accelerator {accelerator!r}"
+
+
+def _is_memory_error(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and (
+        "can't allocate memory" in text or "not enough memory" in text
+    )
+
+
+def _run_job(cfg: ServerConfig, body: bytes, res_w: int) -> NoReturn:
+    """Run the job's code as ``__main__`` and report its outcome on ``res_w``."""
+    kind, exit_code, detail, packed = "ok", 0, "", None
+    stdout = io.TextIOWrapper(
+        io.FileIO(1, "w", closefd=False), encoding="utf-8", errors="backslashreplace"
+    )
+    stderr = io.TextIOWrapper(
+        io.FileIO(2, "w", closefd=False),
+        encoding="utf-8",
+        errors="backslashreplace",
+        line_buffering=True,
+    )
+    sys.stdout, sys.stderr = stdout, stderr
+    sys.__stdout__, sys.__stderr__ = stdout, stderr  # type: ignore[misc]
+    stdin = open(os.devnull)  # noqa: SIM115 - lives as long as the job
+    sys.stdin = stdin
+    sys.__stdin__ = stdin  # type: ignore[misc]
+    try:
+        req: dict[str, Any] = msgpack.unpackb(body, raw=False)
+        accelerator = str(req.get("accelerator", "cpu"))
+        device, device_error = _pick_device(cfg.profile, accelerator)
+        if device_error:
+            stderr.write(f"crankmesh sandbox: {device_error}\n")
+            _finish(res_w, "device", 1, device_error, None)
+        args = msgpack.unpackb(req["args"], raw=False) if req.get("args") else {}
+        _set_limits(cfg, req, device)
+        code: str = req["code"]
+    except BaseException as exc:  # noqa: B036
+        _finish(res_w, "setup", EXIT_SETUP_FAILED, f"{type(exc).__name__}: {exc}", None)
+    linecache.cache["<job>"] = (len(code), None, code.splitlines(True), "<job>")
+    module = types.ModuleType("__main__")
+    module.__dict__.update(__builtins__=builtins, __file__="<job>", args=args, device=device)
+    sys.modules["__main__"] = module
+    sys.argv = ["<job>"]
+    import atexit
+
+    atexit._clear()
+    try:
+        exec(compile(code, "<job>", "exec"), module.__dict__)
+    except SystemExit as exc:
+        exit_code = _exit_code(exc, stderr)
+        kind = "exit"
+    except BaseException as exc:  # noqa: B036 - the job's failure is a result
+        exit_code = 1
+        if _is_memory_error(exc):
+            kind, detail = "memory", f"{type(exc).__name__}"
+        elif isinstance(exc, OSError) and exc.errno == errno.EFBIG:
+            kind, detail = "file_size", f"{type(exc).__name__}: {exc}"
+        else:
+            kind, detail = "exception", f"uncaught {type(exc).__name__}: {exc}"[:1000]
+        with contextlib.suppress(BaseException):
+            traceback.print_exception(
+                type(exc), exc, exc.__traceback__.tb_next if exc.__traceback__ else None
+            )
+    try:
+        import threading
+
+        for thread in threading.enumerate():
+            if thread is not threading.main_thread() and not thread.daemon:
+                thread.join()
+        atexit._run_exitfuncs()
+    except SystemExit as exc:
+        exit_code, kind = _exit_code(exc, stderr), "exit"
+    except BaseException:  # noqa: B036
+        with contextlib.suppress(BaseException):
+            traceback.print_exc()
+    if exit_code == 0 and "result" in module.__dict__:
+        try:
+            packed = msgpack.packb(module.__dict__["result"], use_bin_type=True)
+        except BaseException as exc:  # noqa: B036
+            kind, exit_code = "result", 1
+            detail = f"result is not msgpack-serializable: {type(exc).__name__}: {exc}"[:1000]
+            with contextlib.suppress(BaseException):
+                stderr.write(f"crankmesh sandbox: {detail}\n")
+    _finish(res_w, kind, exit_code, detail, packed)
+
+
+def _exit_code(exc: SystemExit, stderr: io.TextIOWrapper) -> int:
+    code = exc.code
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    with contextlib.suppress(BaseException):
+        stderr.write(f"{code}\n")
+    return 1
+
+
+def _finish(res_w: int, kind: str, exit_code: int, detail: str, packed: bytes | None) -> NoReturn:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(BaseException):
+            stream.flush()
+    with contextlib.suppress(BaseException):
+        _write_all(res_w, frame([kind, exit_code, detail, packed]))
+    os._exit(exit_code)
+
+
+# --------------------------------------------------------------------------- the server
+
+
+@dataclass
+class _Child:
+    slot: int
+    init_pid: int
+    pidfd: int
+    job_w: int
+    out_r: int
+    err_r: int
+    res_r: int
+    st_r: int
+    workdir: str
+    job: _Job | None = None
+
+
+@dataclass
+class _Job:
+    sock: socket.socket
+    inbuf: bytearray = field(default_factory=bytearray)
+    request: dict[str, Any] | None = None
+    payload: bytes = b""
+    child: _Child | None = None
+    t0: float = 0.0
+    deadline: float = 0.0
+    cap: int = 0
+    stdout: bytearray = field(default_factory=bytearray)
+    stderr: bytearray = field(default_factory=bytearray)
+    res: bytearray = field(default_factory=bytearray)
+    st: bytearray = field(default_factory=bytearray)
+    output_exceeded: bool = False
+    timed_out: bool = False
+    cancelled: bool = False
+    kill_sent: float = 0.0
+    outbuf: memoryview | None = None
+    finished: bool = False
+
+
+class _Server:
+    def __init__(self, cfg: ServerConfig, ctl: socket.socket) -> None:
+        self.cfg = cfg
+        self.ctl = ctl
+        self.ep = select.epoll()
+        self.handlers: dict[int, Callable[[int], None]] = {}
+        self.idle: list[_Child | None] = [None] * cfg.slots
+        self.busy: set[int] = set()
+        self.queue: deque[_Job] = deque()
+        self.jobs: set[_Job] = set()
+        self.counter = 0
+        self.pid = os.getpid()
+        self.closing = False
+        self.pidns_fd = os.open("/proc/self/ns/pid", os.O_RDONLY) if cfg.namespaces else -1
+
+    # -- fd bookkeeping
+    def watch(self, fd: int, events: int, handler: Callable[[int], None]) -> None:
+        if fd in self.handlers:
+            self.ep.modify(fd, events)
+        else:
+            self.ep.register(fd, events)
+        self.handlers[fd] = handler
+
+    def unwatch(self, fd: int) -> None:
+        if self.handlers.pop(fd, None) is not None:
+            self.ep.unregister(fd)
+
+    # -- children
+    def prefork(self, slot: int) -> _Child:
+        cfg = self.cfg
+        self.counter += 1
+        workdir = os.path.join(cfg.workdir, f"{slot}-{self.counter}")
+        os.mkdir(workdir, 0o700)
+        if cfg.separate_uid:
+            assert cfg.uid_base is not None
+            os.chown(workdir, cfg.uid_base + slot, cfg.uid_base + slot)
+        fds: dict[str, int] = {}
+        for name in ("job", "out", "err", "res", "st"):
+            fds[f"{name}_r"], fds[f"{name}_w"] = os.pipe2(os.O_CLOEXEC)
+        if cfg.namespaces:
+            unshare(CLONE_NEWPID)
+        try:
+            pid = os.fork()
+        finally:
+            if cfg.namespaces and self.pidns_fd >= 0:
+                setns(self.pidns_fd, CLONE_NEWPID)
+        if pid == 0:
+            _init_main(cfg, slot, workdir, fds, self.pid)
+        for name in ("job_r", "out_w", "err_w", "res_w", "st_w"):
+            os.close(fds[name])
+        for name in ("job_w", "out_r", "err_r", "res_r", "st_r"):
+            os.set_blocking(fds[name], False)
+        child = _Child(
+            slot,
+            pid,
+            os.pidfd_open(pid),
+            fds["job_w"],
+            fds["out_r"],
+            fds["err_r"],
+            fds["res_r"],
+            fds["st_r"],
+            workdir,
+        )
+        self.watch(child.pidfd, select.EPOLLIN, lambda _ev: self.on_exit(child))
+        return child
+
+    def sweep_uids(self) -> None:
+        """Kill leftovers of a previous server generation in our uid block."""
+        if not self.cfg.separate_uid:
+            return
+        assert self.cfg.uid_base is not None
+        for slot in range(self.cfg.slots):
+            uid = self.cfg.uid_base + slot
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    os.setresuid(uid, uid, uid)
+                    os.kill(-1, signal.SIGKILL)
+                finally:
+                    os._exit(0)
+            os.waitpid(pid, 0)
+
+    # -- control socket
+    def on_ctl(self, _ev: int) -> None:
+        while True:
+            try:
+                data, anc, _flags, _addr = self.ctl.recvmsg(1, socket.CMSG_SPACE(8 * 4))
+            except BlockingIOError:
+                return
+            except OSError:
+                data, anc = b"", []
+            if not data:
+                self.begin_close()
+                return
+            for level, kind, raw in anc:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    usable = len(raw) - len(raw) % 4
+                    for (fd,) in struct.iter_unpack("i", raw[:usable]):
+                        self.add_job(socket.socket(fileno=fd))
+
+    def add_job(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        job = _Job(sock)
+        if self.closing:
+            sock.close()
+            return
+        self.jobs.add(job)
+        self.watch(sock.fileno(), select.EPOLLIN, lambda _ev: self.on_sock(job))
+
+    def on_sock(self, job: _Job) -> None:
+        try:
+            data = job.sock.recv(1 << 16)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if job.request is None and data:
+            job.inbuf += data
+            try:
+                frames = split_frames(job.inbuf)
+            except ValueError:
+                self.drop_job(job)
+                return
+            if frames:
+                self.accept_request(job, frames[0])
+            return
+        # anything after the request (or EOF) cancels the job
+        if not data:
+            self.unwatch(job.sock.fileno())
+        job.cancelled = True
+        if job.child is not None:
+            self.kill(job)
+        elif job.request is not None and not job.finished:
+            self.queue.remove(job)
+            self.reply(job, self.result(job, "killed", detail="cancelled before it started"))
+        else:
+            self.drop_job(job)
+
+    def accept_request(self, job: _Job, request: dict[str, Any]) -> None:
+        job.request = request
+        job.payload = frame(request)
+        job.cap = int(request["limits"]["max_output_bytes"])
+        self.queue.append(job)
+        self.dispatch()
+
+    def dispatch(self) -> None:
+        while self.queue:
+            free = [s for s in range(self.cfg.slots) if s not in self.busy]
+            if not free:
+                return
+            slot = next((s for s in free if self.idle[s] is not None), free[0])
+            job = self.queue.popleft()
+            child = self.idle[slot]
+            self.idle[slot] = None
+            if child is None:
+                try:
+                    child = self.prefork(slot)
+                except OSError as exc:
+                    self.reply(
+                        job,
+                        self.result(
+                            job, "sandbox_error", detail=f"cannot start a job process: {exc}"
+                        ),
+                    )
+                    continue
+            self.busy.add(slot)
+            child.job = job
+            job.child = child
+            job.t0 = time.monotonic()
+            assert job.request is not None
+            job.deadline = job.t0 + float(job.request["limits"]["timeout_s"])
+            self.watch(child.out_r, select.EPOLLIN, functools.partial(self.on_out, job))
+            self.watch(child.err_r, select.EPOLLIN, functools.partial(self.on_err, job))
+            self.watch(child.res_r, select.EPOLLIN, functools.partial(self.on_res, job))
+            self.on_job_w(job)
+
+    def on_job_w(self, job: _Job) -> None:
+        child = job.child
+        if child is None or child.job_w < 0:
+            return
+        try:
+            while job.payload:
+                n = os.write(child.job_w, job.payload)
+                job.payload = job.payload[n:]
+        except BlockingIOError:
+            self.watch(child.job_w, select.EPOLLOUT, lambda _ev: self.on_job_w(job))
+            return
+        except OSError:
+            job.payload = b""
+        self.unwatch(child.job_w)
+        os.close(child.job_w)
+        child.job_w = -1
+
+    # -- job output
+    def on_out(self, job: _Job, _ev: int = 0) -> None:
+        assert job.child is not None
+        data = _read_some(job.child.out_r)
+        if data is None:
+            return
+        if not data:
+            self.unwatch(job.child.out_r)
+            return
+        room = job.cap - len(job.stdout)
+        job.stdout += data[: max(room, 0)]
+        if len(data) > room:
+            job.output_exceeded = True
+            self.unwatch(job.child.out_r)
+            self.kill(job)
+
+    def on_err(self, job: _Job, _ev: int = 0) -> None:
+        assert job.child is not None
+        data = _read_some(job.child.err_r)
+        if data is None:
+            return
+        if not data:
+            self.unwatch(job.child.err_r)
+            return
+        job.stderr += data
+        if len(job.stderr) > 4 * STDERR_TAIL:
+            del job.stderr[:-STDERR_TAIL]
+
+    def on_res(self, job: _Job, _ev: int = 0) -> None:
+        assert job.child is not None
+        data = _read_some(job.child.res_r)
+        if data is None:
+            return
+        if not data:
+            self.unwatch(job.child.res_r)
+            return
+        job.res += data
+        if len(job.res) > job.cap + (1 << 16):
+            job.output_exceeded = True
+            self.unwatch(job.child.res_r)
+            self.kill(job)
+
+    # -- ending a job
+    def kill(self, job: _Job) -> None:
+        child = job.child
+        if child is None or job.kill_sent:
+            return
+        job.kill_sent = time.monotonic()
+        # pid namespace: SIGKILL to its pid 1 takes the whole namespace with it. Otherwise
+        # init must stay alive to kill and reap the job's descendants.
+        sig = signal.SIGKILL if self.cfg.namespaces else signal.SIGTERM
+        with contextlib.suppress(OSError):
+            signal.pidfd_send_signal(child.pidfd, sig)
+
+    def on_exit(self, child: _Child) -> None:
+        self.unwatch(child.pidfd)
+        try:
+            _pid, status, ru = os.wait4(child.init_pid, 0)
+        except ChildProcessError:
+            status, ru = -1, None
+        job = child.job
+        wall = time.monotonic() - job.t0 if job is not None else 0.0
+        for fd in (child.job_w, child.out_r, child.err_r, child.res_r):
+            if fd >= 0:
+                self.unwatch(fd)
+        if job is not None:
+            self.drain(job, child)
+        st = bytearray(_read_all(child.st_r, 1 << 20))
+        for fd in (child.pidfd, child.job_w, child.out_r, child.err_r, child.res_r, child.st_r):
+            if fd >= 0:
+                os.close(fd)
+        _remove_tree(child.workdir)
+        if job is None:  # an idle pre-forked child died
+            if self.idle[child.slot] is child:
+                self.idle[child.slot] = None
+            return
+        job.st = st
+        self.busy.discard(child.slot)
+        job.child = None
+        self.reply(job, self.verdict(job, status, ru, wall))
+        if not self.closing:
+            try:
+                self.idle[child.slot] = self.prefork(child.slot)
+            except OSError:
+                self.idle[child.slot] = None
+            self.dispatch()
+
+    def drain(self, job: _Job, child: _Child) -> None:
+        if not job.output_exceeded:
+            data = _read_all(child.out_r, job.cap - len(job.stdout) + 1)
+            room = job.cap - len(job.stdout)
+            job.stdout += data[:room]
+            if len(data) > room:
+                job.output_exceeded = True
+        job.stderr += _read_all(child.err_r, 1 << 24)
+        job.res += _read_all(child.res_r, job.cap + (1 << 16) + 1 - len(job.res))
+
+    def verdict(
+        self, job: _Job, status: int, ru: resource.struct_rusage | None, wall: float
+    ) -> dict[str, Any]:
+        req = job.request or {}
+        lim: dict[str, Any] = req.get("limits", {})
+        setup_cpu, end, failure = 0, None, ""
+        try:
+            records = split_frames(job.st)
+        except Exception:
+            records = []
+        for rec in records:
+            if rec[0] == "S":
+                setup_cpu = int(rec[1])
+            elif rec[0] == "E":
+                end = rec
+            elif rec[0] == "F":
+                failure = str(rec[1])
+        outcome: list[Any] | None = None
+        try:
+            outs = split_frames(job.res)
+            if outs and isinstance(outs[-1], list) and len(outs[-1]) == 4:
+                outcome = outs[-1]
+        except Exception:  # whatever the job wrote there, it is not an outcome
+            outcome = None
+        if end is not None:
+            cpu_us, peak = int(end[2]), int(end[3])
+        elif ru is not None:
+            cpu_us, peak = max(_cpu_us(ru) - setup_cpu, 0), int(ru.ru_maxrss)
+        else:
+            cpu_us, peak = 0, 0
+        exit_code: int | None = None
+        sig: int | None = None
+        job_status = int(end[1]) if end is not None else -1
+        if job_status >= 0:
+            if os.WIFEXITED(job_status):
+                exit_code = os.WEXITSTATUS(job_status)
+            elif os.WIFSIGNALED(job_status):
+                sig = os.WTERMSIG(job_status)
+        fields: dict[str, Any] = dict(
+            exit_code=exit_code,
+            signal=sig,
+            wall_us=int(wall * 1e6),
+            cpu_us=cpu_us,
+            peak_rss_kb=peak,
+        )
+        if job.cancelled:
+            return self.result(job, "killed", detail="cancelled by the node", **fields)
+        if job.output_exceeded:
+            return self.result(
+                job, "output_limit", detail=f"output exceeded {job.cap} bytes", **fields
+            )
+        if job.timed_out:
+            return self.result(
+                job,
+                "timeout",
+                detail=f"killed after {lim.get('timeout_s', 0):g} s timeout",
+                **fields,
+            )
+        if failure:
+            return self.result(
+                job, "sandbox_error", detail=f"sandbox setup failed: {failure}", **fields
+            )
+        kind, detail, packed = "", "", None
+        if outcome is not None:
+            kind, detail, packed = str(outcome[0]), str(outcome[2]), outcome[3]
+        if kind == "setup":
+            return self.result(job, "sandbox_error", detail=f"job setup failed: {detail}", **fields)
+        if sig is not None:
+            return self.result(job, "killed", detail=self.signal_detail(sig, lim, cpu_us), **fields)
+        if exit_code is None:
+            return self.result(
+                job, "sandbox_error", detail="the job's exit status was lost", **fields
+            )
+        if kind == "memory" or (
+            exit_code != 0 and outcome is None and b"MemoryError" in job.stderr[-STDERR_TAIL:]
+        ):
+            return self.result(
+                job,
+                "memory_limit",
+                detail=f"memory limit of {lim.get('memory_mb')} MiB exceeded "
+                f"({detail or 'MemoryError'})",
+                **fields,
+            )
+        if kind == "file_size":
+            return self.result(
+                job,
+                "error",
+                detail=f"file size limit of {lim.get('max_file_bytes')} bytes exceeded ({detail})",
+                **fields,
+            )
+        if isinstance(packed, bytes) and len(packed) > job.cap:
+            return self.result(
+                job,
+                "output_limit",
+                detail=f"return value of {len(packed)} bytes exceeds the "
+                f"{job.cap} bytes output limit",
+                **fields,
+            )
+        if exit_code == 0:
+            return self.result(
+                job,
+                "ok",
+                return_value=packed if isinstance(packed, bytes) else None,
+                detail="",
+                **fields,
+            )
+        if not detail:
+            detail = f"exit code {exit_code}"
+        return self.result(job, "error", detail=detail, **fields)
+
+    @staticmethod
+    def signal_detail(sig: int, lim: dict[str, Any], cpu_us: int) -> str:
+        cpu_s = int(lim.get("cpu_seconds", 0))
+        if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu_s and cpu_us >= cpu_s * 1e6):
+            return f"cpu time limit of {cpu_s} s exceeded"
+        if sig == signal.SIGXFSZ:
+            return f"file size limit of {lim.get('max_file_bytes')} bytes exceeded (SIGXFSZ)"
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = str(sig)
+        return f"killed by signal {name}"
+
+    def result(
+        self,
+        job: _Job,
+        status: str,
+        *,
+        detail: str = "",
+        exit_code: int | None = None,
+        signal: int | None = None,
+        return_value: bytes | None = None,
+        wall_us: int = 0,
+        cpu_us: int = 0,
+        peak_rss_kb: int = 0,
+    ) -> dict[str, Any]:
+        return {
+            "status": status,
+            "exit_code": exit_code,
+            "signal": signal,
+            "stdout": bytes(job.stdout[: job.cap]),
+            "stderr_tail": bytes(job.stderr[-STDERR_TAIL:]),
+            "return_value": return_value,
+            "wall_us": wall_us,
+            "cpu_us": cpu_us,
+            "peak_rss_kb": peak_rss_kb,
+            "detail": detail,
+        }
+
+    def reply(self, job: _Job, result: dict[str, Any]) -> None:
+        job.finished = True
+        job.outbuf = memoryview(frame(result))
+        self.watch(job.sock.fileno(), select.EPOLLOUT, lambda _ev: self.on_reply(job))
+        self.on_reply(job)
+
+    def on_reply(self, job: _Job) -> None:
+        assert job.outbuf is not None
+        try:
+            while job.outbuf:
+                n = job.sock.send(job.outbuf)
+                job.outbuf = job.outbuf[n:]
+        except BlockingIOError:
+            return
+        except OSError:
+            pass
+        self.drop_job(job)
+
+    def drop_job(self, job: _Job) -> None:
+        if job.sock.fileno() >= 0:
+            self.unwatch(job.sock.fileno())
+            job.sock.close()
+        self.jobs.discard(job)
+
+    # -- timers and shutdown
+    def check_deadlines(self) -> float | None:
+        now = time.monotonic()
+        nearest: float | None = None
+        for job in list(self.jobs):
+            if job.child is None:
+                continue
+            if job.kill_sent:
+                # init did not finish the job within the grace period: take it down hard
+                if now - job.kill_sent > 2.0:
+                    with contextlib.suppress(OSError):
+                        signal.pidfd_send_signal(job.child.pidfd, signal.SIGKILL)
+                    continue
+                due = job.kill_sent + 2.0
+            elif now >= job.deadline:
+                job.timed_out = True
+                self.kill(job)
+                due = now + 2.0
+            else:
+                due = job.deadline
+            nearest = due if nearest is None else min(nearest, due)
+        return None if nearest is None else max(nearest - now, 0.0)
+
+    def begin_close(self) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        self.unwatch(self.ctl.fileno())
+        for job in list(self.jobs):
+            if job.child is not None:
+                job.cancelled = True
+                self.kill(job)
+            else:
+                self.drop_job(job)
+        self.queue.clear()
+        for child in self.idle:
+            if child is not None:
+                with contextlib.suppress(OSError):
+                    signal.pidfd_send_signal(child.pidfd, signal.SIGKILL)
+
+    def run(self) -> None:
+        self.ctl.setblocking(False)
+        self.watch(self.ctl.fileno(), select.EPOLLIN, self.on_ctl)
+        for slot in range(self.cfg.slots):
+            self.idle[slot] = self.prefork(slot)
+        while not (self.closing and not self.handlers):
+            timeout = self.check_deadlines()
+            if self.closing and not self.busy and not any(self.idle) and not self.jobs:
+                break
+            for fd, ev in self.ep.poll(-1 if timeout is None else timeout):
+                handler = self.handlers.get(fd)
+                if handler is not None:
+                    handler(ev)
+
+
+def _read_some(fd: int) -> bytes | None:
+    try:
+        return os.read(fd, 1 << 16)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return b""
+
+
+def _read_all(fd: int, limit: int) -> bytes:
+    """Read what is there (until EOF, EAGAIN or ``limit`` bytes) from a non-blocking fd."""
+    chunks: list[bytes] = []
+    total = 0
+    while total < limit:
+        try:
+            chunk = os.read(fd, min(1 << 16, limit - total))
+        except OSError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    return b"".join(chunks)
+
+
+def _remove_tree(path: str) -> None:
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        return
+    except OSError:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- probe
+
+
+def probe() -> dict[str, Any]:
+    """Try, in throw-away children, each isolation feature; report what really works."""
+    features: dict[str, bool] = {}
+    notes: list[str] = []
+    root = os.geteuid() == 0
+
+    def attempt(name: str, fn: Callable[[], None]) -> bool:
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            code = 0
+            try:
+                fn()
+            except BaseException as exc:  # noqa: B036
+                with contextlib.suppress(BaseException):
+                    os.write(w, f"{type(exc).__name__}: {exc}".encode()[:500])
+                code = 1
+            os._exit(code)
+        os.close(w)
+        with os.fdopen(r, "rb") as fh:
+            why = fh.read().decode(errors="replace")
+        _, status = os.waitpid(pid, 0)
+        ok = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+        features[name] = ok
+        if not ok:
+            notes.append(f"{name}: {why or 'probe failed'}")
+        return ok
+
+    def rlimits() -> None:
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        soft, hard = resource.getrlimit(resource.RLIMIT_NPROC)
+        resource.setrlimit(resource.RLIMIT_NPROC, (min(soft, 4096), min(hard, 4096)))
+
+    def nnp() -> None:
+        prctl(PR_SET_NO_NEW_PRIVS, 1)
+
+    def uid() -> None:
+        if not root:
+            raise PermissionError("not running as root: cannot switch to a per-job uid")
+        os.setgroups([])
+        os.setresgid(65533, 65533, 65533)
+        os.setresuid(65533, 65533, 65533)
+        if os.geteuid() != 65533:
+            raise PermissionError("uid switch had no effect")
+
+    def pidns() -> None:
+        unshare(CLONE_NEWPID)
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0 if os.getpid() == 1 else 1)
+        _, status = os.waitpid(pid, 0)
+        if status != 0:
+            raise OSError("child of the new pid namespace is not pid 1")
+
+    def netns() -> None:
+        unshare(CLONE_NEWNET)
+        names = [name for _idx, name in socket.if_nameindex()]
+        if names not in ([], ["lo"]):
+            raise OSError(f"new network namespace has interfaces {names}")
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            try:
+                s.connect(("127.0.0.1", 9))
+            except OSError as exc:
+                if exc.errno not in (errno.ENETUNREACH, errno.ECONNREFUSED, errno.EADDRNOTAVAIL):
+                    raise
+                return
+        raise OSError("loopback is reachable inside the new network namespace")
+
+    def ipc_uts() -> None:
+        unshare(CLONE_NEWIPC | CLONE_NEWUTS)
+        sethostname(b"crankmesh-probe")
+
+    def mount_ns() -> None:
+        unshare(CLONE_NEWPID)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                unshare(CLONE_NEWNS)
+                mount(b"none", b"/", None, MS_REC | MS_PRIVATE)
+                mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+                mount(b"tmpfs", b"/tmp", b"tmpfs", MS_NOSUID | MS_NODEV, TMPFS_OPTS)
+                code = 0 if os.listdir("/tmp") == [] else 1
+            except BaseException:  # noqa: B036
+                code = 2
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        if status != 0:
+            raise OSError(f"mount namespace setup failed (status {status})")
+
+    attempt("rlimits", rlimits)
+    attempt("no_new_privs", nnp)
+    attempt("separate_uid", uid)
+    attempt("pidns", pidns)
+    attempt("netns", netns)
+    attempt("ipc_uts_ns", ipc_uts)
+    attempt("mount_ns", mount_ns)
+    features["uid_kill"] = features["separate_uid"]
+    features["pidns_or_uid_kill"] = features["pidns"] or features["uid_kill"]
+    return {"features": features, "notes": notes, "root": root}
+
+
+# --------------------------------------------------------------------------- entry
+
+
+def serve(cfg: ServerConfig) -> int:
+    """Run the fork-server until the node closes the control socket."""
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if cfg.node_pid and os.getppid() != cfg.node_pid:
+        return 1  # the node died before we could arm pdeathsig
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ctl = socket.socket(fileno=cfg.ctl_fd)
+    error = ""
+    for name in PROFILES[cfg.profile]:
+        try:
+            importlib.import_module(name)
+        except BaseException as exc:  # noqa: B036
+            error = f"cannot import {name!r}: {type(exc).__name__}: {exc}"
+            break
+    torch: Any = sys.modules.get("torch")
+    if not error and torch is not None and torch.cuda.is_initialized():
+        error = "torch initialised CUDA in the fork-server; forked jobs could not use it"
+    gc.collect()
+    gc.freeze()
+    versions = {"python": sys.version.split()[0]}
+    for name in ("msgpack", "pydantic", "numpy", "torch"):
+        mod = sys.modules.get(name)
+        if mod is not None:
+            versions[name] = str(getattr(mod, "__version__", getattr(mod, "version", "?")))
+    server = _Server(cfg, ctl) if not error else None
+    if server is not None:
+        try:
+            server.sweep_uids()
+        except OSError as exc:
+            error = f"cannot sweep the sandbox uids: {exc}"
+    ctl.sendall(
+        frame(
+            {
+                "t": "ready",
+                "ok": not error,
+                "error": error,
+                "pid": os.getpid(),
+                "versions": versions,
+            }
+        )
+    )
+    if server is None or error:
+        return 0
+    server.run()
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["--probe"]:
+        sys.stdout.write(json.dumps(probe()))
+        sys.stdout.flush()
+        return 0
+    return serve(ServerConfig.from_json(argv[0]))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

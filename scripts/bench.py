@@ -1,0 +1,150 @@
+#!/usr/bin/env python
+"""crankmesh benchmark: one run, one JSON object on stdout.
+
+Starts an embedded nats-server, measures the nats-py request/reply round trip
+(the floor), then runs ``echo`` jobs (and ``python.run`` ``print(42)`` jobs when
+the sandbox is available) through the full signed flow with N executors:
+announce → bids → assignment → accept → receipt, every message signed and
+verified.
+
+    python scripts/bench.py [--executors 3] [--jobs 300] [--python-jobs 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import time
+from contextlib import AsyncExitStack
+from typing import Any
+
+import anyio
+import nats
+
+from crankmesh.executor.agent import ExecutorConfig
+from crankmesh.node import Node, NodeConfig
+from crankmesh.originator import Client, Job
+from crankmesh.testing import NatsServer
+
+
+def _q(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return round(s[min(len(s) - 1, max(0, int(q * len(s) + 0.999999) - 1))], 3)
+
+
+async def _nats_floor(url: str, n: int) -> list[float]:
+    a = await nats.connect(url)
+    b = await nats.connect(url)
+
+    async def echo(msg: Any) -> None:
+        await msg.respond(msg.data)
+
+    await b.subscribe("bench.echo", cb=echo)
+    await b.flush()
+    out = []
+    for i in range(n + 50):
+        t = time.perf_counter()
+        await a.request("bench.echo", b"x" * 64, timeout=2)
+        if i >= 50:
+            out.append((time.perf_counter() - t) * 1000)
+    await a.close()
+    await b.close()
+    return out
+
+
+async def _jobs(client: Client, make: Any, n: int, warmup: int) -> tuple[list[float], float]:
+    for _ in range(warmup):
+        (await client.run(make())).raise_for_status()
+    lat = []
+    t0 = time.perf_counter()
+    for _ in range(n):
+        t = time.perf_counter()
+        r = await client.run(make())
+        lat.append((time.perf_counter() - t) * 1000)
+        if not (r.ok and r.verified):
+            raise SystemExit(f"job failed: {r.status} {r.receipt.detail}")
+    return lat, time.perf_counter() - t0
+
+
+async def _throughput(client: Client, n: int, concurrency: int) -> float:
+    sem = anyio.Semaphore(concurrency)
+
+    async def one(i: int) -> None:
+        async with sem:
+            (await client.run(Job.echo(b"t%d" % i))).raise_for_status()
+
+    t0 = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for i in range(n):
+            tg.start_soon(one, i)
+    return n / (time.perf_counter() - t0)
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "executors": args.executors,
+        "machine": f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
+    }
+    caps: tuple[str, ...] = ("echo",)
+    try:
+        from crankmesh.executor.sandbox import Sandbox  # noqa: F401
+
+        if args.python_jobs:
+            caps = ("echo", "python.run")
+    except ImportError:
+        pass
+    async with NatsServer() as server, AsyncExitStack() as stack:
+        floor = await _nats_floor(server.url, args.floor)
+        result["nats_request_reply_p50_ms"] = _q(floor, 0.5)
+        result["nats_request_reply_p99_ms"] = _q(floor, 0.99)
+        for i in range(args.executors):
+            cfg = NodeConfig(
+                name=f"bench-{i}",
+                capabilities=caps,
+                executor=ExecutorConfig(default_price=1000 + 100 * i, max_concurrency=4,
+                                        queue_depth=64),
+            )
+            await stack.enter_async_context(Node(nats=server.url, config=cfg))
+        async with Client(nats=server.url) as client:
+            for cap in caps:
+                await client.wait_for_peers(cap, args.executors)
+            lat, secs = await _jobs(client, lambda: Job.echo(b"bench"), args.jobs, 30)
+            result.update(
+                jobs=args.jobs,
+                echo_p50_ms=_q(lat, 0.5),
+                echo_p95_ms=_q(lat, 0.95),
+                echo_p99_ms=_q(lat, 0.99),
+                echo_mean_ms=round(statistics.fmean(lat), 3),
+                echo_sequential_jobs_s=round(args.jobs / secs, 1),
+            )
+            result["echo_throughput_jobs_s"] = round(
+                await _throughput(client, args.jobs, args.concurrency), 1
+            )
+            result["echo_throughput_concurrency"] = args.concurrency
+            if "python.run" in caps:
+                lat, _ = await _jobs(client, lambda: Job.python("print(42)"), args.python_jobs, 10)
+                result.update(
+                    python_jobs=args.python_jobs,
+                    python_run_p50_ms=_q(lat, 0.5),
+                    python_run_p95_ms=_q(lat, 0.95),
+                    python_run_p99_ms=_q(lat, 0.99),
+                )
+    return result
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--executors", type=int, default=3)
+    p.add_argument("--jobs", type=int, default=300)
+    p.add_argument("--python-jobs", type=int, default=200)
+    p.add_argument("--floor", type=int, default=1000, help="request/reply samples")
+    p.add_argument("--concurrency", type=int, default=16)
+    logging.basicConfig(level=logging.ERROR)
+    out = anyio.run(main, p.parse_args())
+    json.dump(out, sys.stdout)
+    print()
