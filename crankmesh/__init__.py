@@ -1,1 +1,50 @@
-"""crankmesh: a decentralized pub/sub bidding mesh."""
+"""crankmesh: a decentralized pub/sub bidding mesh over NATS.
+
+Signed, content-addressed jobs, SLO-aware bids from self-benchmarked executors,
+and hash-chained receipts anyone can audit.  See README.md and rfcs/.
+"""
+
+from __future__ import annotations
+
+from .node import Node, NodeConfig
+from .originator import Client, ClientConfig, Job, JobResult
+from .protocol.errors import (
+    BudgetExceeded,
+    CapabilityMismatch,
+    ClientStateError,
+    CrankmeshError,
+    ExecutorsExhausted,
+    JobFailed,
+    JobTimeout,
+    NoBids,
+    NoEligibleBid,
+    ProtocolError,
+    SelectionError,
+    TransportError,
+)
+from .protocol.identity import Identity
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BudgetExceeded",
+    "CapabilityMismatch",
+    "Client",
+    "ClientConfig",
+    "ClientStateError",
+    "CrankmeshError",
+    "ExecutorsExhausted",
+    "Identity",
+    "Job",
+    "JobFailed",
+    "JobResult",
+    "JobTimeout",
+    "NoBids",
+    "NoEligibleBid",
+    "Node",
+    "NodeConfig",
+    "ProtocolError",
+    "SelectionError",
+    "TransportError",
+    "__version__",
+]

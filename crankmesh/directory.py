@@ -125,8 +125,9 @@ class PeerDirectory:
             return False
         self._peers[advert.signer] = Peer(advert.signer, advert, now)
         if known is None:
-            log.info("peer %s joined (%s)", advert.signer,
-                     ", ".join(c.name for c in advert.capabilities))
+            log.info(
+                "peer %s joined (%s)", advert.signer, ", ".join(c.name for c in advert.capabilities)
+            )
         self._notify()
         self.metrics.directory_size.set(len(self._peers))
         return True
@@ -144,7 +145,9 @@ class PeerDirectory:
         self.observe(advert, now)
         return advert
 
-    async def serve(self, nc: Any, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def serve(
+        self, nc: Any, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         """Follow the adverts subject until cancelled."""
 
         async def cb(msg: Any) -> None:

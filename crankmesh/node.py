@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Awaitable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,8 +122,12 @@ class Node:
                 from .transport import NatsOptions, connect
 
                 target = self._nats_target
-                opts = target if isinstance(target, NatsOptions) else NatsOptions.from_url(
-                    target if isinstance(target, str) else ",".join(target)
+                opts = (
+                    target
+                    if isinstance(target, NatsOptions)
+                    else NatsOptions.from_url(
+                        target if isinstance(target, str) else ",".join(target)
+                    )
                 )
                 self.nc = await connect(opts)
 
@@ -220,7 +224,9 @@ class Node:
         env = self.advert(draining=draining).sign(self.identity)
         await self.nc.publish(subjects.adverts(self.config.federation), env.raw)
 
-    async def _advertise(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def _advertise(
+        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         await self._publish_advert()
         task_status.started()
         while True:

@@ -20,8 +20,25 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 __all__ = ["Metrics", "configure_logging", "log_enabled"]
 
 _LATENCY_BUCKETS = (
-    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5,
-    1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    0.0005,
+    0.001,
+    0.002,
+    0.003,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
 )
 
 
@@ -42,15 +59,15 @@ class Metrics:
             "bids_declined", "Announcements this executor did not bid on", ["reason"], registry=r
         )
         self.assignments = Counter(
-            "assignments", "Assignments received for our bids, by outcome", ["outcome"],
+            "assignments",
+            "Assignments received for our bids, by outcome",
+            ["outcome"],
             registry=r,
         )
         self.execution_start = Counter(
             "execution_start", "Jobs whose execution started", ["capability"], registry=r
         )
-        self.receipts = Counter(
-            "receipts", "Receipts published, by status", ["status"], registry=r
-        )
+        self.receipts = Counter("receipts", "Receipts published, by status", ["status"], registry=r)
         self.rejections = Counter(
             "rejections",
             "Inbound messages dropped, by subject kind and reason",
@@ -58,40 +75,54 @@ class Metrics:
             registry=r,
         )
         self.running = Gauge("jobs_running", "Jobs executing now", registry=r)
-        self.reserved = Gauge(
-            "slots_reserved", "Capacity reserved by outstanding bids", registry=r
-        )
+        self.reserved = Gauge("slots_reserved", "Capacity reserved by outstanding bids", registry=r)
         self.execution_seconds = Histogram(
-            "execution_seconds", "Job execution wall time", ["capability"],
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "execution_seconds",
+            "Job execution wall time",
+            ["capability"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         # originator side
         self.jobs_submitted = Counter(
-            "jobs_submitted", "Jobs announced by this node's originator", ["capability"],
+            "jobs_submitted",
+            "Jobs announced by this node's originator",
+            ["capability"],
             registry=r,
         )
         self.jobs_completed = Counter(
-            "jobs_completed", "Jobs that ended with a verified receipt, by status", ["status"],
+            "jobs_completed",
+            "Jobs that ended with a verified receipt, by status",
+            ["status"],
             registry=r,
         )
         self.jobs_failed = Counter(
-            "jobs_failed", "Jobs that ended without a usable receipt, by reason", ["reason"],
+            "jobs_failed",
+            "Jobs that ended without a usable receipt, by reason",
+            ["reason"],
             registry=r,
         )
         self.assignments_sent = Counter(
             "assignments_sent", "Assignments published by this originator", registry=r
         )
         self.reassignments = Counter(
-            "reassignments", "Assignments retried on another executor, by cause", ["cause"],
+            "reassignments",
+            "Assignments retried on another executor, by cause",
+            ["cause"],
             registry=r,
         )
         self.bid_window_seconds = Histogram(
-            "bid_window_seconds", "Time from announce to bid-window close",
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "bid_window_seconds",
+            "Time from announce to bid-window close",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.job_seconds = Histogram(
-            "job_seconds", "End-to-end job latency seen by the originator", ["capability"],
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "job_seconds",
+            "End-to-end job latency seen by the originator",
+            ["capability"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.directory_size = Gauge(
             "directory_peers", "Live peers in the advert directory", registry=r

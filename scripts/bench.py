@@ -88,7 +88,8 @@ async def _throughput(client: Client, n: int, concurrency: int) -> float:
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {
         "executors": args.executors,
-        "machine": f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}",
     }
     caps: tuple[str, ...] = ("echo",)
     try:
@@ -106,8 +107,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             cfg = NodeConfig(
                 name=f"bench-{i}",
                 capabilities=caps,
-                executor=ExecutorConfig(default_price=1000 + 100 * i, max_concurrency=4,
-                                        queue_depth=64),
+                executor=ExecutorConfig(
+                    default_price=1000 + 100 * i, max_concurrency=4, queue_depth=64
+                ),
             )
             await stack.enter_async_context(Node(nats=server.url, config=cfg))
         async with Client(nats=server.url) as client:

@@ -13,7 +13,6 @@ import logging
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +57,11 @@ def _cmd_identity_new(args: argparse.Namespace) -> int:
     except KeystoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    _emit(args, {"did": identity.did, "path": str(path)}, f"{identity.did}\nkey written to {path} (mode 0600)")
+    _emit(
+        args,
+        {"did": identity.did, "path": str(path)},
+        f"{identity.did}\nkey written to {path} (mode 0600)",
+    )
     return 0
 
 
@@ -124,10 +127,14 @@ def _cmd_node(args: argparse.Namespace) -> int:
             log.info("no --nats given: started an embedded nats-server at %s", nats_url)
         try:
             async with Node(identity=identity, nats=nats_url, config=config) as node:
-                log.info("node %s serving %s on %s (federation %s)", node.did,
-                         ",".join(config.capabilities), nats_url, config.federation)
-                print(json.dumps({"event": "ready", "did": node.did, "nats": nats_url}),
-                      flush=True)
+                log.info(
+                    "node %s serving %s on %s (federation %s)",
+                    node.did,
+                    ",".join(config.capabilities),
+                    nats_url,
+                    config.federation,
+                )
+                print(json.dumps({"event": "ready", "did": node.did, "nats": nats_url}), flush=True)
                 with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                     async for _sig in signals:
                         log.info("signal received: draining (a second signal exits at once)")
@@ -156,9 +163,14 @@ def _cmd_submit(args: argparse.Namespace) -> int:
         if code is None:
             print("error: python.run needs --code or --file", file=sys.stderr)
             return 2
-        job = Job.python(code, json.loads(args.args) if args.args else None,
-                         env_profile=args.env_profile, accelerator=args.accelerator,
-                         timeout_sec=args.timeout, max_price=args.max_price)
+        job = Job.python(
+            code,
+            json.loads(args.args) if args.args else None,
+            env_profile=args.env_profile,
+            accelerator=args.accelerator,
+            timeout_sec=args.timeout,
+            max_price=args.max_price,
+        )
     else:
         data = (args.payload or "").encode()
         job = Job.call(args.capability, data, timeout_sec=args.timeout, max_price=args.max_price)
@@ -166,27 +178,31 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     async def run() -> int:
         failures = 0
         async with Client(nats=args.nats, federation=args.federation, policy=args.policy) as c:
-            await c.wait_for_peers(job.capability, 1, timeout=args.wait_peers)
+            await c.wait_for_peers(job.capability, 1, wait_s=args.wait_peers)
             for _ in range(args.count):
                 try:
                     r = await c.run(job)
                 except CrankmeshError as exc:
                     failures += 1
-                    _emit(args, {"error": type(exc).__name__, "message": str(exc)},
-                          f"error: {exc}")
+                    _emit(args, {"error": type(exc).__name__, "message": str(exc)}, f"error: {exc}")
                     continue
                 obj = {
-                    "job_cid": r.job_cid, "status": r.status, "executor": r.executor,
-                    "price": r.price, "currency": r.currency,
-                    "latency_ms": round(r.latency_ms, 3), "receipt_cid": r.receipt_cid,
+                    "job_cid": r.job_cid,
+                    "status": r.status,
+                    "executor": r.executor,
+                    "price": r.price,
+                    "currency": r.currency,
+                    "latency_ms": round(r.latency_ms, 3),
+                    "receipt_cid": r.receipt_cid,
                     "verified": r.verified,
                 }
                 if job.capability == "python.run":
                     obj.update(stdout=r.stdout, stderr=r.stderr, exit_code=r.exit_code)
                 else:
                     obj["output"] = (r.output or b"").decode("utf-8", "replace")
+                shown = r.stdout if job.capability == "python.run" else str(obj["output"])
                 text = (
-                    (r.stdout if job.capability == "python.run" else obj["output"])
+                    shown
                     + f"\n[{r.status}] job {r.job_cid} on {r.executor} for {r.price} µ{r.currency}"
                     f" in {r.latency_ms:.1f} ms, receipt {r.receipt_cid} verified"
                 )
@@ -204,9 +220,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(
-        nodes=args.nodes, jobs=args.jobs, as_json=args.json, python=not args.echo_only
-    )
+    return run_demo(nodes=args.nodes, jobs=args.jobs, as_json=args.json, python=not args.echo_only)
 
 
 # ----------------------------------------------------------------------------- parser
@@ -220,10 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version="crankmesh 0.1.0")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    d = sub.add_parser("demo", help="run a demo mesh on an embedded nats-server",
-                       description="Start an embedded nats-server and N nodes with different "
-                       "prices, run jobs through the full signed flow, print each result. "
-                       "Exits 0 only if every job ended with a verified receipt.")
+    d = sub.add_parser(
+        "demo",
+        help="run a demo mesh on an embedded nats-server",
+        description="Start an embedded nats-server and N nodes with different "
+        "prices, run jobs through the full signed flow, print each result. "
+        "Exits 0 only if every job ended with a verified receipt.",
+    )
     d.add_argument("--nodes", type=int, default=3)
     d.add_argument("--jobs", type=int, default=20)
     d.add_argument("--echo-only", action="store_true", help="skip python.run jobs")
@@ -238,24 +255,40 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--json", action="store_true")
     n.set_defaults(fn=_cmd_identity_new)
     s = isub.add_parser("show", help="print the DID of a key file")
-    s.add_argument("--key", help="key file (default: $CRANKMESH_HOME/node.key or ~/.crankmesh/node.key)")
+    s.add_argument(
+        "--key", help="key file (default: $CRANKMESH_HOME/node.key or ~/.crankmesh/node.key)"
+    )
     s.add_argument("--trust-domain", help="also print a SPIFFE-style alias in this trust domain")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=_cmd_identity_show)
 
     nd = sub.add_parser("node", help="run a node (executor + originator) until SIGINT/SIGTERM")
-    nd.add_argument("--nats", default=os.environ.get("CRANKMESH_NATS"),
-                    help="NATS URL(s), comma-separated (default: start an embedded server)")
+    nd.add_argument(
+        "--nats",
+        default=os.environ.get("CRANKMESH_NATS"),
+        help="NATS URL(s), comma-separated (default: start an embedded server)",
+    )
     nd.add_argument("--key", help="key file (created if missing)")
     nd.add_argument("--federation", default=os.environ.get("CRANKMESH_FEDERATION", "default"))
     nd.add_argument("--name")
     nd.add_argument("--region")
-    nd.add_argument("--capabilities", default="echo,python.run",
-                    help="comma-separated capabilities to offer (default: echo,python.run)")
-    nd.add_argument("--price", type=_parse_price, default=1000,
-                    help="price per job in micro-units (1000) or units (0.001)")
-    nd.add_argument("--capability-price", action="append", metavar="CAP=PRICE",
-                    help="price for one capability, e.g. python.run=5000 (repeatable)")
+    nd.add_argument(
+        "--capabilities",
+        default="echo,python.run",
+        help="comma-separated capabilities to offer (default: echo,python.run)",
+    )
+    nd.add_argument(
+        "--price",
+        type=_parse_price,
+        default=1000,
+        help="price per job in micro-units (1000) or units (0.001)",
+    )
+    nd.add_argument(
+        "--capability-price",
+        action="append",
+        metavar="CAP=PRICE",
+        help="price for one capability, e.g. python.run=5000 (repeatable)",
+    )
     nd.add_argument("--max-concurrency", type=int, default=2)
     nd.add_argument("--queue-depth", type=int, default=8)
     nd.add_argument("--grace", type=float, default=30.0, help="drain grace period (s)")
@@ -277,8 +310,12 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--max-price", type=_parse_price)
     sb.add_argument("--policy", default="cost")
     sb.add_argument("--count", type=int, default=1)
-    sb.add_argument("--wait-peers", type=float, default=3.0,
-                    help="seconds to wait for a peer offering the capability")
+    sb.add_argument(
+        "--wait-peers",
+        type=float,
+        default=3.0,
+        help="seconds to wait for a peer offering the capability",
+    )
     sb.add_argument("--json", action="store_true")
     sb.set_defaults(fn=_cmd_submit)
     return p

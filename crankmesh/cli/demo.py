@@ -51,13 +51,16 @@ async def _demo(nodes: int, jobs: int, as_json: bool, python: bool) -> int:
         if not as_json:
             print(f"nats-server {server.url} (embedded); {nodes} nodes:")
             for n in started:
-                prices = ", ".join(f"{k}={v}µUSD" for k, v in _node_prices(
-                    started.index(n)).items() if k in capabilities)
+                prices = ", ".join(
+                    f"{k}={v}µUSD"
+                    for k, v in _node_prices(started.index(n)).items()
+                    if k in capabilities
+                )
                 iso = n.sandbox.isolation.level.token if n.sandbox is not None else "n/a"
                 print(f"  {n.config.name}  {n.did}  {prices}  sandbox={iso}")
         async with Client(nats=server.url) as client:
             for cap in capabilities:
-                await client.wait_for_peers(cap, nodes, timeout=10)
+                await client.wait_for_peers(cap, nodes, wait_s=10)
             for j in range(jobs):
                 if python and j % 2 == 1:
                     code, args = _PY_JOBS[(j // 2) % len(_PY_JOBS)]
@@ -68,23 +71,36 @@ async def _demo(nodes: int, jobs: int, as_json: bool, python: bool) -> int:
                 try:
                     r = await client.run(job)
                 except CrankmeshError as exc:
-                    row: dict[str, Any] = {"job": j, "capability": job.capability,
-                                           "error": str(exc), "receipt_verified": False}
+                    row: dict[str, Any] = {
+                        "job": j,
+                        "capability": job.capability,
+                        "error": str(exc),
+                        "receipt_verified": False,
+                    }
                     results.append(row)
                     print(json.dumps(row) if as_json else f"job {j}: FAILED: {exc}")
                     continue
-                out = r.stdout.strip() if job.capability == "python.run" else (
-                    (r.output or b"").decode())
+                out = (
+                    r.stdout.strip()
+                    if job.capability == "python.run"
+                    else ((r.output or b"").decode())
+                )
                 if job.capability == "python.run" and r.return_value is not None:
                     out = json.dumps(r.return_value)
                 verified = r.verified and r.ok
                 ok += verified
                 row = {
-                    "job": j, "capability": job.capability, "job_cid": r.job_cid,
-                    "winner": r.executor, "winner_name": names.get(r.executor),
-                    "price": r.price, "currency": r.currency, "status": r.status,
+                    "job": j,
+                    "capability": job.capability,
+                    "job_cid": r.job_cid,
+                    "winner": r.executor,
+                    "winner_name": names.get(r.executor),
+                    "price": r.price,
+                    "currency": r.currency,
+                    "status": r.status,
                     "latency_ms": round((time.perf_counter() - t0) * 1000, 2),
-                    "receipt_cid": r.receipt_cid, "receipt_verified": verified,
+                    "receipt_cid": r.receipt_cid,
+                    "receipt_verified": verified,
                     "output": out[:80],
                 }
                 results.append(row)
@@ -100,15 +116,20 @@ async def _demo(nodes: int, jobs: int, as_json: bool, python: bool) -> int:
                     )
     lat = sorted(r["latency_ms"] for r in results if "latency_ms" in r)
     summary = {
-        "summary": True, "jobs": jobs, "verified": ok, "nodes": nodes,
+        "summary": True,
+        "jobs": jobs,
+        "verified": ok,
+        "nodes": nodes,
         "p50_ms": lat[len(lat) // 2] if lat else None,
         "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else None,
     }
     if as_json:
         print(json.dumps(summary))
     else:
-        print(f"{ok}/{jobs} jobs ended with a verified receipt; "
-              f"p50 {summary['p50_ms']} ms, p99 {summary['p99_ms']} ms")
+        print(
+            f"{ok}/{jobs} jobs ended with a verified receipt; "
+            f"p50 {summary['p50_ms']} ms, p99 {summary['p99_ms']} ms"
+        )
     return 0 if ok == jobs else 1
 
 

@@ -169,9 +169,7 @@ class Executor:
             p95_us=w.quantile(0.95),
             p99_us=w.quantile(0.99),
             throughput_mjps=(
-                int(1_000_000_000 * self.config.max_concurrency / max(p50 or 1, 1))
-                if p50
-                else None
+                int(1_000_000_000 * self.config.max_concurrency / max(p50 or 1, 1)) if p50 else None
             ),
             samples=w.count,
         )
@@ -205,7 +203,9 @@ class Executor:
 
     # ------------------------------------------------------------------ serve
 
-    async def serve(self, nc: Any, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def serve(
+        self, nc: Any, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         """Subscribe and serve until cancelled (see module docstring)."""
         self._nc = nc
         subs = []
@@ -267,8 +267,12 @@ class Executor:
     async def _on_announce(self, msg: Any) -> None:
         env, ann = decode_message(msg.data, Announce, max_len=MAX_ANNOUNCE_BYTES)
         now = now_ms()
-        check_fresh(env, now, max_age_ms=self.config.announce_max_age_ms,
-                    max_skew_ms=self.config.max_skew_ms)
+        check_fresh(
+            env,
+            now,
+            max_age_ms=self.config.announce_max_age_ms,
+            max_skew_ms=self.config.max_skew_ms,
+        )
         if ann.signer != ann.job.originator:
             raise _Reject("not_originator")
         job_cid = job_cid_of(env.body["job"])
@@ -305,8 +309,10 @@ class Executor:
             self.metrics.bids_declined.labels(reason="no_capacity").inc()
             return
         slo = self.slo_for(capability)
-        queue_wait = (slo.p50_us or 0) * (self._queued + self._running) // max(
-            self.config.max_concurrency, 1
+        queue_wait = (
+            (slo.p50_us or 0)
+            * (self._queued + self._running)
+            // max(self.config.max_concurrency, 1)
         )
         bid = Bid(
             signer=self.identity.did,
@@ -351,8 +357,9 @@ class Executor:
         if msg.reply:
             await self._nc.publish(msg.reply, data)
 
-    async def _reject(self, msg: Any, assignment: Assignment, asg_cid: str, reason: str,
-                      detail: str = "") -> None:
+    async def _reject(
+        self, msg: Any, assignment: Assignment, asg_cid: str, reason: str, detail: str = ""
+    ) -> None:
         self.metrics.assignments.labels(outcome=reason).inc()
         rej = Reject(
             signer=self.identity.did,
@@ -382,17 +389,20 @@ class Executor:
             self.metrics.assignments.labels(outcome="duplicate").inc()
             await self._reply(msg, job_rec.accept_raw)
             if job_rec.delivery is not None:
-                await self._nc.publish(subjects.receipt_delivery(self.federation, asg.job),
-                                       job_rec.delivery)
+                await self._nc.publish(
+                    subjects.receipt_delivery(self.federation, asg.job), job_rec.delivery
+                )
             return
         rec = self._bids.get(asg.bid)
         if rec is None or rec.job_cid != asg.job:
-            await self._reject(msg, asg, env.cid, "unknown_bid",
-                               "this executor made no such bid for this job")
+            await self._reject(
+                msg, asg, env.cid, "unknown_bid", "this executor made no such bid for this job"
+            )
             return
         if asg.signer != rec.job.originator:
-            await self._reject(msg, asg, env.cid, "not_originator",
-                               "assignment not signed by the job's originator")
+            await self._reject(
+                msg, asg, env.cid, "not_originator", "assignment not signed by the job's originator"
+            )
             return
         try:
             rec.announce.verify()
@@ -400,8 +410,9 @@ class Executor:
             await self._reject(msg, asg, env.cid, "bad_announce", str(exc))
             return
         try:
-            check_fresh(env, now, max_age_ms=self.config.bid_valid_ms,
-                        max_skew_ms=self.config.max_skew_ms)
+            check_fresh(
+                env, now, max_age_ms=self.config.bid_valid_ms, max_skew_ms=self.config.max_skew_ms
+            )
         except ProtocolError as exc:
             await self._reject(msg, asg, env.cid, "stale", str(exc))
             return
@@ -409,8 +420,9 @@ class Executor:
             await self._reject(msg, asg, env.cid, "bid_expired", f"bid {rec.bid_cid} expired")
             return
         if not rec.reserved and self.outstanding >= self.capacity:
-            await self._reject(msg, asg, env.cid, "no_capacity",
-                               f"queue full ({self.outstanding}/{self.capacity})")
+            await self._reject(
+                msg, asg, env.cid, "no_capacity", f"queue full ({self.outstanding}/{self.capacity})"
+            )
             return
         if self._draining:
             await self._reject(msg, asg, env.cid, "draining", "executor is shutting down")
@@ -430,7 +442,10 @@ class Executor:
         self._queued += 1
         self._idle = anyio.Event() if self._idle.is_set() else self._idle
         accept = Accept(
-            signer=self.identity.did, ts=now, job=asg.job, assignment=env.cid,
+            signer=self.identity.did,
+            ts=now,
+            job=asg.job,
+            assignment=env.cid,
             attempt=asg.attempt,
         ).sign(self.identity)
         job_rec = _JobRecord(asg.job, accept.raw)
@@ -442,8 +457,9 @@ class Executor:
 
     # ------------------------------------------------------------------ execute
 
-    async def _execute(self, rec: _BidRecord, asg: Assignment, asg_cid: str, payload: bytes,
-                       job_rec: _JobRecord) -> None:
+    async def _execute(
+        self, rec: _BidRecord, asg: Assignment, asg_cid: str, payload: bytes, job_rec: _JobRecord
+    ) -> None:
         job = rec.job
         handler = self.handlers[job.capability]
         try:
@@ -463,17 +479,22 @@ class Executor:
                 self.metrics.running.set(self._running)
             if outcome.status == "ok":
                 self.latency[job.capability].add(wall_us)
-            self.metrics.execution_seconds.labels(capability=job.capability).observe(
-                wall_us / 1e6
-            )
+            self.metrics.execution_seconds.labels(capability=job.capability).observe(wall_us / 1e6)
             with anyio.CancelScope(shield=True):
                 await self._publish_receipt(rec, asg, asg_cid, outcome, wall_us, job_rec)
         finally:
             if self._running == 0 and self._queued == 0:
                 self._idle.set()
 
-    async def _publish_receipt(self, rec: _BidRecord, asg: Assignment, asg_cid: str,
-                               outcome: Outcome, wall_us: int, job_rec: _JobRecord) -> None:
+    async def _publish_receipt(
+        self,
+        rec: _BidRecord,
+        asg: Assignment,
+        asg_cid: str,
+        outcome: Outcome,
+        wall_us: int,
+        job_rec: _JobRecord,
+    ) -> None:
         job = rec.job
         result = outcome.result
         async with self._receipt_lock:
@@ -512,8 +533,14 @@ class Executor:
         await self._nc.publish(subjects.receipt_delivery(self.federation, rec.job_cid), delivery)
         await self._nc.publish(subjects.receipts(self.federation, self.identity.did), renv.raw)
         self.metrics.receipts.labels(status=outcome.status).inc()
-        log.info("job %s finished: %s in %d µs (receipt %s, seq %d)", rec.job_cid,
-                 outcome.status, wall_us, renv.cid, seq)
+        log.info(
+            "job %s finished: %s in %d µs (receipt %s, seq %d)",
+            rec.job_cid,
+            outcome.status,
+            wall_us,
+            renv.cid,
+            seq,
+        )
 
 
 class _Reject(ProtocolError):
@@ -522,4 +549,3 @@ class _Reject(ProtocolError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-

@@ -96,15 +96,23 @@ class InProcessCapability:
             with anyio.fail_after(job.constraints.timeout_ms / 1000):
                 result = await self._fn(payload)
         except TimeoutError:
-            return Outcome("timeout", None, f"exceeded {job.constraints.timeout_ms} ms",
-                           wall_us=_now_us() - start)
+            return Outcome(
+                "timeout",
+                None,
+                f"exceeded {job.constraints.timeout_ms} ms",
+                wall_us=_now_us() - start,
+            )
         except Exception as exc:  # the capability's own failure becomes the receipt's
-            return Outcome("error", None, f"{type(exc).__name__}: {exc}"[:1000],
-                           wall_us=_now_us() - start)
+            return Outcome(
+                "error", None, f"{type(exc).__name__}: {exc}"[:1000], wall_us=_now_us() - start
+            )
         if len(result) > job.constraints.max_output_bytes:
-            return Outcome("output_limit", None,
-                           f"result of {len(result)} bytes exceeds "
-                           f"{job.constraints.max_output_bytes}", wall_us=_now_us() - start)
+            return Outcome(
+                "output_limit",
+                None,
+                f"result of {len(result)} bytes exceeds {job.constraints.max_output_bytes}",
+                wall_us=_now_us() - start,
+            )
         return Outcome("ok", result, wall_us=_now_us() - start)
 
 
@@ -193,5 +201,4 @@ class PythonRunCapability:
             },
             use_bin_type=True,
         )
-        return Outcome(status, result, res.detail[:1000], res.wall_us, res.cpu_us,
-                       res.peak_rss_kb)
+        return Outcome(status, result, res.detail[:1000], res.wall_us, res.cpu_us, res.peak_rss_kb)

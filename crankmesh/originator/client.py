@@ -32,9 +32,10 @@ import enum
 import logging
 import os
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio
@@ -149,14 +150,13 @@ class Client:
         self._nats_target = nats
         self._nc: Any = connection
         self._owns_directory = directory is None
-        self.directory = directory or PeerDirectory(
-            federation=cfg.federation, metrics=self.metrics
-        )
+        self.directory = directory or PeerDirectory(federation=cfg.federation, metrics=self.metrics)
         self.local_executor = local_executor
         self._state = _State.NEW
         self._stack: AsyncExitStack | None = None
         self._tracks: dict[str, _JobTrack] = {}
-        self.explanations: dict[str, market.Explanation] = {}
+        # Last ranking per job (bounded): `explain(job_cid)` builds explanations on demand.
+        self._rankings: _Bounded = _Bounded(1024)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -166,8 +166,10 @@ class Client:
             from ..transport import NatsOptions, connect
 
             target = self._nats_target
-            opts = target if isinstance(target, NatsOptions) else NatsOptions.from_url(
-                target if isinstance(target, str) else ",".join(target)
+            opts = (
+                target
+                if isinstance(target, NatsOptions)
+                else NatsOptions.from_url(target if isinstance(target, str) else ",".join(target))
             )
             nc = await connect(opts)
             owns_connection = True
@@ -218,9 +220,9 @@ class Client:
 
     # ------------------------------------------------------------------ helpers
 
-    async def wait_for_peers(self, capability: str, count: int = 1, timeout: float = 10.0) -> int:
+    async def wait_for_peers(self, capability: str, count: int = 1, wait_s: float = 10.0) -> int:
         """Wait until ``count`` peers offering ``capability`` are in the directory."""
-        with anyio.move_on_after(timeout):
+        with anyio.move_on_after(wait_s):
             while len(self.directory.offering(capability)) < count:
                 await self.directory.wait_changed()
         return len(self.directory.offering(capability))
@@ -285,8 +287,8 @@ class Client:
                 except ProtocolError as exc:
                     self.metrics.reject("bid", exc.reason)
                     return
-                if bid.signer in track.bidders:
-                    self.metrics.reject("bid", "duplicate")
+                if len(track.bids) >= 256:
+                    self.metrics.reject("bid", "flood")
                     return
                 track.bidders.add(bid.signer)
                 track.bids.append((env, bid))
@@ -331,7 +333,11 @@ class Client:
         return now
 
     async def _collect(
-        self, spec: JobSpec, track: _JobTrack, policy_name: str, terms: market.Terms,
+        self,
+        spec: JobSpec,
+        track: _JobTrack,
+        policy_name: str,
+        terms: market.Terms,
         tried: set[str],
     ) -> None:
         """Wait for bids until every expected bidder answered or the window ends."""
@@ -342,7 +348,7 @@ class Client:
         expected = self.directory.expected_bidders(spec.capability, exclude=tried)
         while True:
             now = time.perf_counter()
-            fresh = [b for _, b in track.bids if b.signer not in tried]
+            fresh = [b for _, b in track.bids if b.signer not in tried]  # tried = failed DIDs
             if fresh and now >= min_deadline:
                 if expected and expected <= track.bidders:
                     break
@@ -355,8 +361,13 @@ class Client:
         self.metrics.bid_window_seconds.observe(time.perf_counter() - start)
 
     def _unbeatable(
-        self, spec: JobSpec, track: _JobTrack, fresh: list[Bid], expected: set[str],
-        policy_name: str, terms: market.Terms,
+        self,
+        spec: JobSpec,
+        track: _JobTrack,
+        fresh: list[Bid],
+        expected: set[str],
+        policy_name: str,
+        terms: market.Terms,
     ) -> bool:
         if not expected:
             return False
@@ -399,79 +410,96 @@ class Client:
         return out
 
     async def _run_rounds(
-        self, job: Job, spec: JobSpec, job_cid: str, track: _JobTrack,
-        policy: str | market.Policy, terms: market.Terms, started: float,
+        self,
+        job: Job,
+        spec: JobSpec,
+        job_cid: str,
+        track: _JobTrack,
+        policy: str | market.Policy,
+        terms: market.Terms,
+        started: float,
     ) -> JobResult:
         attempts: list[Attempt] = []
-        tried: set[str] = set()
+        tried: set[str] = set()  # bid CIDs already used or found forged
+        failed: set[str] = set()  # executors that failed an attempt of this job
         policy_name = policy if isinstance(policy, str) else policy.name
+        ranking: market.Ranking | None = None
         for _round in range(self.config.max_rounds):
             await self._announce(spec)
-            await self._collect(spec, track, policy_name, terms, tried)
-            while True:
-                usable = [(e, b) for e, b in track.bids if b.signer not in tried]
+            await self._collect(spec, track, policy_name, terms, failed)
+            while len(attempts) < self.config.max_attempts:
+                usable = [
+                    (e, b) for e, b in track.bids if e.cid not in tried and b.signer not in failed
+                ]
                 if not usable:
                     break
                 ranking = market.select(self._candidates(usable), terms, policy, _now_ms())
-                explanation = ranking.explanation(job_cid, spec.requirements or None)
-                self.explanations[job_cid] = explanation
-                if ranking.winner is None:
-                    if not attempts:
-                        ranking.raise_if_empty(job_cid)
-                    break
                 by_cid = {e.cid: (e, b) for e, b in usable}
-                progressed = False
-                for scored in ranking.eligible:
+                chosen: tuple[Envelope, Bid] | None = None
+                for scored in list(ranking.eligible):
                     env, bid = by_cid[scored.candidate.bid_cid]
-                    tried.add(bid.signer)
                     try:
-                        env.verify()
+                        env.verify()  # lazily, best first
                     except ProtocolError:
+                        tried.add(env.cid)
                         self.metrics.reject("bid", "bad_signature")
-                        log.warning("bid %s claims %s but its signature is invalid; skipped",
-                                    env.cid, bid.signer)
+                        log.warning(
+                            "job %s: bid %s claims %s but its signature is invalid",
+                            job_cid,
+                            env.cid,
+                            bid.signer,
+                        )
+                        ranking = ranking.reject(
+                            env.cid, "signature", f"signature does not verify for {bid.signer}"
+                        )
                         continue
-                    if len(attempts) >= self.config.max_attempts:
-                        raise ExecutorsExhausted(job_cid, attempts)
-                    n = len(attempts) + 1
-                    result, outcome = await self._attempt(job, spec, job_cid, track, env, bid, n)
-                    if result is not None:
-                        self.metrics.jobs_completed.labels(status=result.status).inc()
-                        self.metrics.job_seconds.labels(capability=spec.capability).observe(
-                            time.perf_counter() - started
-                        )
-                        return JobResult(
-                            **{
-                                **result.__dict__,
-                                "latency_ms": (time.perf_counter() - started) * 1000,
-                                "attempts": tuple(attempts),
-                                "explanation": explanation,
-                            }
-                        )
-                    attempts.append(Attempt(n, bid.signer, outcome))
-                    log.info("job %s attempt %d on %s failed: %s", job_cid, n, bid.signer,
-                             outcome)
-                    self.metrics.reassignments.labels(cause=outcome.split(":")[0]).inc()
-                    progressed = True
-                    break  # re-rank: new bids may have arrived meanwhile
-                if not progressed:
+                    chosen = (env, bid)
                     break
+                self._rankings[job_cid] = ranking
+                if chosen is None:
+                    if not attempts:
+                        ranking.raise_if_empty(job_cid)  # NoEligibleBid: each bid and why
+                    break
+                env, bid = chosen
+                tried.add(env.cid)
+                n = len(attempts) + 1
+                result, outcome = await self._attempt(job, spec, job_cid, track, env, bid, n)
+                if result is not None:
+                    elapsed = time.perf_counter() - started
+                    self.metrics.jobs_completed.labels(status=result.status).inc()
+                    self.metrics.job_seconds.labels(capability=spec.capability).observe(elapsed)
+                    return replace(
+                        result,
+                        latency_ms=elapsed * 1000,
+                        attempts=tuple(attempts),
+                        explanation=_LazyExplanation(ranking, job_cid, spec.requirements),
+                    )
+                failed.add(bid.signer)
+                attempts.append(Attempt(n, bid.signer, outcome))
+                log.info("job %s attempt %d on %s failed: %s", job_cid, n, bid.signer, outcome)
+                self.metrics.reassignments.labels(cause=outcome.split(":")[0]).inc()
         if not attempts and not track.bids:
             self.metrics.jobs_failed.labels(reason="no_bids").inc()
             raise NoBids(job_cid, spec.capability, self.config.max_bid_window_ms)
         self.metrics.jobs_failed.labels(reason="exhausted").inc()
-        if not attempts:
-            # Bids came, but none was usable (forged, or all filtered): say why.
-            ranking = market.select(self._candidates(track.bids), terms, policy, _now_ms())
+        if not attempts and ranking is not None:
             ranking.raise_if_empty(job_cid)
-            attempts.extend(
-                Attempt(0, b.signer, "bid signature invalid") for _, b in track.bids
-            )
         raise ExecutorsExhausted(job_cid, attempts)
 
+    def explain(self, job_cid: str) -> market.Explanation | None:
+        """The selection explanation of a job this client ran (most recent ranking)."""
+        ranking = self._rankings.get(job_cid)
+        return None if ranking is None else ranking.explanation(job_cid)
+
     async def _attempt(
-        self, job: Job, spec: JobSpec, job_cid: str, track: _JobTrack, bid_env: Envelope,
-        bid: Bid, attempt: int,
+        self,
+        job: Job,
+        spec: JobSpec,
+        job_cid: str,
+        track: _JobTrack,
+        bid_env: Envelope,
+        bid: Bid,
+        attempt: int,
     ) -> tuple[JobResult | None, str]:
         cfg = self.config
         now = _now_ms()
@@ -518,15 +546,25 @@ class Client:
             return None, f"bad_accept: {exc}"
         # Winner accepted: release every other bidder's reservation.
         close = Close(
-            signer=self.identity.did, ts=_now_ms(), job=job_cid, winner=executor,
+            signer=self.identity.did,
+            ts=_now_ms(),
+            job=job_cid,
+            winner=executor,
             bid=bid_env.cid,
         ).sign(self.identity)
         await self._nc.publish(subjects.closed(cfg.federation, job_cid), close.raw)
         return await self._await_receipt(job, spec, job_cid, track, asg, bid_env, bid, attempt)
 
     async def _await_receipt(
-        self, job: Job, spec: JobSpec, job_cid: str, track: _JobTrack, asg: Envelope,
-        bid_env: Envelope, bid: Bid, attempt: int,
+        self,
+        job: Job,
+        spec: JobSpec,
+        job_cid: str,
+        track: _JobTrack,
+        asg: Envelope,
+        bid_env: Envelope,
+        bid: Bid,
+        attempt: int,
     ) -> tuple[JobResult | None, str]:
         executor = bid.signer
         deadline_ms = asg.body["deadline"]
@@ -553,7 +591,12 @@ class Client:
                 await track.changed.wait()
 
     def _check_delivery(
-        self, data: bytes, job_cid: str, asg: Envelope, bid_env: Envelope, bid: Bid,
+        self,
+        data: bytes,
+        job_cid: str,
+        asg: Envelope,
+        bid_env: Envelope,
+        bid: Bid,
         attempt: int,
     ) -> JobResult | None:
         try:
@@ -567,8 +610,12 @@ class Client:
                 track = self._tracks.get(job_cid)
                 if track is not None:
                     track.late_receipts.append(renv.cid)
-                log.info("late receipt %s for job %s from %s recorded, not used", renv.cid,
-                         job_cid, receipt.signer)
+                log.info(
+                    "late receipt %s for job %s from %s recorded, not used",
+                    renv.cid,
+                    job_cid,
+                    receipt.signer,
+                )
                 return None
             if receipt.signer != bid.signer or receipt.bid != bid_env.cid:
                 raise ProtocolError("receipt not signed by the assigned executor")
@@ -602,6 +649,44 @@ class Client:
             currency=receipt.currency,
             latency_ms=0.0,
         )
+
+
+class _Bounded(OrderedDict[str, Any]):
+    """A dict that forgets its oldest entries beyond ``limit``."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        while len(self) > self.limit:
+            self.popitem(last=False)
+
+
+class _LazyExplanation:
+    """Builds the :class:`~crankmesh.market.Explanation` on first use (it costs ~60 µs,
+    which the hot path does not pay)."""
+
+    __slots__ = ("_ranking", "_job_cid", "_requirements", "_built")
+
+    def __init__(self, ranking: market.Ranking, job_cid: str, requirements: Any) -> None:
+        self._ranking = ranking
+        self._job_cid = job_cid
+        self._requirements = requirements or None
+        self._built: market.Explanation | None = None
+
+    def get(self) -> market.Explanation:
+        if self._built is None:
+            self._built = self._ranking.explanation(self._job_cid, self._requirements)
+        return self._built
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.get(), name)
+
+    def render(self) -> str:
+        return self.get().render()
 
 
 def _decode_map(data: bytes) -> dict[str, Any]:

@@ -132,7 +132,7 @@ class JobResult:
     latency_ms: float
     attempts: tuple[Attempt, ...] = ()
     verified: bool = True
-    explanation: Any = None
+    explanation: Any = None  # crankmesh.market.Explanation (built lazily on first access)
 
     @property
     def ok(self) -> bool:

@@ -8,30 +8,46 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import nats
-import pytest
 
 from crankmesh.executor.agent import ExecutorConfig
 from crankmesh.node import Node, NodeConfig
 from crankmesh.originator import Client
 
 
-
-def node_config(i: int = 0, *, capabilities: Sequence[str] = ("echo",), price: int | None = None,
-                **executor: Any) -> NodeConfig:
-    extra = {k: executor.pop(k) for k in list(executor) if k in {
-        "advert_interval_s", "advert_ttl_s", "drain_grace_s", "state_dir", "client",
-        "extra_handlers"}}
+def node_config(
+    i: int = 0,
+    *,
+    capabilities: Sequence[str] = ("echo",),
+    price: int | None = None,
+    **executor: Any,
+) -> NodeConfig:
+    extra = {
+        k: executor.pop(k)
+        for k in list(executor)
+        if k
+        in {
+            "advert_interval_s",
+            "advert_ttl_s",
+            "drain_grace_s",
+            "state_dir",
+            "client",
+            "extra_handlers",
+        }
+    }
     return NodeConfig(
         name=f"node-{i}",
         capabilities=tuple(capabilities),
-        executor=ExecutorConfig(default_price=price if price is not None else 1000 * (i + 1),
-                                **executor),
+        executor=ExecutorConfig(
+            default_price=price if price is not None else 1000 * (i + 1), **executor
+        ),
         **extra,
     )
 
 
 @asynccontextmanager
-async def mesh(url: str, configs: Sequence[NodeConfig], **services: Any) -> AsyncIterator[list[Node]]:
+async def mesh(
+    url: str, configs: Sequence[NodeConfig], **services: Any
+) -> AsyncIterator[list[Node]]:
     async with AsyncExitStack() as stack:
         nodes = [
             await stack.enter_async_context(Node(nats=url, config=cfg, services=services or None))
@@ -43,7 +59,7 @@ async def mesh(url: str, configs: Sequence[NodeConfig], **services: Any) -> Asyn
 @asynccontextmanager
 async def client_for(url: str, capability: str, peers: int, **kwargs: Any) -> AsyncIterator[Client]:
     async with Client(nats=url, **kwargs) as c:
-        assert await c.wait_for_peers(capability, peers, timeout=10) >= peers
+        assert await c.wait_for_peers(capability, peers, wait_s=10) >= peers
         yield c
 
 

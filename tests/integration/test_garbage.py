@@ -11,10 +11,10 @@ import pytest
 
 from crankmesh.originator import Job
 from crankmesh.protocol import subjects
-from crankmesh.protocol.identity import Identity
-from crankmesh.protocol.messages import Announce, Bid, BidSlo, JobSpec, Load
 from crankmesh.protocol.cid import cid_for_blob, cid_for_document
 from crankmesh.protocol.encoding import canonical_encode
+from crankmesh.protocol.identity import Identity
+from crankmesh.protocol.messages import Announce, Bid, BidSlo, JobSpec, Load
 
 from .helpers import client_for, mesh, node_config, raw_connection
 
@@ -26,11 +26,30 @@ ONE_MIB = 1024 * 1024
 def _garbage() -> list[bytes]:
     other = Identity.generate()
     now = time.time_ns() // 1_000_000
-    job = JobSpec(capability="echo", originator=other.did, created=now, nonce=os.urandom(16),
-                  payload=cid_for_blob(b"x"), payload_size=1, deadline=now + 60_000)
+    job = JobSpec(
+        capability="echo",
+        originator=other.did,
+        created=now,
+        nonce=os.urandom(16),
+        payload=cid_for_blob(b"x"),
+        payload_size=1,
+        deadline=now + 60_000,
+    )
     valid_announce = Announce(signer=other.did, ts=now, exp=now + 30_000, job=job).sign(other).raw
-    a_bid = Bid(signer=other.did, ts=now, exp=now + 1000, job=cid_for_document(b"j"),
-                nonce=os.urandom(16), price=1, slo=BidSlo(), load=Load()).sign(other).raw
+    a_bid = (
+        Bid(
+            signer=other.did,
+            ts=now,
+            exp=now + 1000,
+            job=cid_for_document(b"j"),
+            nonce=os.urandom(16),
+            price=1,
+            slo=BidSlo(),
+            load=Load(),
+        )
+        .sign(other)
+        .raw
+    )
     return [
         b"",
         os.urandom(1),

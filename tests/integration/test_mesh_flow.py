@@ -11,8 +11,9 @@ import pytest
 from crankmesh.executor.handlers import EchoCapability
 from crankmesh.originator import Job
 from crankmesh.protocol import subjects
-from crankmesh.protocol.envelope import open_envelope, signing_input
+from crankmesh.protocol.cid import cid_for_document
 from crankmesh.protocol.encoding import canonical_encode
+from crankmesh.protocol.envelope import open_envelope, signing_input
 from crankmesh.protocol.identity import Identity
 from crankmesh.protocol.messages import (
     Announce,
@@ -23,7 +24,6 @@ from crankmesh.protocol.messages import (
     Reject,
     decode_message,
 )
-from crankmesh.protocol.cid import cid_for_document
 
 from .helpers import client_for, mesh, node_config, raw_connection
 
@@ -76,8 +76,14 @@ async def test_bid_with_forged_signature_is_never_selected(nats_server):
                 job_cid = job_cid_of(env.body["job"])
                 now = time.time_ns() // 1_000_000
                 body = Bid(
-                    signer=victim.did, ts=now, exp=now + 10_000, job=job_cid,
-                    nonce=os.urandom(16), price=1, slo=BidSlo(), load=Load(),
+                    signer=victim.did,
+                    ts=now,
+                    exp=now + 10_000,
+                    job=job_cid,
+                    nonce=os.urandom(16),
+                    price=1,
+                    slo=BidSlo(),
+                    load=Load(),
                 ).to_wire()
                 body_bytes = canonical_encode(body)
                 sig = rogue.sign(signing_input("bid", body_bytes))  # wrong key for victim
@@ -86,13 +92,15 @@ async def test_bid_with_forged_signature_is_never_selected(nats_server):
 
             await nc.subscribe(subjects.announce("default", "echo"), cb=forge)
             await nc.flush()
-            async with client_for(nats_server.url, "echo", 2, max_bid_window_ms=300,
-                                  min_bid_window_ms=100) as client:
+            async with client_for(
+                nats_server.url, "echo", 2, max_bid_window_ms=300, min_bid_window_ms=100
+            ) as client:
                 for _ in range(5):
                     r = await client.run(Job.echo(b"x"))
                     assert r.ok and r.executor == nodes[0].did
                     considered = {c.executor: c for c in r.explanation.considered}
-                    assert victim.did in considered  # it was seen (and ranked first) ...
+                    assert considered[victim.did].failed_filter == "signature"  # seen ...
+                    assert r.explanation.winner.executor == nodes[0].did
                 assert client.metrics.rejection_count("bid", "bad_signature") == 5  # ...never used
 
 
@@ -105,12 +113,20 @@ async def test_executor_refuses_assignment_for_a_bid_it_did_not_make(nats_server
             from crankmesh.protocol.identity import seal
 
             asg = Assignment(
-                signer=originator.did, ts=now, exp=now + 5000, job=job_cid,
-                bid=cid_for_document(b"a bid nobody made"), executor=node.did, attempt=1,
-                nonce=os.urandom(16), payload=seal(b"hi", node.did), deadline=now + 10_000,
+                signer=originator.did,
+                ts=now,
+                exp=now + 5000,
+                job=job_cid,
+                bid=cid_for_document(b"a bid nobody made"),
+                executor=node.did,
+                attempt=1,
+                nonce=os.urandom(16),
+                payload=seal(b"hi", node.did),
+                deadline=now + 10_000,
             ).sign(originator)
-            reply = await nc.request(subjects.assignment("default", job_cid, node.did),
-                                     asg.raw, timeout=2)
+            reply = await nc.request(
+                subjects.assignment("default", job_cid, node.did), asg.raw, timeout=2
+            )
             env, rej = decode_message(reply.data, Reject)
             env.verify()
             assert rej.signer == node.did and rej.reason == "unknown_bid"
@@ -186,8 +202,9 @@ async def test_executor_gone_before_accept_fails_over_at_once(nats_server):
             await sniffer.subscribe("crank.default.jobs.*.bids", cb=kill_on_bid)
             await sniffer.flush()
             # keep the window open long enough for the victim's connection to be gone
-            async with client_for(nats_server.url, "echo", 2, max_bid_window_ms=500,
-                                  min_bid_window_ms=300) as client:
+            async with client_for(
+                nats_server.url, "echo", 2, max_bid_window_ms=500, min_bid_window_ms=300
+            ) as client:
                 t = time.perf_counter()
                 r = await client.run(Job.echo(b"failover"))
                 assert r.ok and r.executor == nodes[1].did

@@ -328,12 +328,14 @@ def _init_main(
         prctl(PR_SET_CHILD_SUBREAPER, 1)
         job_dir = workdir
         if cfg.namespaces:
-            wd_fd = os.open(workdir, os.O_PATH | os.O_DIRECTORY)
             flags = CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS
             if cfg.netns_per_job:
                 flags |= CLONE_NEWNET
             unshare(flags)
             mount(b"none", b"/", None, MS_REC | MS_PRIVATE)
+            # opened inside the new mount namespace (a bind source must be in it), before
+            # the tmpfs mounts may hide the path
+            wd_fd = os.open(workdir, os.O_PATH | os.O_DIRECTORY)
             mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
             for path in TMPFS_DIRS:
                 if os.path.isdir(path) and not os.path.islink(path):
@@ -596,7 +598,7 @@ def _finish(res_w: int, kind: str, exit_code: int, detail: str, packed: bytes | 
 # --------------------------------------------------------------------------- the server
 
 
-@dataclass
+@dataclass(eq=False)
 class _Child:
     slot: int
     init_pid: int
@@ -610,7 +612,7 @@ class _Child:
     job: _Job | None = None
 
 
-@dataclass
+@dataclass(eq=False)
 class _Job:
     sock: socket.socket
     inbuf: bytearray = field(default_factory=bytearray)
@@ -672,14 +674,20 @@ class _Server:
         for name in ("job", "out", "err", "res", "st"):
             fds[f"{name}_r"], fds[f"{name}_w"] = os.pipe2(os.O_CLOEXEC)
         if cfg.namespaces:
-            unshare(CLONE_NEWPID)
+            unshare(CLONE_NEWPID)  # the next child is pid 1 of a new pid namespace
         try:
             pid = os.fork()
-        finally:
-            if cfg.namespaces and self.pidns_fd >= 0:
-                setns(self.pidns_fd, CLONE_NEWPID)
+        except OSError:
+            pid = -1
         if pid == 0:
             _init_main(cfg, slot, workdir, fds, self.pid)
+        if cfg.namespaces:
+            setns(self.pidns_fd, CLONE_NEWPID)  # later children: back to our own namespace
+        if pid < 0:
+            for fd in fds.values():
+                os.close(fd)
+            _remove_tree(workdir)
+            raise OSError(errno.EAGAIN, "fork failed")
         for name in ("job_r", "out_w", "err_w", "res_w", "st_w"):
             os.close(fds[name])
         for name in ("job_w", "out_r", "err_r", "res_r", "st_r"):

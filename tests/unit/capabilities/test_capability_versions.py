@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crankmesh.capabilities import CapabilitySpecError, Specifier, SpecifierSet, Version
@@ -158,6 +158,8 @@ def test_non_string_specifiers_are_refused() -> None:
 
 # --------------------------------------------------------------------------- properties
 
+fast = settings(max_examples=40, deadline=None)
+
 _releases = st.lists(st.integers(0, 12), min_size=1, max_size=4).map(tuple)
 _versions = st.builds(
     Version,
@@ -170,12 +172,14 @@ _versions = st.builds(
 )
 
 
+@fast
 @given(_versions)
 def test_string_form_round_trips(v: Version) -> None:
     assert Version.parse(str(v)) == v
     assert str(Version.parse(str(v))) == str(v)
 
 
+@fast
 @given(_versions, _versions)
 def test_ordering_is_total_and_antisymmetric(a: Version, b: Version) -> None:
     assert sum((a < b, a == b, a > b)) == 1
@@ -184,12 +188,14 @@ def test_ordering_is_total_and_antisymmetric(a: Version, b: Version) -> None:
         assert hash(a) == hash(b)
 
 
+@fast
 @given(_versions, _versions, _versions)
 def test_ordering_is_transitive(a: Version, b: Version, c: Version) -> None:
     x, y, z = sorted([a, b, c])
     assert x <= y <= z and x <= z
 
 
+@fast
 @given(_releases, st.integers(0, 3))
 def test_prereleases_sort_below_release_and_posts_above(release: tuple[int, ...], n: int) -> None:
     final = Version(release)
@@ -211,6 +217,7 @@ def _packaging_contains(spec: str, version: str) -> bool:
     return bool(specs.contains(version, prereleases=True))
 
 
+@fast
 @given(_versions, _versions)
 def test_ordering_agrees_with_packaging(a: Version, b: Version) -> None:
     pa: Any = _packaging_version(str(a))
@@ -227,6 +234,7 @@ _spec_versions = st.builds(
 )
 
 
+@fast
 @given(st.sampled_from([">=", ">", "<=", "<", "==", "!=", "~="]), _spec_versions, _versions)
 def test_specifiers_agree_with_packaging(op: str, spec_v: Version, candidate: Version) -> None:
     if op == "~=" and len(spec_v.release) < 2:
@@ -235,6 +243,7 @@ def test_specifiers_agree_with_packaging(op: str, spec_v: Version, candidate: Ve
     assert SpecifierSet.parse(text).contains(candidate) is _packaging_contains(text, str(candidate))
 
 
+@fast
 @given(st.sampled_from(["==", "!="]), _releases, _versions)
 def test_wildcards_agree_with_packaging(
     op: str, prefix: tuple[int, ...], candidate: Version

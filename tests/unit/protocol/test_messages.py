@@ -1,0 +1,493 @@
+"""Typed messages: every model round-trips, and every defect is a DecodeError."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pydantic
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from crankmesh.protocol.cid import cid_for_blob, cid_for_document
+from crankmesh.protocol.encoding import canonical_decode, canonical_encode
+from crankmesh.protocol.envelope import open_envelope, sign_envelope
+from crankmesh.protocol.errors import (
+    DecodeError,
+    ProtocolError,
+    UnsupportedVersion,
+    WrongMessageType,
+)
+from crankmesh.protocol.identity import Identity
+from crankmesh.protocol.messages import (
+    CAPABILITY_RE,
+    MESSAGE_TYPES,
+    RECEIPT_STATUSES,
+    Accept,
+    Advert,
+    AdvertCapability,
+    Announce,
+    Assignment,
+    Bid,
+    BidSlo,
+    Close,
+    Constraints,
+    JobSlo,
+    JobSpec,
+    Load,
+    Metering,
+    Receipt,
+    ReceiptDelivery,
+    Reject,
+    Settlement,
+    SignedMessage,
+    decode_message,
+    job_cid_of,
+)
+
+ORIGINATOR = Identity.from_seed(bytes(range(32)))
+EXECUTOR = Identity.from_seed(bytes(32))
+T0 = 1_700_000_000_000
+PAYLOAD = b'{"salt":"q0c3vB9u2mXh5Yd1","text":"hello"}'
+RESULT = b'{"summary":"hi"}'
+DOC = cid_for_document(b"some document")
+
+
+def make_job(**changes: Any) -> JobSpec:
+    fields: dict[str, Any] = {
+        "capability": "text.summarize",
+        "originator": ORIGINATOR.did,
+        "created": T0,
+        "nonce": bytes(range(16)),
+        "payload": cid_for_blob(PAYLOAD),
+        "payload_size": len(PAYLOAD),
+        "deadline": T0 + 60_000,
+        "constraints": Constraints(timeout_ms=5_000, memory_mb=512, accelerator="cpu"),
+        "requirements": {"memory_mb": 256, "codecs": ["h264"]},
+        "slo": JobSlo(p95_us=2_000),
+        "max_price": 5_000,
+    }
+    fields.update(changes)
+    return JobSpec(**fields)
+
+
+JOB = make_job()
+JOB_CID = job_cid_of(JOB.to_wire())
+
+
+def samples() -> dict[str, tuple[SignedMessage, Identity]]:
+    """One fully populated instance of every signed message type, with its signer."""
+    o, e = ORIGINATOR, EXECUTOR
+    return {
+        "announce": (Announce(signer=o.did, ts=T0, exp=T0 + 30_000, job=JOB), o),
+        "bid": (
+            Bid(
+                signer=e.did,
+                ts=T0,
+                exp=T0 + 10_000,
+                job=JOB_CID,
+                nonce=bytes(16),
+                price=1_200,
+                slo=BidSlo(p50_us=800, p95_us=1_500, samples=20),
+                load=Load(running=1, queued=2, capacity=4),
+                est_us=900,
+                isolation="basic",
+                match="degraded",
+                warnings=["no gpu: running on cpu"],
+            ),
+            e,
+        ),
+        "assignment": (
+            Assignment(
+                signer=o.did,
+                ts=T0,
+                exp=T0 + 2_000,
+                job=JOB_CID,
+                bid=DOC,
+                executor=e.did,
+                attempt=2,
+                nonce=bytes(32),
+                payload=b"sealed",
+                deadline=T0 + 10_000,
+            ),
+            o,
+        ),
+        "close": (Close(signer=o.did, ts=T0, job=JOB_CID, winner=e.did, bid=DOC), o),
+        "accept": (Accept(signer=e.did, ts=T0, job=JOB_CID, assignment=DOC, attempt=1), e),
+        "reject": (
+            Reject(
+                signer=e.did,
+                ts=T0,
+                job=JOB_CID,
+                assignment=DOC,
+                attempt=1,
+                reason="no_capacity",
+                detail="queue full (8/8)",
+            ),
+            e,
+        ),
+        "receipt": (
+            Receipt(
+                signer=e.did,
+                ts=T0,
+                job=JOB_CID,
+                assignment=DOC,
+                bid=DOC,
+                originator=o.did,
+                attempt=1,
+                status="ok",
+                result=cid_for_blob(RESULT),
+                result_size=len(RESULT),
+                metering=Metering(wall_us=10, cpu_us=9, peak_rss_kb=1024),
+                charge=1_200,
+                seq=2,
+                prev=DOC,
+                budget=DOC,
+                detail="fine",
+            ),
+            e,
+        ),
+        "settlement": (
+            Settlement(
+                signer=o.did,
+                ts=T0,
+                receipt=DOC,
+                job=JOB_CID,
+                executor=e.did,
+                verified=True,
+                observed_us=1_500,
+                promised_p95_us=1_400,
+                charge=1_200,
+            ),
+            o,
+        ),
+        "advert": (
+            Advert(
+                signer=e.did,
+                ts=T0,
+                exp=T0 + 30_000,
+                seq=3,
+                name="gpu-box",
+                region="eu-west",
+                capabilities=[
+                    AdvertCapability(name="text.summarize", price=1_000),
+                    AdvertCapability(name="image.resize", price=50, slo=BidSlo(p95_us=10)),
+                ],
+                hardware={"cpu": {"cores": 16}, "gpus": []},
+                load=Load(capacity=2),
+                isolation="strict",
+                draining=True,
+            ),
+            e,
+        ),
+    }
+
+
+SAMPLES = samples()
+
+
+def signed_body(mtype: str, body: dict[str, Any], identity: Identity) -> bytes:
+    """Sign an arbitrary body, bypassing the models (to feed invalid bodies to decoders)."""
+    return sign_envelope(identity, mtype, dict(body)).raw
+
+
+def wire_of(mtype: str) -> tuple[dict[str, Any], Identity]:
+    msg, ident = SAMPLES[mtype]
+    return msg.to_wire(), ident
+
+
+# --------------------------------------------------------------------------- round trips
+
+
+def test_every_message_type_has_a_sample() -> None:
+    assert set(SAMPLES) == set(MESSAGE_TYPES)
+    for name, cls in MESSAGE_TYPES.items():
+        assert cls.TYPE == name
+        assert type(SAMPLES[name][0]) is cls
+
+
+@pytest.mark.parametrize("mtype", sorted(SAMPLES))
+def test_round_trip(mtype: str) -> None:
+    msg, ident = SAMPLES[mtype]
+    model = MESSAGE_TYPES[mtype]
+    env = msg.sign(ident)
+    got_env, got = decode_message(env.raw, model)
+    assert got == msg
+    assert got_env.type == mtype
+    assert got_env.cid == env.cid
+    got_env.verify()
+    assert got.to_wire() == canonical_decode(env.body_bytes)
+    # An already-opened envelope works too.
+    same_env, same = decode_message(open_envelope(env.raw), model)
+    assert same == msg
+
+
+@pytest.mark.parametrize("mtype", sorted(SAMPLES))
+def test_minimal_messages_round_trip(mtype: str) -> None:
+    """Only the required fields: defaults are filled in on both sides."""
+    msg, ident = SAMPLES[mtype]
+    model = type(msg)
+    required = {n for n, f in model.model_fields.items() if f.is_required()}
+    minimal = model.model_validate({k: v for k, v in msg.to_wire().items() if k in required})
+    _, got = decode_message(minimal.sign(ident).raw, model)
+    assert got == minimal
+
+
+@pytest.mark.parametrize("mtype", sorted(SAMPLES))
+def test_wrong_model_is_wrong_type(mtype: str) -> None:
+    msg, ident = SAMPLES[mtype]
+    env = msg.sign(ident)
+    other = Bid if mtype != "bid" else Accept
+    with pytest.raises(WrongMessageType):
+        decode_message(env.raw, other)
+    with pytest.raises(WrongMessageType):
+        decode_message(env, other)
+
+
+def test_every_bit_flip_of_a_bid_is_rejected() -> None:
+    raw = SAMPLES["bid"][0].sign(EXECUTOR).raw
+    for i in range(len(raw) * 8):
+        flipped = bytearray(raw)
+        flipped[i // 8] ^= 1 << (i % 8)
+        try:
+            env, _ = decode_message(bytes(flipped), Bid)
+            env.verify()
+        except ProtocolError:
+            continue
+        pytest.fail(f"flipping bit {i} of a bid was not detected")
+
+
+def test_to_wire_omits_none_only() -> None:
+    wire = make_job(slo=None, max_price=None).to_wire()
+    assert "slo" not in wire and "max_price" not in wire and "budget" not in wire
+    assert wire["currency"] == "USD" and wire["v"] == 1
+    assert wire["requirements"] == {"memory_mb": 256, "codecs": ["h264"]}
+
+
+def test_job_spec_round_trip() -> None:
+    assert JobSpec.model_validate(JOB.to_wire()) == JOB
+    assert JobSpec.model_validate(canonical_decode(canonical_encode(JOB.to_wire()))) == JOB
+
+
+def test_receipt_delivery_round_trip() -> None:
+    receipt = SAMPLES["receipt"][0].sign(EXECUTOR).raw
+    for delivery in (ReceiptDelivery(receipt=receipt, result=b"sealed"), ReceiptDelivery(receipt=receipt)):
+        data = delivery.encode()
+        assert data == canonical_encode(delivery.to_wire())
+        assert ReceiptDelivery.model_validate(canonical_decode(data)) == delivery
+
+
+def test_models_are_frozen() -> None:
+    with pytest.raises(pydantic.ValidationError):
+        JOB.capability = "other"  # type: ignore[misc]
+
+
+# --------------------------------------------------------------------------- job CID
+
+
+def test_job_cid_is_stable() -> None:
+    wire = JOB.to_wire()
+    items = list(wire.items())
+    random.Random(7).shuffle(items)
+    assert job_cid_of(dict(items)) == JOB_CID
+    assert job_cid_of(make_job().to_wire()) == JOB_CID
+    assert JOB_CID == cid_for_document(canonical_encode(wire))
+    assert JOB_CID.startswith("bagaqiera")
+
+
+def test_job_cid_changes_with_the_nonce() -> None:
+    assert job_cid_of(make_job(nonce=bytes(range(1, 17))).to_wire()) != JOB_CID
+
+
+def test_job_cid_over_the_received_announce() -> None:
+    msg, ident = SAMPLES["announce"]
+    env, ann = decode_message(msg.sign(ident).raw, Announce)
+    assert job_cid_of(env.body["job"]) == job_cid_of(ann.job.to_wire()) == JOB_CID
+
+
+@settings(max_examples=40)
+@given(
+    price=st.integers(0, 2**63 - 1),
+    exp=st.integers(0, 2**63 - 1),
+    nonce=st.binary(min_size=16, max_size=32),
+    warnings=st.lists(st.text(max_size=30), max_size=16),
+)
+def test_bid_round_trip_property(price: int, exp: int, nonce: bytes, warnings: list[str]) -> None:
+    bid = Bid(
+        signer=EXECUTOR.did,
+        ts=T0,
+        exp=exp,
+        job=JOB_CID,
+        nonce=nonce,
+        price=price,
+        warnings=warnings,
+    )
+    env, got = decode_message(bid.sign(EXECUTOR).raw, Bid)
+    assert got == bid
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _bad(mtype: str, **changes: Any) -> bytes:
+    wire, ident = wire_of(mtype)
+    for key, value in changes.items():
+        if value is _DROP:
+            wire.pop(key)
+        else:
+            wire[key] = value
+    return signed_body(mtype, wire, ident)
+
+
+_DROP = object()
+
+
+@pytest.mark.parametrize(
+    ("mtype", "changes"),
+    [
+        ("bid", {"price": "1200"}),
+        ("bid", {"price": True}),
+        ("bid", {"price": -1}),
+        ("bid", {"price": 2**63}),
+        ("bid", {"price": None}),
+        ("bid", {"nonce": "0123456789abcdef"}),  # str where bin
+        ("bid", {"nonce": bytes(15)}),
+        ("bid", {"nonce": bytes(33)}),
+        ("bid", {"job": JOB_CID.encode()}),  # bin where str
+        ("bid", {"job": cid_for_blob(b"x")}),  # raw CID in a document field
+        ("bid", {"job": JOB_CID.upper()}),
+        ("bid", {"job": "QmRQ353oFNqt8zfZ9X1HgRUszwv9RkEEwmMZZkbkYEsybn"}),
+        ("bid", {"currency": "usd"}),
+        ("bid", {"isolation": "paranoid"}),
+        ("bid", {"match": "perfect"}),
+        ("bid", {"warnings": ["x"] * 17}),
+        ("bid", {"warnings": ["x" * 1025]}),
+        ("bid", {"slo": {"p50_us": -5}}),
+        ("bid", {"slo": {"surprise": 1}}),
+        ("bid", {"load": {"capacity": 0}}),
+        ("bid", {"surprise": 1}),  # unknown field
+        ("bid", {"exp": _DROP}),  # missing field
+        ("bid", {"job": _DROP}),
+        ("assignment", {"executor": "did:key:zbogus"}),
+        ("assignment", {"executor": EXECUTOR.did[:-1]}),
+        ("assignment", {"attempt": 0}),
+        ("assignment", {"attempt": 1001}),
+        ("assignment", {"payload": "sealed"}),
+        ("accept", {"exp": T0}),  # accept has no exp
+        ("reject", {"reason": "No Capacity"}),
+        ("reject", {"reason": ""}),
+        ("receipt", {"status": "great"}),
+        ("receipt", {"seq": 0}),
+        ("receipt", {"result": JOB_CID}),  # document CID in a blob field
+        ("receipt", {"originator": EXECUTOR.did.replace("z6Mk", "z6Mj")}),
+        ("settlement", {"verified": 1}),
+        ("advert", {"capabilities": [{"name": "Text", "price": 1}]}),
+        ("advert", {"capabilities": "text.summarize"}),
+        ("advert", {"name": "x" * 65}),
+        ("advert", {"draining": "yes"}),
+        ("close", {"winner": "nobody"}),
+    ],
+)
+def test_invalid_fields_are_decode_errors(mtype: str, changes: dict[str, Any]) -> None:
+    raw = _bad(mtype, **changes)
+    with pytest.raises(DecodeError) as info:
+        decode_message(raw, MESSAGE_TYPES[mtype])
+    assert not isinstance(info.value, pydantic.ValidationError)
+    assert info.value.__cause__ is None or not isinstance(
+        info.value.__cause__, pydantic.ValidationError
+    )
+
+
+@pytest.mark.parametrize(
+    "capability",
+    [
+        "Text.summarize",
+        "text summarize",
+        "text.*",
+        "text.>",
+        "*",
+        ">",
+        "",
+        ".text",
+        "text.",
+        "text..summarize",
+        "text.summarize\n",
+        "text\tsummarize",
+        "-text",
+        "tëxt",
+        "a" * 33,
+        ".".join(["a"] * 9),
+    ],
+)
+def test_bad_capability_names(capability: str) -> None:
+    assert not CAPABILITY_RE.match(capability)
+    wire, ident = wire_of("announce")
+    wire["job"] = {**wire["job"], "capability": capability}
+    with pytest.raises(DecodeError):
+        decode_message(signed_body("announce", wire, ident), Announce)
+    with pytest.raises(pydantic.ValidationError):
+        make_job(capability=capability)
+
+
+@pytest.mark.parametrize(
+    "capability", ["text", "text.summarize", "a.b-c.d_e.f0", "x" * 32, ".".join(["a"] * 8)]
+)
+def test_good_capability_names(capability: str) -> None:
+    assert CAPABILITY_RE.match(capability)
+    assert make_job(capability=capability).capability == capability
+
+
+@pytest.mark.parametrize("version", [2, 0, True, "1"])
+def test_unknown_job_version_is_rejected_with_reason_version(version: Any) -> None:
+    wire, ident = wire_of("announce")
+    wire["job"] = {**wire["job"], "v": version}
+    with pytest.raises(UnsupportedVersion) as info:
+        decode_message(signed_body("announce", wire, ident), Announce)
+    assert info.value.reason == "version"
+    assert repr(version) in str(info.value)
+
+
+def test_job_version_defaults_to_one() -> None:
+    wire = JOB.to_wire()
+    del wire["v"]
+    assert JobSpec.model_validate(wire).v == 1
+
+
+def test_job_with_float_requirement_cannot_be_signed() -> None:
+    job = make_job(requirements={"memory_gb": 1.5})
+    with pytest.raises(TypeError, match="float"):
+        Announce(signer=ORIGINATOR.did, ts=T0, exp=T0, job=job).sign(ORIGINATOR)
+
+
+def test_signing_as_someone_else_is_refused() -> None:
+    msg, _ = SAMPLES["bid"]
+    with pytest.raises(ValueError, match="signer"):
+        msg.sign(ORIGINATOR)
+
+
+def test_receipt_statuses_match_the_model() -> None:
+    assert set(RECEIPT_STATUSES) == {
+        "ok",
+        "error",
+        "timeout",
+        "output_limit",
+        "memory_limit",
+        "killed",
+        "sandbox_error",
+        "invalid_input",
+        "cancelled",
+    }
+    msg, ident = SAMPLES["receipt"]
+    for status in RECEIPT_STATUSES:
+        changed = msg.model_copy(update={"status": status})
+        _, got = decode_message(changed.sign(ident).raw, Receipt)
+        assert got.status == status
+
+
+def test_decode_message_respects_max_len() -> None:
+    msg, ident = SAMPLES["advert"]
+    raw = msg.sign(ident).raw
+    with pytest.raises(ProtocolError):
+        decode_message(raw, Advert, max_len=len(raw) - 1)
+    decode_message(raw, Advert, max_len=len(raw))
