@@ -142,7 +142,7 @@ def match(
     Custom capability types are looked up in ``registry`` (default: :data:`default_registry`);
     a custom requirement this node cannot evaluate counts as unmet, with a message saying so.
     """
-    reg = registry or default_registry
+    reg = default_registry if registry is None else registry
     mismatches: list[Mismatch] = []
     for _, check in _checks(requirements.required, offer, reg):
         mismatches.extend(Mismatch(cap, True, msg) for cap, msg in check())

@@ -231,10 +231,11 @@ class CapabilityOffer:
     extensions: Mapping[str, FrozenWire] = field(default_factory=FrozenMap)
 
     def __post_init__(self) -> None:
-        gpus = tuple(sorted(self.gpus, key=lambda g: g.index))
-        for i, gpu in enumerate(gpus):
+        for gpu in self.gpus:
             if not isinstance(gpu, GpuOffer):
                 raise CapabilitySpecError("gpus", f"expected GpuOffer items, got {kind(gpu)}")
+        gpus = tuple(sorted(self.gpus, key=lambda g: g.index))
+        for i, gpu in enumerate(gpus):
             if i and gpus[i - 1].index == gpu.index:
                 raise CapabilitySpecError("gpus", f"two GPUs have index {gpu.index}")
         setattr_frozen(self, "gpus", gpus)
@@ -262,7 +263,9 @@ class CapabilityOffer:
         Custom types registered in ``registry`` (default: :data:`default_registry`) may appear
         as top-level keys; anything else unknown is an error naming the key.
         """
-        return _parse_offer(data, strict=False, registry=registry or default_registry)
+        return _parse_offer(
+            data, strict=False, registry=default_registry if registry is None else registry
+        )
 
     @classmethod
     def from_wire(cls, data: Mapping[str, object]) -> CapabilityOffer:

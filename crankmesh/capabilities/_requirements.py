@@ -312,7 +312,9 @@ class Requirements:
         An unknown key is an error naming it, unless it is a custom type registered in
         ``registry`` (default: :data:`default_registry`), whose matcher then validates it.
         """
-        return _parse_requirements(data, strict=False, registry=registry or default_registry)
+        return _parse_requirements(
+            data, strict=False, registry=default_registry if registry is None else registry
+        )
 
     @classmethod
     def from_wire(cls, data: Mapping[str, object]) -> Requirements:

@@ -110,15 +110,23 @@ class Version:
         return hash(self._key)
 
     def __lt__(self, other: Version) -> bool:
+        if not isinstance(other, Version):
+            return NotImplemented
         return self._key < other._key
 
     def __le__(self, other: Version) -> bool:
+        if not isinstance(other, Version):
+            return NotImplemented
         return self._key <= other._key
 
     def __gt__(self, other: Version) -> bool:
+        if not isinstance(other, Version):
+            return NotImplemented
         return self._key > other._key
 
     def __ge__(self, other: Version) -> bool:
+        if not isinstance(other, Version):
+            return NotImplemented
         return self._key >= other._key
 
     # ------------------------------------------------------------------ parts

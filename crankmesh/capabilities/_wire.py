@@ -65,9 +65,6 @@ class FrozenMap(Mapping[str, V]):
         return repr(self._data)
 
 
-EMPTY_MAP: Final[FrozenMap[object]] = FrozenMap()
-
-
 MAX_DEPTH: Final = 16
 
 

@@ -82,14 +82,21 @@ def cid_for_blob(data: bytes) -> str:
     return cid_from_digest(hashlib.sha256(data).digest(), CODEC_RAW)
 
 
-@functools.lru_cache(maxsize=16384)
 def parse_cid(text: str) -> tuple[int, bytes]:
     """Parse a CID string into ``(codec, digest)``; :class:`InvalidCID` otherwise.
 
     Only the forms crankmesh produces are accepted: CIDv1, base32 lower-case,
     sha2-256, codec ``messagepack`` or ``raw``.
     """
-    if not isinstance(text, str) or not text.startswith("b") or len(text) > 80:
+    # Type check before the cache: lru_cache would raise TypeError on unhashable input.
+    if not isinstance(text, str):
+        raise InvalidCID(f"not a base32 CIDv1 string: {text!r:.80}")
+    return _parse_cid(text)
+
+
+@functools.lru_cache(maxsize=16384)
+def _parse_cid(text: str) -> tuple[int, bytes]:
+    if not text.startswith("b") or len(text) > 80:
         raise InvalidCID(f"not a base32 CIDv1 string: {text!r:.80}")
     body = text[1:]
     if body != body.lower():

@@ -87,11 +87,14 @@ def canonicalize(value: Any, _depth: int = 0) -> Any:
 
 def _check_canonical_tree(value: Any, depth: int = 0) -> None:
     """Raise NonCanonicalError unless decoded ``value`` has only canonical shapes:
-    str keys in sorted order, no floats, bounded depth."""
+    str keys in sorted order, no floats or ext types, bounded depth (the same
+    bound :func:`canonicalize` applies, scalars included)."""
     if depth > MAX_DEPTH:
         raise NonCanonicalError(f"nesting deeper than {MAX_DEPTH} levels")
     t = type(value)
     if t is dict:
+        if value and depth >= MAX_DEPTH:
+            raise NonCanonicalError(f"nesting deeper than {MAX_DEPTH} levels")
         prev = None
         for k, v in value.items():
             if type(k) is not str:
@@ -99,17 +102,21 @@ def _check_canonical_tree(value: Any, depth: int = 0) -> None:
             if prev is not None and k <= prev:
                 raise NonCanonicalError("map keys are not in canonical (sorted, unique) order")
             prev = k
-            if type(v) in _CONTAINERS or type(v) is float:
+            if type(v) not in _SCALARS:
                 _check_canonical_tree(v, depth + 1)
     elif t is list:
+        if value and depth >= MAX_DEPTH:
+            raise NonCanonicalError(f"nesting deeper than {MAX_DEPTH} levels")
         for v in value:
-            if type(v) in _CONTAINERS or type(v) is float:
+            if type(v) not in _SCALARS:
                 _check_canonical_tree(v, depth + 1)
     elif t is float:
         raise NonCanonicalError("floats are not allowed in canonical msgpack")
+    elif t not in _SCALARS:  # e.g. msgpack.ExtType (a zero-length ext passes max_ext_len=0)
+        raise NonCanonicalError(f"{t.__name__} has no canonical msgpack form")
 
 
-_CONTAINERS = (dict, list)
+_SCALARS = frozenset({str, bytes, int, bool, type(None)})
 
 
 def canonical_encode(value: Any) -> bytes:

@@ -355,10 +355,11 @@ def _init_main(
         os.dup2(0, 1)
         os.dup2(0, 2)
         status = _init_wait(pid)
+        t_reaped = time.monotonic()
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         _kill_descendants(cfg, slot, pid)
         ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-        _write_all(st_w, frame(["E", status, _cpu_us(ru), ru.ru_maxrss]))
+        _write_all(st_w, frame(["E", status, _cpu_us(ru), ru.ru_maxrss, t_reaped, time.monotonic()]))
     except BaseException as exc:  # noqa: B036 - init must report, never raise
         with contextlib.suppress(BaseException):
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -439,6 +440,7 @@ def _job_main(cfg: ServerConfig, slot: int, job_dir: str, job_r: int, res_w: int
         os.environ.update(BASE_ENV)
         os.environ.update(HOME=job_dir, TMPDIR=job_dir)
         body = _read_frame_blocking(job_r)
+        os.write(2, f"T got {time.monotonic():.6f} cpu {time.process_time():.6f}\n".encode())
         os.close(job_r)
     except BaseException as exc:  # noqa: B036 - report, never raise
         with contextlib.suppress(BaseException):
@@ -527,6 +529,7 @@ def _run_job(cfg: ServerConfig, body: bytes, res_w: int) -> NoReturn:
         code: str = req["code"]
     except BaseException as exc:  # noqa: B036
         _finish(res_w, "setup", EXIT_SETUP_FAILED, f"{type(exc).__name__}: {exc}", None)
+    os.write(2, f"T limits {time.monotonic():.6f} cpu {time.process_time():.6f}\n".encode())
     linecache.cache["<job>"] = (len(code), None, code.splitlines(True), "<job>")
     module = types.ModuleType("__main__")
     module.__dict__.update(__builtins__=builtins, __file__="<job>", args=args, device=device)
@@ -587,6 +590,7 @@ def _exit_code(exc: SystemExit, stderr: io.TextIOWrapper) -> int:
 
 
 def _finish(res_w: int, kind: str, exit_code: int, detail: str, packed: bytes | None) -> NoReturn:
+    os.write(2, f"T finish {time.monotonic():.6f} cpu {time.process_time():.6f}\n".encode())
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(BaseException):
             stream.flush()
@@ -945,6 +949,7 @@ class _Server:
                 setup_cpu = int(rec[1])
             elif rec[0] == "E":
                 end = rec
+                job.stderr += f"T init reaped {rec[4]:.6f} E {rec[5]:.6f} server t0 {job.t0:.6f} now {time.monotonic():.6f}\n".encode()
             elif rec[0] == "F":
                 failure = str(rec[1])
         outcome: list[Any] | None = None

@@ -111,7 +111,7 @@ def test_no_compatible_executor_gives_a_clear_error() -> None:
 
 def test_query_by_gpu_type_and_memory_filters_executors() -> None:
     query = Requirements.parse({"gpu": {"type": "cuda", "min_memory_gb": 16}})
-    offers = {
+    offers: dict[str, dict[str, Any]] = {
         "a": {"gpu": {"type": "cuda", "memory_gb": 24}},
         "b": {"gpu": {"type": "cuda", "memory_gb": 12}},
         "c": {"gpu": {"type": "rocm", "memory_gb": 64}},

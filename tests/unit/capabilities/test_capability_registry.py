@@ -207,3 +207,17 @@ def test_the_default_registry() -> None:
     finally:
         default_registry.unregister("fpga")
     assert "fpga" not in default_registry
+
+
+def test_an_empty_registry_is_used_as_given_not_replaced_by_the_default() -> None:
+    register_capability_type("fpga", QuantumMatcher())
+    try:
+        empty = CapabilityRegistry()
+        with pytest.raises(CapabilitySpecError, match="unknown requirement key 'fpga'"):
+            Requirements.parse({"fpga": 1}, registry=empty)
+        req = Requirements.from_wire({"extensions": {"fpga": 1}})
+        offer = CapabilityOffer.from_wire({"extensions": {"fpga": 1}})
+        assert match(req, offer).ok
+        assert not match(req, offer, registry=empty).ok
+    finally:
+        default_registry.unregister("fpga")

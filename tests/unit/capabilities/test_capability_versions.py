@@ -250,3 +250,8 @@ def test_wildcards_agree_with_packaging(
 ) -> None:
     text = f"{op}{'.'.join(map(str, prefix))}.*"
     assert SpecifierSet.parse(text).contains(candidate) is _packaging_contains(text, str(candidate))
+
+
+def test_versions_do_not_compare_with_other_types() -> None:
+    with pytest.raises(TypeError):
+        assert Version.parse("1.0") < "2.0"  # type: ignore[operator]

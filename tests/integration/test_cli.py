@@ -1,0 +1,130 @@
+"""The `crankmesh` command line, run as real subprocesses against a real nats-server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import anyio
+import pytest
+
+from crankmesh.originator import Job
+
+from .helpers import client_for, mesh, node_config
+
+pytestmark = [pytest.mark.integration]
+
+CLI = [sys.executable, "-m", "crankmesh.cli"]
+
+
+def run_cli(*args: str, timeout: float = 60, **kw) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, **kw)
+
+
+@contextmanager
+def node_process(url: str, key: Path, *extra: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    proc = subprocess.Popen(
+        [*CLI, "node", "--nats", url, "--key", str(key), "--log-level", "WARNING", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line:
+            raise AssertionError(f"node did not start: {proc.stderr.read() if proc.stderr else ''}")
+        ready = json.loads(line)
+        assert ready["event"] == "ready"
+        yield proc, ready["did"]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=20)  # reaps the process and closes its pipes
+
+
+def test_every_command_has_help() -> None:
+    for cmd in ([], ["demo"], ["identity"], ["identity", "new"], ["identity", "show"], ["node"],
+                ["submit"]):
+        r = run_cli(*cmd, "--help", timeout=30)
+        assert r.returncode == 0, r.stderr
+        assert "usage:" in r.stdout
+
+
+def test_identity_new_and_show(tmp_path: Path) -> None:
+    key = tmp_path / "keys" / "node.key"
+    r = run_cli("identity", "new", "--out", str(key), "--json")
+    assert r.returncode == 0, r.stderr
+    did = json.loads(r.stdout)["did"]
+    assert did.startswith("did:key:z6Mk")
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    r = run_cli("identity", "show", "--key", str(key), "--json", "--trust-domain", "example.org")
+    shown = json.loads(r.stdout)
+    assert shown["did"] == did and shown["spiffe"].startswith("spiffe://example.org/node/z6Mk")
+    # refuses to overwrite, refuses unsafe permissions
+    assert run_cli("identity", "new", "--out", str(key)).returncode == 1
+    key.chmod(0o644)
+    r = run_cli("identity", "show", "--key", str(key))
+    assert r.returncode == 1 and "chmod 600" in r.stderr
+
+
+def test_node_subprocess_serves_submit_and_exits_0_on_sigterm(nats_server, tmp_path: Path) -> None:
+    with node_process(nats_server.url, tmp_path / "n.key", "--capabilities", "echo",
+                      "--price", "0.002") as (proc, did):
+        r = run_cli("submit", "--nats", nats_server.url, "--capability", "echo",
+                    "--payload", "hello mesh", "--json")
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout.strip().splitlines()[-1])
+        assert out["status"] == "ok" and out["output"] == "hello mesh"
+        assert out["executor"] == did and out["price"] == 2000 and out["verified"]
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+        assert proc.returncode == 0, err
+    # the receipt chain head sits next to the key
+    head = json.loads((tmp_path / "receipt-chain.json").read_text())
+    assert head["seq"] == 1
+
+
+def test_submit_with_no_executor_fails_with_a_clear_error(nats_server) -> None:
+    r = run_cli("submit", "--nats", nats_server.url, "--capability", "nobody.serves.this",
+                "--payload", "x", "--wait-peers", "0.2")
+    assert r.returncode == 1
+    assert "no executor bid" in r.stdout + r.stderr
+
+
+@pytest.mark.anyio
+@pytest.mark.slow
+async def test_executor_killed_after_winning_is_reassigned_and_job_completes(
+    nats_server, tmp_path: Path
+) -> None:
+    """The cheapest executor (a real `crankmesh node` process) accepts a python.run job,
+    then dies with SIGKILL mid-job; the originator notices its adverts stop and the job
+    completes on the next-best executor."""
+    pytest.importorskip("crankmesh.executor.sandbox")
+    cfg = node_config(1, capabilities=("python.run",), price=50_000)
+    async with mesh(nats_server.url, [cfg]) as (honest,):
+        with node_process(nats_server.url, tmp_path / "victim.key", "--capabilities",
+                          "python.run", "--price", "1") as (proc, victim_did):
+            async with client_for(nats_server.url, "python.run", 2) as client:
+                job = Job.python("import time\ntime.sleep(1.5)\nprint('done')", timeout_sec=5)
+                result: dict = {}
+
+                async def submit() -> None:
+                    result["r"] = await client.run(job)
+
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(submit)
+                    await anyio.sleep(0.8)  # the victim has won and accepted by now
+                    os.kill(proc.pid, signal.SIGKILL)
+                r = result["r"]
+                assert r.ok and r.stdout.strip() == "done"
+                assert r.executor == honest.did
+                assert [a.executor for a in r.attempts] == [victim_did]
+                assert r.attempts[0].outcome.startswith(("executor_gone", "no_receipt"))
+    assert time.monotonic() > 0
