@@ -43,7 +43,12 @@ def save_identity(
     """Write ``identity`` to ``path`` with mode 0600 (parent created 0700)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
+    flags = (
+        os.O_WRONLY
+        | os.O_CREAT
+        | getattr(os, "O_NOFOLLOW", 0)  # never write a seed through a symlink
+        | (os.O_TRUNC if overwrite else os.O_EXCL)
+    )
     data = json.dumps({"type": KEY_TYPE, "did": identity.did, "seed": identity.seed.hex()})
     try:
         fd = os.open(p, flags, 0o600)

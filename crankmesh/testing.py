@@ -677,8 +677,8 @@ class NatsCluster:
             )
         self._state = _State.RUNNING
         for attempt in (1, 2):
-            self._servers = self._make_servers(_free_ports(self._size, self._host))
             try:
+                self._servers = self._make_servers(_free_ports(self._size, self._host))
                 for server in self._servers:
                     server.start()
                 self._wait_formed(self._formation_timeout_s)

@@ -85,9 +85,30 @@ async def _throughput(client: Client, n: int, concurrency: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
+_EXECUTORS_SCRIPT = """
+import json, sys, anyio
+from contextlib import AsyncExitStack
+from crankmesh.executor.agent import ExecutorConfig
+from crankmesh.node import Node, NodeConfig
+
+async def main(url, n, caps):
+    async with AsyncExitStack() as stack:
+        for i in range(n):
+            cfg = NodeConfig(name=f"bench-{i}", capabilities=caps,
+                             executor=ExecutorConfig(default_price=1000 + 100 * i,
+                                                     max_concurrency=4, queue_depth=64))
+            await stack.enter_async_context(Node(nats=url, config=cfg))
+        print("ready", flush=True)
+        await anyio.to_thread.run_sync(sys.stdin.read)  # until the parent closes stdin
+
+anyio.run(main, sys.argv[1], int(sys.argv[2]), tuple(sys.argv[3].split(",")))
+"""
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {
         "executors": args.executors,
+        "layout": "in-process" if args.in_process else "originator process + executors process",
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}",
     }
@@ -103,15 +124,26 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         floor = await _nats_floor(server.url, args.floor)
         result["nats_request_reply_p50_ms"] = _q(floor, 0.5)
         result["nats_request_reply_p99_ms"] = _q(floor, 0.99)
-        for i in range(args.executors):
-            cfg = NodeConfig(
-                name=f"bench-{i}",
-                capabilities=caps,
-                executor=ExecutorConfig(
-                    default_price=1000 + 100 * i, max_concurrency=4, queue_depth=64
-                ),
+        if args.in_process:
+            for i in range(args.executors):
+                cfg = NodeConfig(
+                    name=f"bench-{i}",
+                    capabilities=caps,
+                    executor=ExecutorConfig(default_price=1000 + 100 * i, max_concurrency=4,
+                                            queue_depth=64),
+                )
+                await stack.enter_async_context(Node(nats=server.url, config=cfg))
+        else:
+            proc = await anyio.open_process(
+                [sys.executable, "-c", _EXECUTORS_SCRIPT, server.url, str(args.executors),
+                 ",".join(caps)],
             )
-            await stack.enter_async_context(Node(nats=server.url, config=cfg))
+            stack.push_async_callback(proc.aclose)
+            assert proc.stdin is not None and proc.stdout is not None
+            stack.push_async_callback(proc.stdin.aclose)
+            line = await proc.stdout.receive()
+            if b"ready" not in line:
+                raise SystemExit(f"executors failed to start: {line!r}")
         async with Client(nats=server.url) as client:
             for cap in caps:
                 await client.wait_for_peers(cap, args.executors)
@@ -146,6 +178,9 @@ if __name__ == "__main__":
     p.add_argument("--python-jobs", type=int, default=200)
     p.add_argument("--floor", type=int, default=1000, help="request/reply samples")
     p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--executors-process", dest="in_process", action="store_false",
+                   help="run the executors in a second process (on 2 cores this adds "
+                   "latency: the originator, executors and nats-server then compete)")
     logging.basicConfig(level=logging.ERROR)
     out = anyio.run(main, p.parse_args())
     json.dump(out, sys.stdout)

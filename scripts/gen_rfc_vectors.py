@@ -159,7 +159,10 @@ CANONICAL_VALUES: list[tuple[str, Any]] = [
     ),
     ("str forms", ["", "x" * 31, "x" * 32, "\u00e9"]),
     ("bin forms", [b"", b"\x00" * 3]),
-    ("map keys sorted by UTF-8 bytes (not UTF-16 units)", {k: i for i, k in enumerate(_UTF8_ORDER_KEYS)}),
+    (
+        "map keys sorted by UTF-8 bytes (not UTF-16 units)",
+        {k: i for i, k in enumerate(_UTF8_ORDER_KEYS)},
+    ),
     ("map16 (16 entries)", {f"k{i:02d}": i for i in range(16)}),
     ("array16 (16 elements)", list(range(16))),
     ("nested", {"outer": {"z": [], "a": {}}, "n": None}),
@@ -212,14 +215,20 @@ def build_vectors() -> dict[str, Any]:
         for name, value in CANONICAL_VALUES
     ]
     non_canonical = [
-        {"name": name, "hex": hx, "reason": _reason(bytes.fromhex(hx))} for name, hx in NON_CANONICAL
+        {"name": name, "hex": hx, "reason": _reason(bytes.fromhex(hx))}
+        for name, hx in NON_CANONICAL
     ]
 
     payload = b'{"salt":"q0c3vB9u2mXh5Yd1","text":"hello, crankmesh"}'
     result = b'{"summary":"hello"}'
     blobs = [
         {"name": "empty", "data_hex": "", "codec": "raw", "cid": cid_for_blob(b"")},
-        {"name": "payload", "data_hex": payload.hex(), "codec": "raw", "cid": cid_for_blob(payload)},
+        {
+            "name": "payload",
+            "data_hex": payload.hex(),
+            "codec": "raw",
+            "cid": cid_for_blob(payload),
+        },
         {"name": "result", "data_hex": result.hex(), "codec": "raw", "cid": cid_for_blob(result)},
         {
             "name": "empty map document",

@@ -29,7 +29,7 @@ from anyio.abc import TaskStatus
 from ..observability import Metrics
 from ..protocol import subjects
 from ..protocol.cid import cid_for_blob, verify_blob
-from ..protocol.envelope import Envelope, ReplayGuard, check_fresh
+from ..protocol.envelope import ReplayGuard, check_fresh
 from ..protocol.errors import ProtocolError
 from ..protocol.identity import Identity, did_node_id, open_sealed, seal
 from ..protocol.messages import (
@@ -90,7 +90,6 @@ class _BidRecord:
     job_cid: str
     job: JobSpec
     exp: int
-    announce: Envelope
     reserved: bool = True
 
 
@@ -278,9 +277,10 @@ class Executor:
         job_cid = job_cid_of(env.body["job"])
         # Key on the signature: unique per (key, body), and free (no hashing).
         self._announce_replay.remember(env.signature, ann.exp + 60_000, now)
-        # The announce signature is verified lazily, when (and only if) this bid wins
-        # an assignment: a bid reveals nothing a public advert does not, and the
-        # winner checks both the announce and the assignment before it runs anything.
+        # The announce signature is not checked before bidding (RFC 0001 §6.3): a bid
+        # reveals nothing a public advert does not, and nothing runs before the
+        # assignment is verified -- signed by the job's originator over the job CID,
+        # which hashes the very spec announced, it authenticates the job by itself.
         capability = ann.job.capability
         self.metrics.announces_seen.labels(capability=capability).inc()
         if self._draining:
@@ -314,7 +314,7 @@ class Executor:
             * (self._queued + self._running)
             // max(self.config.max_concurrency, 1)
         )
-        bid = Bid(
+        bid = Bid.build(
             signer=self.identity.did,
             ts=now,
             exp=now + self.config.bid_valid_ms,
@@ -328,7 +328,7 @@ class Executor:
             isolation=self.config.isolation,  # type: ignore[arg-type]
         )
         bid_env = bid.sign(self.identity)
-        rec = _BidRecord(bid_env.cid, job_cid, ann.job, bid.exp, env)
+        rec = _BidRecord(bid_env.cid, job_cid, ann.job, bid.exp)
         self._bids[rec.bid_cid] = rec
         self._bids_by_job[job_cid] = rec.bid_cid
         heapq.heappush(self._bid_expiry, (rec.exp, rec.bid_cid))
@@ -344,10 +344,12 @@ class Executor:
         rec = self._bids.get(bid_cid) if bid_cid is not None else None
         if rec is None or not rec.reserved:
             raise _Reject("unsolicited")  # not a job we hold capacity for
-        env, close = decode_message(msg.data, Close, max_len=4096)
+        _, close = decode_message(msg.data, Close, max_len=4096)
         if close.job != rec.job_cid or close.signer != rec.job.originator:
             raise _Reject("not_originator")
-        env.verify()
+        # Not signature-checked on purpose (RFC 0001 §8.7): a Close can only release
+        # a soft reservation, and an assignment is still accepted only with capacity
+        # free, so a forged Close cannot make this executor exceed its limits.
         if close.winner != self.identity.did:
             self._release(rec)
 
@@ -404,11 +406,7 @@ class Executor:
                 msg, asg, env.cid, "not_originator", "assignment not signed by the job's originator"
             )
             return
-        try:
-            rec.announce.verify()
-        except ProtocolError as exc:
-            await self._reject(msg, asg, env.cid, "bad_announce", str(exc))
-            return
+
         try:
             check_fresh(
                 env, now, max_age_ms=self.config.bid_valid_ms, max_skew_ms=self.config.max_skew_ms
@@ -441,7 +439,7 @@ class Executor:
         self._release(rec)
         self._queued += 1
         self._idle = anyio.Event() if self._idle.is_set() else self._idle
-        accept = Accept(
+        accept = Accept.build(
             signer=self.identity.did,
             ts=now,
             job=asg.job,
@@ -499,7 +497,7 @@ class Executor:
         result = outcome.result
         async with self._receipt_lock:
             seq, prev = self.chain.next_links()
-            receipt = Receipt(
+            receipt = Receipt.build(
                 signer=self.identity.did,
                 ts=now_ms(),
                 job=rec.job_cid,

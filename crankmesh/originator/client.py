@@ -1,6 +1,6 @@
 """The originator SDK: ``async with Client(...) as c: result = await c.run(job)``.
 
-One job's life (RFC 0001 §8):
+One job's life (RFC 0001 §10):
 
 1. the job spec (payload replaced by its CID) is content-addressed;
 2. an :class:`~crankmesh.protocol.messages.Announce` goes to
@@ -318,7 +318,7 @@ class Client:
 
     async def _announce(self, spec: JobSpec) -> int:
         now = _now_ms()
-        env = Announce(
+        env = Announce.build(
             signer=self.identity.did,
             ts=now,
             exp=now + self.config.announce_ttl_ms,
@@ -504,7 +504,7 @@ class Client:
         cfg = self.config
         now = _now_ms()
         executor = bid.signer
-        asg = Assignment(
+        asg = Assignment.build(
             signer=self.identity.did,
             ts=now,
             exp=now + cfg.accept_timeout_ms,
@@ -545,7 +545,7 @@ class Client:
             self.metrics.reject("accept", exc.reason)
             return None, f"bad_accept: {exc}"
         # Winner accepted: release every other bidder's reservation.
-        close = Close(
+        close = Close.build(
             signer=self.identity.did,
             ts=_now_ms(),
             job=job_cid,

@@ -20,6 +20,7 @@ bids lazily, best-scored first (ARCHITECTURE.md, "Performance design notes").
 from __future__ import annotations
 
 import heapq
+import re
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -53,7 +54,7 @@ DOMAIN: Final = b"crankmesh/v1/"
 #: Default upper bound for one envelope on the wire (payloads ride inside assignments).
 MAX_ENVELOPE_BYTES: Final = 8 * 1024 * 1024
 _ENVELOPE_KEYS: Final = frozenset({"b", "s", "t", "v"})
-_MAX_TYPE_LEN: Final = 32
+_TYPE_RE: Final = re.compile(r"[a-z][a-z0-9_]{0,31}\Z")
 
 
 def signing_input(mtype: str, body_bytes: bytes) -> bytes:
@@ -151,8 +152,8 @@ def open_envelope(
     if set(outer) != _ENVELOPE_KEYS:
         raise DecodeError(f"envelope keys must be {sorted(_ENVELOPE_KEYS)}, got {sorted(outer)}")
     mtype, body_bytes, signature = outer["t"], outer["b"], outer["s"]
-    if not isinstance(mtype, str) or not 0 < len(mtype) <= _MAX_TYPE_LEN or not mtype.isascii():
-        raise DecodeError("envelope type must be a short ASCII string")
+    if not isinstance(mtype, str) or not _TYPE_RE.match(mtype):
+        raise DecodeError("envelope type must match [a-z][a-z0-9_]{0,31}")
     if not isinstance(body_bytes, bytes) or not isinstance(signature, bytes):
         raise DecodeError("envelope body and signature must be bin")
     if len(signature) != 64:

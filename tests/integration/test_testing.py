@@ -242,7 +242,15 @@ async def test_cluster_routes_messages_and_replicates_jetstream(nats_cluster: Na
         js = n0.jetstream()
         info = await js.add_stream(name="R3", subjects=["crank.test.r3"], num_replicas=3)
         assert info.cluster is not None and len(info.cluster.replicas or []) == 2
-        ack = await n2.jetstream().publish("crank.test.r3", b"x")
+        # A new replicated stream elects its own leader, and its subject interest reaches the
+        # other servers, a moment after add_stream returns: until then, "no responders".
+        with anyio.fail_after(5):
+            while True:
+                try:
+                    ack = await n2.jetstream().publish("crank.test.r3", b"x")
+                    break
+                except nats.errors.NoRespondersError:
+                    await anyio.sleep(0.05)
         assert ack.stream == "R3"
 
 

@@ -387,6 +387,14 @@ def _init_wait(pid: int) -> int:
 
 def _kill_descendants(cfg: ServerConfig, slot: int, job_pid: int) -> None:
     """Kill and reap everything the job left behind (init is their subreaper)."""
+    if cfg.namespaces:
+        # we are pid 1 of the job's pid namespace: kill(-1) reaches exactly its processes
+        with contextlib.suppress(OSError):
+            os.kill(-1, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            while True:
+                os.waitpid(-1, 0)
+        return
     if cfg.separate_uid:
         assert cfg.uid_base is not None
         uid = cfg.uid_base + slot
@@ -439,24 +447,26 @@ def _job_main(cfg: ServerConfig, slot: int, job_dir: str, job_r: int, res_w: int
         os.environ.clear()
         os.environ.update(BASE_ENV)
         os.environ.update(HOME=job_dir, TMPDIR=job_dir)
+        runner = _JobRunner(cfg, res_w)
+        runner.warm()
         body = _read_frame_blocking(job_r)
-        os.write(2, f"T got {time.monotonic():.6f} cpu {time.process_time():.6f}\n".encode())
+        runner.pre_cpu_us = _cpu_us(resource.getrusage(resource.RUSAGE_SELF))
+        os.write(2, f"T got {time.monotonic():.6f}\n".encode())
         os.close(job_r)
     except BaseException as exc:  # noqa: B036 - report, never raise
         with contextlib.suppress(BaseException):
             _write_all(
-                res_w, frame(["setup", EXIT_SETUP_FAILED, f"{type(exc).__name__}: {exc}", None])
+                res_w, frame(["setup", EXIT_SETUP_FAILED, f"{type(exc).__name__}: {exc}", None, 0])
             )
         os._exit(EXIT_SETUP_FAILED)
     if body is None:  # server shut down before a job came
         os._exit(0)
-    _run_job(cfg, body, res_w)
+    runner.run(body)
 
 
-def _set_limits(cfg: ServerConfig, req: dict[str, Any], accelerator: str) -> None:
+def _set_limits(cfg: ServerConfig, lim: dict[str, Any], device: str) -> None:
     if cfg.level < LEVEL_BASIC:
         return
-    lim: dict[str, Any] = req["limits"]
     cpu = int(lim["cpu_seconds"])
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
@@ -465,11 +475,14 @@ def _set_limits(cfg: ServerConfig, req: dict[str, Any], accelerator: str) -> Non
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     nofile = RLIMIT_NOFILE_JOB if hard == resource.RLIM_INFINITY else min(RLIMIT_NOFILE_JOB, hard)
     resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-    if accelerator == "cpu":
-        with open("/proc/self/statm") as fh:
-            vsz = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
-        limit = vsz + int(lim["memory_mb"]) * 1024 * 1024
+    if device == "cpu":
+        limit = _vsz() + int(lim["memory_mb"]) * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _vsz() -> int:
+    with open("/proc/self/statm", "rb") as fh:
+        return int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def _pick_device(profile: str, accelerator: str) -> tuple[str, str]:
@@ -500,103 +513,164 @@ def _is_memory_error(exc: BaseException) -> bool:
     )
 
 
-def _run_job(cfg: ServerConfig, body: bytes, res_w: int) -> NoReturn:
-    """Run the job's code as ``__main__`` and report its outcome on ``res_w``."""
-    kind, exit_code, detail, packed = "ok", 0, "", None
-    stdout = io.TextIOWrapper(
-        io.FileIO(1, "w", closefd=False), encoding="utf-8", errors="backslashreplace"
-    )
-    stderr = io.TextIOWrapper(
-        io.FileIO(2, "w", closefd=False),
+def _text_stream(fd: int, *, line_buffering: bool = False) -> io.TextIOWrapper:
+    return io.TextIOWrapper(
+        io.FileIO(fd, "w", closefd=False),
         encoding="utf-8",
         errors="backslashreplace",
-        line_buffering=True,
+        line_buffering=line_buffering,
     )
-    sys.stdout, sys.stderr = stdout, stderr
-    sys.__stdout__, sys.__stderr__ = stdout, stderr  # type: ignore[misc]
-    stdin = open(os.devnull)  # noqa: SIM115 - lives as long as the job
-    sys.stdin = stdin
-    sys.__stdin__ = stdin  # type: ignore[misc]
-    try:
-        req: dict[str, Any] = msgpack.unpackb(body, raw=False)
-        accelerator = str(req.get("accelerator", "cpu"))
-        device, device_error = _pick_device(cfg.profile, accelerator)
-        if device_error:
-            stderr.write(f"crankmesh sandbox: {device_error}\n")
-            _finish(res_w, "device", 1, device_error, None)
-        args = msgpack.unpackb(req["args"], raw=False) if req.get("args") else {}
-        _set_limits(cfg, req, device)
-        code: str = req["code"]
-    except BaseException as exc:  # noqa: B036
-        _finish(res_w, "setup", EXIT_SETUP_FAILED, f"{type(exc).__name__}: {exc}", None)
-    os.write(2, f"T limits {time.monotonic():.6f} cpu {time.process_time():.6f}\n".encode())
-    linecache.cache["<job>"] = (len(code), None, code.splitlines(True), "<job>")
-    module = types.ModuleType("__main__")
-    module.__dict__.update(__builtins__=builtins, __file__="<job>", args=args, device=device)
-    sys.modules["__main__"] = module
-    sys.argv = ["<job>"]
-    import atexit
 
-    atexit._clear()
-    try:
-        exec(compile(code, "<job>", "exec"), module.__dict__)
-    except SystemExit as exc:
-        exit_code = _exit_code(exc, stderr)
-        kind = "exit"
-    except BaseException as exc:  # noqa: B036 - the job's failure is a result
-        exit_code = 1
-        if _is_memory_error(exc):
-            kind, detail = "memory", f"{type(exc).__name__}"
-        elif isinstance(exc, OSError) and exc.errno == errno.EFBIG:
-            kind, detail = "file_size", f"{type(exc).__name__}: {exc}"
-        else:
-            kind, detail = "exception", f"uncaught {type(exc).__name__}: {exc}"[:1000]
-        with contextlib.suppress(BaseException):
-            traceback.print_exception(
-                type(exc), exc, exc.__traceback__.tb_next if exc.__traceback__ else None
-            )
-    try:
-        import threading
 
-        for thread in threading.enumerate():
-            if thread is not threading.main_thread() and not thread.daemon:
-                thread.join()
-        atexit._run_exitfuncs()
-    except SystemExit as exc:
-        exit_code, kind = _exit_code(exc, stderr), "exit"
-    except BaseException:  # noqa: B036
-        with contextlib.suppress(BaseException):
-            traceback.print_exc()
-    if exit_code == 0 and "result" in module.__dict__:
+_WARM_CODE = """
+import sys
+values = [i * i for i in range(8)]
+print("warm", len(values), args, device)
+result = {"values": values, "text": "x" * 8, "blob": b"y", "nested": [{"a": 1.5}]}
+"""
+
+
+class _JobRunner:
+    """Runs the job's code as ``__main__`` in this (job) process and reports its outcome.
+
+    :meth:`warm` runs the same path once on a dummy job before the real one arrives, so
+    the page faults of a freshly forked interpreter (copy-on-write of touched objects,
+    first touch of code pages) are paid while the slot is idle, not on the job's clock.
+    """
+
+    def __init__(self, cfg: ServerConfig, res_w: int) -> None:
+        self.cfg = cfg
+        self.res_w = res_w
+        self.pre_cpu_us = 0
+        self.stdout = _text_stream(1)
+        self.stderr = _text_stream(2, line_buffering=True)
+        self.stdin = open(os.devnull)  # noqa: SIM115 - lives as long as the process
+
+    def warm(self) -> None:
+        out = open(os.devnull, "w")  # noqa: SIM115
+        saved = sys.stdout, sys.stderr
+        sys.stdout = sys.stderr = out
         try:
-            packed = msgpack.packb(module.__dict__["result"], use_bin_type=True)
+            req = msgpack.unpackb(
+                msgpack.packb({"code": _WARM_CODE, "args": msgpack.packb({"a": 1}), "limits": {}}),
+                raw=False,
+            )
+            self._device_limits("cpu", {}, dry=True)
+            module = self._module(req["code"], msgpack.unpackb(req["args"], raw=False), "cpu")
+            self._exec(req["code"], module)
+            self._exec("raise ValueError('warm')", module)
+            self._epilogue()
+            frame(["ok", 0, "", msgpack.packb(module.__dict__["result"], use_bin_type=True), 0])
+        except BaseException:  # noqa: B036 - warming is best effort
+            pass
+        finally:
+            sys.stdout, sys.stderr = saved
+            out.close()
+            sys.modules.pop("__main__", None)
+            linecache.cache.pop("<job>", None)
+
+    def run(self, body: bytes) -> NoReturn:
+        sys.stdout, sys.stderr, sys.stdin = self.stdout, self.stderr, self.stdin
+        sys.__stdout__, sys.__stderr__, sys.__stdin__ = self.stdout, self.stderr, self.stdin  # type: ignore[misc]
+        try:
+            req: dict[str, Any] = msgpack.unpackb(body, raw=False)
+            device, device_error = _pick_device(self.cfg.profile, str(req["accelerator"]))
+            if device_error:
+                self.stderr.write(f"crankmesh sandbox: {device_error}\n")
+                self.finish("device", 1, device_error, None)
+            args = msgpack.unpackb(req["args"], raw=False) if req.get("args") else {}
+            self._device_limits(device, req["limits"])
+            code: str = req["code"]
+            module = self._module(code, args, device)
         except BaseException as exc:  # noqa: B036
-            kind, exit_code = "result", 1
-            detail = f"result is not msgpack-serializable: {type(exc).__name__}: {exc}"[:1000]
+            self.finish("setup", EXIT_SETUP_FAILED, f"{type(exc).__name__}: {exc}", None)
+        kind, exit_code, detail = self._exec(code, module)
+        epilogue = self._epilogue()
+        if epilogue is not None:
+            kind, exit_code = "exit", epilogue
+        packed = None
+        if exit_code == 0 and "result" in module.__dict__:
+            try:
+                packed = msgpack.packb(module.__dict__["result"], use_bin_type=True)
+            except BaseException as exc:  # noqa: B036
+                kind, exit_code = "result", 1
+                detail = f"result is not msgpack-serializable: {type(exc).__name__}: {exc}"
+                with contextlib.suppress(BaseException):
+                    self.stderr.write(f"crankmesh sandbox: {detail[:1000]}\n")
+        self.finish(kind, exit_code, detail[:1000], packed)
+
+    def _device_limits(self, device: str, lim: dict[str, Any], *, dry: bool = False) -> None:
+        if dry:
+            _vsz()
+            resource.getrlimit(resource.RLIMIT_NOFILE)
+            return
+        _set_limits(self.cfg, lim, device)
+
+    @staticmethod
+    def _module(code: str, args: Any, device: str) -> types.ModuleType:
+        linecache.cache["<job>"] = (len(code), None, code.splitlines(True), "<job>")
+        module = types.ModuleType("__main__")
+        module.__dict__.update(__builtins__=builtins, __file__="<job>", args=args, device=device)
+        sys.modules["__main__"] = module
+        sys.argv = ["<job>"]
+        import atexit
+
+        atexit._clear()  # the fork-server's handlers are not the job's
+        return module
+
+    def _exec(self, code: str, module: types.ModuleType) -> tuple[str, int, str]:
+        try:
+            exec(compile(code, "<job>", "exec"), module.__dict__)
+        except SystemExit as exc:
+            return "exit", self._exit_code(exc), ""
+        except BaseException as exc:  # noqa: B036 - the job's failure is a result
+            if _is_memory_error(exc):
+                kind, detail = "memory", type(exc).__name__
+            elif isinstance(exc, OSError) and exc.errno == errno.EFBIG:
+                kind, detail = "file_size", f"{type(exc).__name__}: {exc}"
+            else:
+                kind, detail = "exception", f"uncaught {type(exc).__name__}: {exc}"
             with contextlib.suppress(BaseException):
-                stderr.write(f"crankmesh sandbox: {detail}\n")
-    _finish(res_w, kind, exit_code, detail, packed)
+                tb = exc.__traceback__.tb_next if exc.__traceback__ else None
+                traceback.print_exception(type(exc), exc, tb)
+            return kind, 1, detail
+        return "ok", 0, ""
 
+    def _epilogue(self) -> int | None:
+        """Join non-daemon threads, run the job's atexit handlers; an exit code if they exit."""
+        try:
+            import atexit
+            import threading
 
-def _exit_code(exc: SystemExit, stderr: io.TextIOWrapper) -> int:
-    code = exc.code
-    if code is None:
-        return 0
-    if isinstance(code, int):
-        return code & 0xFF
-    with contextlib.suppress(BaseException):
-        stderr.write(f"{code}\n")
-    return 1
+            for thread in threading.enumerate():
+                if thread is not threading.main_thread() and not thread.daemon:
+                    thread.join()
+            atexit._run_exitfuncs()
+        except SystemExit as exc:
+            return self._exit_code(exc)
+        except BaseException:  # noqa: B036
+            with contextlib.suppress(BaseException):
+                traceback.print_exc()
+        return None
 
-
-def _finish(res_w: int, kind: str, exit_code: int, detail: str, packed: bytes | None) -> NoReturn:
-    os.write(2, f"T finish {time.monotonic():.6f} cpu {time.process_time():.6f}\n".encode())
-    for stream in (sys.stdout, sys.stderr):
+    def _exit_code(self, exc: SystemExit) -> int:
+        code = exc.code
+        if code is None:
+            return 0
+        if isinstance(code, int):
+            return code & 0xFF
         with contextlib.suppress(BaseException):
-            stream.flush()
-    with contextlib.suppress(BaseException):
-        _write_all(res_w, frame([kind, exit_code, detail, packed]))
-    os._exit(exit_code)
+            sys.stderr.write(f"{code}\n")
+        return 1
+
+    def finish(self, kind: str, exit_code: int, detail: str, packed: bytes | None) -> NoReturn:
+        os.write(2, f"T finish {time.monotonic():.6f}\n".encode())
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(BaseException):
+                stream.flush()
+        with contextlib.suppress(BaseException):
+            _write_all(self.res_w, frame([kind, exit_code, detail, packed, self.pre_cpu_us]))
+        os._exit(exit_code)
 
 
 # --------------------------------------------------------------------------- the server
@@ -604,6 +678,8 @@ def _finish(res_w: int, kind: str, exit_code: int, detail: str, packed: bytes | 
 
 @dataclass(eq=False)
 class _Child:
+    """One pre-forked init + job pair, owning a slot until init has exited."""
+
     slot: int
     init_pid: int
     pidfd: int
@@ -613,7 +689,9 @@ class _Child:
     res_r: int
     st_r: int
     workdir: str
+    st: bytearray = field(default_factory=bytearray)
     job: _Job | None = None
+    workdir_removed: bool = False
 
 
 @dataclass(eq=False)
@@ -629,7 +707,6 @@ class _Job:
     stdout: bytearray = field(default_factory=bytearray)
     stderr: bytearray = field(default_factory=bytearray)
     res: bytearray = field(default_factory=bytearray)
-    st: bytearray = field(default_factory=bytearray)
     output_exceeded: bool = False
     timed_out: bool = False
     cancelled: bool = False
@@ -638,20 +715,32 @@ class _Job:
     finished: bool = False
 
 
+#: A slot whose child was used is re-forked once the loop has been idle this long (or at
+#: once when no pre-forked child is left), so re-forking does not delay the next job.
+PREFORK_IDLE_S = 0.002
+#: After asking init to end a job, how long before it is killed outright.
+KILL_GRACE_S = 2.0
+
+
 class _Server:
     def __init__(self, cfg: ServerConfig, ctl: socket.socket) -> None:
         self.cfg = cfg
         self.ctl = ctl
         self.ep = select.epoll()
         self.handlers: dict[int, Callable[[int], None]] = {}
-        self.idle: list[_Child | None] = [None] * cfg.slots
-        self.busy: set[int] = set()
+        self.children: list[_Child | None] = [None] * cfg.slots
+        self.ready: deque[int] = deque()  # slots with an idle child, oldest first
+        self.empty: set[int] = set(range(cfg.slots))  # slots that need a child
         self.queue: deque[_Job] = deque()
         self.jobs: set[_Job] = set()
         self.counter = 0
         self.pid = os.getpid()
         self.closing = False
         self.pidns_fd = os.open("/proc/self/ns/pid", os.O_RDONLY) if cfg.namespaces else -1
+        # init reports "everything of the job is dead and reaped" before it exits itself;
+        # answering then saves its exit. Not with a uid but no pid namespace: there init
+        # has become the job's uid to kill(-1), so it must be gone before we answer.
+        self.answer_early = cfg.namespaces or not cfg.separate_uid
 
     # -- fd bookkeeping
     def watch(self, fd: int, events: int, handler: Callable[[int], None]) -> None:
@@ -667,6 +756,7 @@ class _Server:
 
     # -- children
     def prefork(self, slot: int) -> _Child:
+        """Fork a slot's init (which forks the job process); they wait for a job."""
         cfg = self.cfg
         self.counter += 1
         workdir = os.path.join(cfg.workdir, f"{slot}-{self.counter}")
@@ -697,18 +787,28 @@ class _Server:
         for name in ("job_w", "out_r", "err_r", "res_r", "st_r"):
             os.set_blocking(fds[name], False)
         child = _Child(
-            slot,
-            pid,
-            os.pidfd_open(pid),
-            fds["job_w"],
-            fds["out_r"],
-            fds["err_r"],
-            fds["res_r"],
-            fds["st_r"],
-            workdir,
+            slot=slot,
+            init_pid=pid,
+            pidfd=os.pidfd_open(pid),
+            job_w=fds["job_w"],
+            out_r=fds["out_r"],
+            err_r=fds["err_r"],
+            res_r=fds["res_r"],
+            st_r=fds["st_r"],
+            workdir=workdir,
         )
-        self.watch(child.pidfd, select.EPOLLIN, lambda _ev: self.on_exit(child))
+        self.children[slot] = child
+        self.empty.discard(slot)
+        self.watch(child.pidfd, select.EPOLLIN, functools.partial(self.on_exit, child))
+        self.watch(child.st_r, select.EPOLLIN, functools.partial(self.on_st, child))
         return child
+
+    def refill(self, slot: int) -> None:
+        try:
+            self.prefork(slot)
+        except OSError:
+            return  # retried at the next dispatch
+        self.ready.append(slot)
 
     def sweep_uids(self) -> None:
         """Kill leftovers of a previous server generation in our uid block."""
@@ -745,15 +845,16 @@ class _Server:
                         self.add_job(socket.socket(fileno=fd))
 
     def add_job(self, sock: socket.socket) -> None:
-        sock.setblocking(False)
-        job = _Job(sock)
         if self.closing:
             sock.close()
             return
+        sock.setblocking(False)
+        job = _Job(sock)
         self.jobs.add(job)
-        self.watch(sock.fileno(), select.EPOLLIN, lambda _ev: self.on_sock(job))
+        self.watch(sock.fileno(), select.EPOLLIN, functools.partial(self.on_sock, job))
+        self.on_sock(job)
 
-    def on_sock(self, job: _Job) -> None:
+    def on_sock(self, job: _Job, _ev: int = 0) -> None:
         try:
             data = job.sock.recv(1 << 16)
         except BlockingIOError:
@@ -764,7 +865,7 @@ class _Server:
             job.inbuf += data
             try:
                 frames = split_frames(job.inbuf)
-            except ValueError:
+            except Exception:
                 self.drop_job(job)
                 return
             if frames:
@@ -773,54 +874,57 @@ class _Server:
         # anything after the request (or EOF) cancels the job
         if not data:
             self.unwatch(job.sock.fileno())
+        if job.finished:
+            return
         job.cancelled = True
         if job.child is not None:
             self.kill(job)
-        elif job.request is not None and not job.finished:
+        elif job.request is not None:
             self.queue.remove(job)
             self.reply(job, self.result(job, "killed", detail="cancelled before it started"))
         else:
             self.drop_job(job)
 
     def accept_request(self, job: _Job, request: dict[str, Any]) -> None:
+        try:
+            job.cap = int(request["limits"]["max_output_bytes"])
+            job.deadline = float(request["limits"]["timeout_s"])
+            job.payload = frame(request)
+        except Exception as exc:
+            self.reply(job, self.result(job, "sandbox_error", detail=f"bad request: {exc}"))
+            return
         job.request = request
-        job.payload = frame(request)
-        job.cap = int(request["limits"]["max_output_bytes"])
         self.queue.append(job)
         self.dispatch()
 
     def dispatch(self) -> None:
-        while self.queue:
-            free = [s for s in range(self.cfg.slots) if s not in self.busy]
-            if not free:
-                return
-            slot = next((s for s in free if self.idle[s] is not None), free[0])
-            job = self.queue.popleft()
-            child = self.idle[slot]
-            self.idle[slot] = None
-            if child is None:
+        while self.queue and not self.closing:
+            if self.ready:
+                child = self.children[self.ready.popleft()]
+            elif self.empty:
                 try:
-                    child = self.prefork(slot)
+                    child = self.prefork(min(self.empty))
                 except OSError as exc:
-                    self.reply(
-                        job,
-                        self.result(
-                            job, "sandbox_error", detail=f"cannot start a job process: {exc}"
-                        ),
-                    )
+                    job = self.queue.popleft()
+                    detail = f"cannot start a job process: {exc}"
+                    self.reply(job, self.result(job, "sandbox_error", detail=detail))
                     continue
-            self.busy.add(slot)
-            child.job = job
-            job.child = child
-            job.t0 = time.monotonic()
-            assert job.request is not None
-            job.deadline = job.t0 + float(job.request["limits"]["timeout_s"])
-            self.watch(child.out_r, select.EPOLLIN, functools.partial(self.on_out, job))
-            self.watch(child.err_r, select.EPOLLIN, functools.partial(self.on_err, job))
-            self.watch(child.res_r, select.EPOLLIN, functools.partial(self.on_res, job))
-            self.on_job_w(job)
+            else:
+                return
+            assert child is not None
+            self.start(self.queue.popleft(), child)
 
-    def on_job_w(self, job: _Job) -> None:
+    def start(self, job: _Job, child: _Child) -> None:
+        child.job = job
+        job.child = child
+        job.t0 = time.monotonic()
+        job.deadline += job.t0
+        self.watch(child.out_r, select.EPOLLIN, functools.partial(self.on_out, job))
+        self.watch(child.err_r, select.EPOLLIN, functools.partial(self.on_err, job))
+        self.watch(child.res_r, select.EPOLLIN, functools.partial(self.on_res, job))
+        self.on_job_w(job)
+
+    def on_job_w(self, job: _Job, _ev: int = 0) -> None:
         child = job.child
         if child is None or child.job_w < 0:
             return
@@ -829,7 +933,7 @@ class _Server:
                 n = os.write(child.job_w, job.payload)
                 job.payload = job.payload[n:]
         except BlockingIOError:
-            self.watch(child.job_w, select.EPOLLOUT, lambda _ev: self.on_job_w(job))
+            self.watch(child.job_w, select.EPOLLOUT, functools.partial(self.on_job_w, job))
             return
         except OSError:
             job.payload = b""
@@ -879,6 +983,19 @@ class _Server:
             self.unwatch(job.child.res_r)
             self.kill(job)
 
+    def on_st(self, child: _Child, _ev: int = 0) -> None:
+        data = _read_some(child.st_r)
+        if data is None:
+            return
+        if not data:
+            self.unwatch(child.st_r)
+            return
+        child.st += data
+        if len(child.st) > 1 << 20:
+            del child.st[: -(1 << 20)]
+        if child.job is not None and self.answer_early and _records(child.st).get("E"):
+            self.finish(child, None)
+
     # -- ending a job
     def kill(self, job: _Job) -> None:
         child = job.child
@@ -891,78 +1008,66 @@ class _Server:
         with contextlib.suppress(OSError):
             signal.pidfd_send_signal(child.pidfd, sig)
 
-    def on_exit(self, child: _Child) -> None:
-        self.unwatch(child.pidfd)
-        try:
-            _pid, status, ru = os.wait4(child.init_pid, 0)
-        except ChildProcessError:
-            status, ru = -1, None
+    def finish(self, child: _Child, ru: resource.struct_rusage | None) -> None:
+        """Everything of the job is dead: collect, clean up, answer."""
         job = child.job
-        wall = time.monotonic() - job.t0 if job is not None else 0.0
+        assert job is not None
+        child.job = None
+        job.child = None
+        wall = time.monotonic() - job.t0
         for fd in (child.job_w, child.out_r, child.err_r, child.res_r):
             if fd >= 0:
                 self.unwatch(fd)
-        if job is not None:
-            self.drain(job, child)
-        st = bytearray(_read_all(child.st_r, 1 << 20))
-        for fd in (child.pidfd, child.job_w, child.out_r, child.err_r, child.res_r, child.st_r):
-            if fd >= 0:
-                os.close(fd)
-        _remove_tree(child.workdir)
-        if job is None:  # an idle pre-forked child died
-            if self.idle[child.slot] is child:
-                self.idle[child.slot] = None
-            return
-        job.st = st
-        self.busy.discard(child.slot)
-        job.child = None
-        self.reply(job, self.verdict(job, status, ru, wall))
-        if not self.closing:
-            try:
-                self.idle[child.slot] = self.prefork(child.slot)
-            except OSError:
-                self.idle[child.slot] = None
-            self.dispatch()
-
-    def drain(self, job: _Job, child: _Child) -> None:
         if not job.output_exceeded:
-            data = _read_all(child.out_r, job.cap - len(job.stdout) + 1)
             room = job.cap - len(job.stdout)
+            data = _read_all(child.out_r, room + 1)
             job.stdout += data[:room]
-            if len(data) > room:
-                job.output_exceeded = True
+            job.output_exceeded = len(data) > room
         job.stderr += _read_all(child.err_r, 1 << 24)
         job.res += _read_all(child.res_r, job.cap + (1 << 16) + 1 - len(job.res))
+        _remove_tree(child.workdir)
+        child.workdir_removed = True
+        self.reply(job, self.verdict(job, _records(child.st), ru, wall))
+
+    def on_exit(self, child: _Child, _ev: int = 0) -> None:
+        try:
+            _pid, _status, ru = os.wait4(child.init_pid, 0)
+        except ChildProcessError:
+            ru = None
+        child.st += _read_all(child.st_r, 1 << 20)
+        if child.job is not None:
+            self.finish(child, ru)
+        for fd in (child.pidfd, child.job_w, child.out_r, child.err_r, child.res_r, child.st_r):
+            if fd >= 0:
+                self.unwatch(fd)
+                os.close(fd)
+        if not child.workdir_removed:
+            _remove_tree(child.workdir)
+        if self.children[child.slot] is child:
+            self.children[child.slot] = None
+            with contextlib.suppress(ValueError):
+                self.ready.remove(child.slot)
+            self.empty.add(child.slot)
+        self.dispatch()
 
     def verdict(
-        self, job: _Job, status: int, ru: resource.struct_rusage | None, wall: float
+        self,
+        job: _Job,
+        records: dict[str, list[Any]],
+        ru: resource.struct_rusage | None,
+        wall: float,
     ) -> dict[str, Any]:
-        req = job.request or {}
-        lim: dict[str, Any] = req.get("limits", {})
-        setup_cpu, end, failure = 0, None, ""
-        try:
-            records = split_frames(job.st)
-        except Exception:
-            records = []
-        for rec in records:
-            if rec[0] == "S":
-                setup_cpu = int(rec[1])
-            elif rec[0] == "E":
-                end = rec
-                job.stderr += f"T init reaped {rec[4]:.6f} E {rec[5]:.6f} server t0 {job.t0:.6f} now {time.monotonic():.6f}\n".encode()
-            elif rec[0] == "F":
-                failure = str(rec[1])
-        outcome: list[Any] | None = None
-        try:
-            outs = split_frames(job.res)
-            if outs and isinstance(outs[-1], list) and len(outs[-1]) == 4:
-                outcome = outs[-1]
-        except Exception:  # whatever the job wrote there, it is not an outcome
-            outcome = None
+        lim: dict[str, Any] = (job.request or {}).get("limits", {})
+        end = records.get("E")
+        if end: job.stderr += f"T init reaped {end[4]:.6f} E {end[5]:.6f} server t0 {job.t0:.6f} now {time.monotonic():.6f}\n".encode()
+        setup_cpu = int(records["S"][1]) if "S" in records else 0
+        failure = str(records["F"][1]) if "F" in records else ""
+        outcome = _outcome(job.res)
+        pre_cpu = int(outcome[4]) if outcome is not None else 0
         if end is not None:
-            cpu_us, peak = int(end[2]), int(end[3])
+            cpu_us, peak = int(end[2]) - pre_cpu, int(end[3])
         elif ru is not None:
-            cpu_us, peak = max(_cpu_us(ru) - setup_cpu, 0), int(ru.ru_maxrss)
+            cpu_us, peak = _cpu_us(ru) - setup_cpu - pre_cpu, int(ru.ru_maxrss)
         else:
             cpu_us, peak = 0, 0
         exit_code: int | None = None
@@ -973,77 +1078,50 @@ class _Server:
                 exit_code = os.WEXITSTATUS(job_status)
             elif os.WIFSIGNALED(job_status):
                 sig = os.WTERMSIG(job_status)
-        fields: dict[str, Any] = dict(
-            exit_code=exit_code,
-            signal=sig,
-            wall_us=int(wall * 1e6),
-            cpu_us=cpu_us,
-            peak_rss_kb=peak,
-        )
+        fields: dict[str, Any] = {
+            "exit_code": exit_code,
+            "signal": sig,
+            "wall_us": int(wall * 1e6),
+            "cpu_us": max(cpu_us, 0),
+            "peak_rss_kb": peak,
+        }
+
+        def res(status: str, detail: str, return_value: bytes | None = None) -> dict[str, Any]:
+            return self.result(job, status, detail=detail, return_value=return_value, **fields)
+
         if job.cancelled:
-            return self.result(job, "killed", detail="cancelled by the node", **fields)
+            return res("killed", "cancelled by the node")
         if job.output_exceeded:
-            return self.result(
-                job, "output_limit", detail=f"output exceeded {job.cap} bytes", **fields
-            )
+            return res("output_limit", f"output exceeded {job.cap} bytes")
         if job.timed_out:
-            return self.result(
-                job,
-                "timeout",
-                detail=f"killed after {lim.get('timeout_s', 0):g} s timeout",
-                **fields,
-            )
+            return res("timeout", f"killed after {lim.get('timeout_s', 0):g} s timeout")
         if failure:
-            return self.result(
-                job, "sandbox_error", detail=f"sandbox setup failed: {failure}", **fields
-            )
+            return res("sandbox_error", f"sandbox setup failed: {failure}")
         kind, detail, packed = "", "", None
         if outcome is not None:
             kind, detail, packed = str(outcome[0]), str(outcome[2]), outcome[3]
         if kind == "setup":
-            return self.result(job, "sandbox_error", detail=f"job setup failed: {detail}", **fields)
+            return res("sandbox_error", f"job setup failed: {detail}")
         if sig is not None:
-            return self.result(job, "killed", detail=self.signal_detail(sig, lim, cpu_us), **fields)
+            return res("killed", self.signal_detail(sig, lim, cpu_us))
         if exit_code is None:
-            return self.result(
-                job, "sandbox_error", detail="the job's exit status was lost", **fields
-            )
+            return res("sandbox_error", "the job's exit status was lost")
         if kind == "memory" or (
             exit_code != 0 and outcome is None and b"MemoryError" in job.stderr[-STDERR_TAIL:]
         ):
-            return self.result(
-                job,
-                "memory_limit",
-                detail=f"memory limit of {lim.get('memory_mb')} MiB exceeded "
-                f"({detail or 'MemoryError'})",
-                **fields,
-            )
+            memory = lim.get("memory_mb")
+            return res("memory_limit", f"memory limit of {memory} MiB exceeded ({detail})")
         if kind == "file_size":
-            return self.result(
-                job,
-                "error",
-                detail=f"file size limit of {lim.get('max_file_bytes')} bytes exceeded ({detail})",
-                **fields,
-            )
+            size = lim.get("max_file_bytes")
+            return res("error", f"file size limit of {size} bytes exceeded ({detail})")
         if isinstance(packed, bytes) and len(packed) > job.cap:
-            return self.result(
-                job,
+            return res(
                 "output_limit",
-                detail=f"return value of {len(packed)} bytes exceeds the "
-                f"{job.cap} bytes output limit",
-                **fields,
+                f"return value of {len(packed)} bytes exceeds the {job.cap} bytes output limit",
             )
         if exit_code == 0:
-            return self.result(
-                job,
-                "ok",
-                return_value=packed if isinstance(packed, bytes) else None,
-                detail="",
-                **fields,
-            )
-        if not detail:
-            detail = f"exit code {exit_code}"
-        return self.result(job, "error", detail=detail, **fields)
+            return res("ok", "", packed if isinstance(packed, bytes) else None)
+        return res("error", detail or f"exit code {exit_code}")
 
     @staticmethod
     def signal_detail(sig: int, lim: dict[str, Any], cpu_us: int) -> str:
@@ -1058,8 +1136,8 @@ class _Server:
             name = str(sig)
         return f"killed by signal {name}"
 
+    @staticmethod
     def result(
-        self,
         job: _Job,
         status: str,
         *,
@@ -1087,16 +1165,16 @@ class _Server:
     def reply(self, job: _Job, result: dict[str, Any]) -> None:
         job.finished = True
         job.outbuf = memoryview(frame(result))
-        self.watch(job.sock.fileno(), select.EPOLLOUT, lambda _ev: self.on_reply(job))
         self.on_reply(job)
 
-    def on_reply(self, job: _Job) -> None:
+    def on_reply(self, job: _Job, _ev: int = 0) -> None:
         assert job.outbuf is not None
         try:
             while job.outbuf:
                 n = job.sock.send(job.outbuf)
                 job.outbuf = job.outbuf[n:]
         except BlockingIOError:
+            self.watch(job.sock.fileno(), select.EPOLLOUT, functools.partial(self.on_reply, job))
             return
         except OSError:
             pass
@@ -1110,22 +1188,24 @@ class _Server:
 
     # -- timers and shutdown
     def check_deadlines(self) -> float | None:
+        """Kill overdue jobs; return seconds until the next deadline (None: no deadline)."""
         now = time.monotonic()
         nearest: float | None = None
-        for job in list(self.jobs):
-            if job.child is None:
+        for child in self.children:
+            job = child.job if child is not None else None
+            if child is None or job is None:
                 continue
             if job.kill_sent:
-                # init did not finish the job within the grace period: take it down hard
-                if now - job.kill_sent > 2.0:
+                if now - job.kill_sent > KILL_GRACE_S:
+                    # init did not end the job within the grace period: take it down hard
                     with contextlib.suppress(OSError):
-                        signal.pidfd_send_signal(job.child.pidfd, signal.SIGKILL)
+                        signal.pidfd_send_signal(child.pidfd, signal.SIGKILL)
                     continue
-                due = job.kill_sent + 2.0
+                due = job.kill_sent + KILL_GRACE_S
             elif now >= job.deadline:
                 job.timed_out = True
                 self.kill(job)
-                due = now + 2.0
+                due = now + KILL_GRACE_S
             else:
                 due = job.deadline
             nearest = due if nearest is None else min(nearest, due)
@@ -1136,15 +1216,19 @@ class _Server:
             return
         self.closing = True
         self.unwatch(self.ctl.fileno())
-        for job in list(self.jobs):
-            if job.child is not None:
-                job.cancelled = True
-                self.kill(job)
-            else:
-                self.drop_job(job)
+        for job in list(self.queue):
+            self.drop_job(job)
         self.queue.clear()
-        for child in self.idle:
-            if child is not None:
+        for job in list(self.jobs):
+            if job.child is None and not job.finished:
+                self.drop_job(job)
+        for child in self.children:
+            if child is None:
+                continue
+            if child.job is not None:
+                child.job.cancelled = True
+                self.kill(child.job)
+            else:
                 with contextlib.suppress(OSError):
                     signal.pidfd_send_signal(child.pidfd, signal.SIGKILL)
 
@@ -1152,15 +1236,44 @@ class _Server:
         self.ctl.setblocking(False)
         self.watch(self.ctl.fileno(), select.EPOLLIN, self.on_ctl)
         for slot in range(self.cfg.slots):
-            self.idle[slot] = self.prefork(slot)
-        while not (self.closing and not self.handlers):
+            self.refill(slot)
+        while True:
+            if self.closing and not self.jobs and not any(self.children):
+                return
             timeout = self.check_deadlines()
-            if self.closing and not self.busy and not any(self.idle) and not self.jobs:
-                break
-            for fd, ev in self.ep.poll(-1 if timeout is None else timeout):
+            if self.empty and not self.closing:
+                idle = PREFORK_IDLE_S if self.ready else 0.0
+                timeout = idle if timeout is None else min(timeout, idle)
+            events = self.ep.poll(-1 if timeout is None else timeout)
+            if not events and self.empty and not self.closing:
+                self.refill(min(self.empty))
+            for fd, ev in events:
                 handler = self.handlers.get(fd)
                 if handler is not None:
                     handler(ev)
+
+
+def _records(st: bytearray) -> dict[str, list[Any]]:
+    """init's status records by tag (S: setup done, E: job ended, F: setup failed)."""
+    out: dict[str, list[Any]] = {}
+    try:
+        for rec in split_frames(bytearray(st)):
+            if isinstance(rec, list) and rec and isinstance(rec[0], str):
+                out[rec[0]] = rec
+    except Exception:
+        pass
+    return out
+
+
+def _outcome(res: bytearray) -> list[Any] | None:
+    """The job runner's last outcome frame, if what is there parses as one."""
+    try:
+        frames = split_frames(bytearray(res))
+    except Exception:  # whatever the job wrote there, it is not an outcome
+        return None
+    if frames and isinstance(frames[-1], list) and len(frames[-1]) == 5:
+        return frames[-1]
+    return None
 
 
 def _read_some(fd: int) -> bytes | None:

@@ -138,6 +138,7 @@ def test_verify_blob() -> None:
         verify_blob(b"payload", "bafy-not-a-cid")
 
 
+@settings(max_examples=50)
 @given(st.binary(min_size=1, max_size=64), st.data())
 def test_verify_blob_detects_any_changed_byte(data: bytes, draw: st.DataObject) -> None:
     cid = cid_for_blob(data)

@@ -272,7 +272,10 @@ def test_job_spec_round_trip() -> None:
 
 def test_receipt_delivery_round_trip() -> None:
     receipt = SAMPLES["receipt"][0].sign(EXECUTOR).raw
-    for delivery in (ReceiptDelivery(receipt=receipt, result=b"sealed"), ReceiptDelivery(receipt=receipt)):
+    for delivery in (
+        ReceiptDelivery(receipt=receipt, result=b"sealed"),
+        ReceiptDelivery(receipt=receipt),
+    ):
         data = delivery.encode()
         assert data == canonical_encode(delivery.to_wire())
         assert ReceiptDelivery.model_validate(canonical_decode(data)) == delivery

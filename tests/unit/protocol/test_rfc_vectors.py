@@ -210,8 +210,10 @@ def _vector_strings(value: Any, key: str = "") -> list[str]:
         return [s for k, v in value.items() for s in _vector_strings(v, k)]
     if isinstance(value, list):
         return [s for v in value for s in _vector_strings(v, key)]
-    if isinstance(value, str) and value and (
-        key.endswith("hex") or key in {"did", "node_id", "cid", "envelope_cid"}
+    if (
+        isinstance(value, str)
+        and value
+        and (key.endswith("hex") or key in {"did", "node_id", "cid", "envelope_cid"})
     ):
         return [value]
     return []
@@ -227,7 +229,9 @@ def test_every_vector_value_is_quoted_in_the_rfc() -> None:
 
 
 def test_rfc_appendix_is_the_rendering_of_the_json() -> None:
-    spec = importlib.util.spec_from_file_location("gen_rfc_vectors", ROOT / "scripts" / "gen_rfc_vectors.py")
+    spec = importlib.util.spec_from_file_location(
+        "gen_rfc_vectors", ROOT / "scripts" / "gen_rfc_vectors.py"
+    )
     assert spec is not None and spec.loader is not None
     gen = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gen)
@@ -246,4 +250,4 @@ def test_rfc_quotes_the_fixed_decisions() -> None:
     ):
         assert text in RFC
     for mtype in MESSAGE_TYPES:
-        assert f"`t = \"{mtype}\"`" in RFC, f"message type {mtype!r} is not specified in the RFC"
+        assert f'`t = "{mtype}"`' in RFC, f"message type {mtype!r} is not specified in the RFC"

@@ -44,7 +44,9 @@ def test_build_and_parse(subject: str, expected: SubjectInfo) -> None:
 def test_exact_names() -> None:
     assert subjects.announce(FED, "a.b.c") == "crank.lab-1.jobs.announce.a.b.c"
     assert subjects.bids(FED, JOB) == f"crank.lab-1.jobs.{JOB}.bids"
-    assert subjects.assignment(FED, JOB, EXECUTOR.did) == f"crank.lab-1.jobs.{JOB}.assignment.{NODE}"
+    assert (
+        subjects.assignment(FED, JOB, EXECUTOR.did) == f"crank.lab-1.jobs.{JOB}.assignment.{NODE}"
+    )
     assert subjects.receipt_delivery(FED, JOB) == f"crank.lab-1.jobs.{JOB}.receipt"
     assert subjects.closed(FED, JOB) == f"crank.lab-1.jobs.{JOB}.closed"
     assert subjects.receipts(FED, EXECUTOR.did) == f"crank.lab-1.receipts.{NODE}"
@@ -113,7 +115,21 @@ def test_good_federation_names(name: str) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["", "a.b", "lab.", "*", ">", "lab*", "lab>", "my lab", "lab\t", "lab\n", "x" * 65, "läb", "a/b"],
+    [
+        "",
+        "a.b",
+        "lab.",
+        "*",
+        ">",
+        "lab*",
+        "lab>",
+        "my lab",
+        "lab\t",
+        "lab\n",
+        "x" * 65,
+        "läb",
+        "a/b",
+    ],
 )
 def test_bad_federation_names(name: str) -> None:
     with pytest.raises(ValueError):
