@@ -325,7 +325,7 @@ class Executor:
             slo=slo,
             load=self.load,
             est_us=(slo.p50_us or 0) + queue_wait if slo.p50_us else None,
-            isolation=self.config.isolation,  # type: ignore[arg-type]
+            isolation=self.config.isolation,
         )
         bid_env = bid.sign(self.identity)
         rec = _BidRecord(bid_env.cid, job_cid, ann.job, bid.exp)
@@ -505,7 +505,7 @@ class Executor:
                 bid=rec.bid_cid,
                 originator=job.originator,
                 attempt=asg.attempt,
-                status=outcome.status,  # type: ignore[arg-type]
+                status=outcome.status,
                 result=None if result is None else cid_for_blob(result),
                 result_size=0 if result is None else len(result),
                 metering=Metering(

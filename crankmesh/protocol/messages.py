@@ -12,7 +12,7 @@ CID over the ``job`` map inside an announce), never over a re-serialised model.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, ClassVar, Final, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Final, Literal, Self, TypeVar
 
 import pydantic
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
@@ -202,7 +202,7 @@ class SignedMessage(_Model):
         return sign_envelope(identity, self.TYPE, self.to_wire())
 
     @classmethod
-    def build(cls: type[M], **fields: Any) -> M:
+    def build(cls, **fields: Any) -> Self:
         """Construct WITHOUT validation, for messages this node makes from its own
         typed values on hot paths (inbound messages are always validated by
         :func:`decode_message`).  Tests check that built messages validate."""
