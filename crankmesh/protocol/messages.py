@@ -12,7 +12,7 @@ CID over the ``job`` map inside an announce), never over a re-serialised model.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, ClassVar, Final, Literal, Self, TypeVar
+from typing import Annotated, Any, ClassVar, Final, Literal, Self, TypeVar, cast
 
 import pydantic
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
@@ -206,7 +206,7 @@ class SignedMessage(_Model):
         """Construct WITHOUT validation, for messages this node makes from its own
         typed values on hot paths (inbound messages are always validated by
         :func:`decode_message`).  Tests check that built messages validate."""
-        return cls.model_construct(**fields)
+        return cast(Self, cls.model_construct(**fields))
 
 
 class Announce(SignedMessage):
