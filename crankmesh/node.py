@@ -10,6 +10,7 @@ what it opened.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -21,6 +22,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskStatus
 
+from .capabilities import CapabilityOffer, IsolationLevel
 from .directory import PeerDirectory
 from .executor.agent import Executor, ExecutorConfig
 from .executor.handlers import CapabilityHandler, EchoCapability, InProcessCapability
@@ -53,6 +55,9 @@ class NodeConfig:
     state_dir: str | None = None  # receipt chain head lives here (next to the key)
     sandbox_profiles: Sequence[str] = ("python-core",)
     extra_handlers: Sequence[CapabilityHandler] = ()
+    #: Declared hardware in seed-003 shape (``{"gpu": {"type": "cuda", ...}}``); merged
+    #: over what is detected.  Lets an operator advertise what detection cannot see.
+    hardware: Mapping[str, Any] | None = None
 
 
 class Node:
@@ -158,6 +163,7 @@ class Node:
                 config=exec_cfg,
                 metrics=self.metrics,
                 chain=ChainHead(chain_path),
+                offer=self._offer(isolation),
             )
             self.client = Client(
                 connection=self.nc,
@@ -179,6 +185,27 @@ class Node:
                         with anyio.CancelScope(shield=True):
                             await self._shutdown()
                 tg.cancel_scope.cancel()
+
+    def _offer(self, isolation: str) -> CapabilityOffer:
+        """What this node advertises: detected facts, overlaid by declared hardware."""
+        declared = dict(self.config.hardware or {})
+        profiles = tuple(self.sandbox.profiles) if self.sandbox is not None else ()
+        try:
+            from .executor.hardware import detect_hardware
+
+            detected = detect_hardware(include_gpu=False).to_wire()
+        except Exception:  # detection is best effort; declared facts still count
+            detected = {}
+        base = CapabilityOffer.from_wire(detected) if detected else CapabilityOffer()
+        offer = CapabilityOffer.parse(declared) if declared else base
+        if declared and detected:
+            merged = {**base.to_wire(), **offer.to_wire()}
+            offer = CapabilityOffer.from_wire(merged)
+        return dataclasses.replace(
+            offer,
+            env_profiles=profiles or offer.env_profiles,
+            isolation=IsolationLevel.parse(isolation),
+        )
 
     async def _shutdown(self) -> None:
         assert self.executor is not None
@@ -216,6 +243,7 @@ class Node:
                 for name in ex.handlers
             ],
             load=ex.load,
+            hardware=ex.offer.to_wire(),
             isolation=ex.config.isolation,  # type: ignore[arg-type]
             draining=draining or ex._draining,
         )

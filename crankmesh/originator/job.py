@@ -132,6 +132,7 @@ class JobResult:
     latency_ms: float
     attempts: tuple[Attempt, ...] = ()
     verified: bool = True
+    warnings: tuple[str, ...] = ()
     explanation: Any = None  # crankmesh.market.Explanation (built lazily on first access)
 
     @property

@@ -323,6 +323,8 @@ class Settlement(SignedMessage):
     promised_p95_us: UInt | None = None
     charge: UInt = 0
     currency: Currency = "USD"
+    assignment: DocCID | None = None  # the assignment this originator signed
+    budget: DocCID | None = None  # leaf budget token CID the charge is booked against
 
 
 class AdvertCapability(_Model):

@@ -9,7 +9,9 @@ subject                                         carries
 ``crank.<fed>.jobs.<job_cid>.receipt``          ReceiptDelivery (receipt + sealed result)
 ``crank.<fed>.jobs.<job_cid>.closed``           Close (bidding over: release reservations)
 ``crank.<fed>.receipts.<id>``                   Receipt (persisted in JetStream)
+``crank.<fed>.bids.<id>``                       the winning Bid of each receipt (persisted)
 ``crank.<fed>.settlements.<id>``                Settlement (persisted in JetStream)
+``crank.<fed>.tokens.<id>``                     budget tokens used, by issuer (persisted)
 ``crank.<fed>.nodes.adverts``                   Advert heartbeats
 ==============================================  ==========================================
 
@@ -35,6 +37,7 @@ __all__ = [
     "announce_all",
     "assignment",
     "assignments_for",
+    "bid_records",
     "bids",
     "check_federation",
     "closed",
@@ -45,6 +48,7 @@ __all__ = [
     "receipts_all",
     "settlements",
     "settlements_all",
+    "tokens",
 ]
 
 ROOT: Final = "crank"
@@ -97,6 +101,15 @@ def receipts_all(federation: str) -> str:
     return f"{ROOT}.{federation}.receipts.*"
 
 
+def bid_records(federation: str, executor_did: str) -> str:
+    """Where an executor persists the bid each receipt was won with (for audit)."""
+    return f"{ROOT}.{federation}.bids.{did_node_id(executor_did)}"
+
+
+def tokens(federation: str, issuer_did: str) -> str:
+    return f"{ROOT}.{federation}.tokens.{did_node_id(issuer_did)}"
+
+
 def settlements(federation: str, originator_did: str) -> str:
     return f"{ROOT}.{federation}.settlements.{did_node_id(originator_did)}"
 
@@ -131,7 +144,7 @@ def parse_subject(subject: str) -> SubjectInfo:
             return SubjectInfo(rest[1], fed, job_cid=rest[0])
         if len(rest) == 3 and rest[1] == "assignment":
             return SubjectInfo("assignment", fed, job_cid=rest[0], node_id=rest[2])
-    elif area in ("receipts", "settlements") and len(rest) == 1:
+    elif area in ("receipts", "settlements", "bids", "tokens") and len(rest) == 1:
         return SubjectInfo(area, fed, node_id=rest[0])
     elif area == "nodes" and rest == ["adverts"]:
         return SubjectInfo("adverts", fed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -21,19 +22,8 @@ def node_config(
     price: int | None = None,
     **executor: Any,
 ) -> NodeConfig:
-    extra = {
-        k: executor.pop(k)
-        for k in list(executor)
-        if k
-        in {
-            "advert_interval_s",
-            "advert_ttl_s",
-            "drain_grace_s",
-            "state_dir",
-            "client",
-            "extra_handlers",
-        }
-    }
+    node_fields = {f.name for f in dataclasses.fields(NodeConfig)}
+    extra = {k: executor.pop(k) for k in list(executor) if k in node_fields}
     return NodeConfig(
         name=f"node-{i}",
         capabilities=tuple(capabilities),

@@ -56,12 +56,15 @@ def _unused_port() -> int:
 
 
 @pytest.mark.anyio
-async def test_server_picks_its_own_port_and_pubsub_round_trips(nats_server: NatsServer) -> None:
+async def test_server_picks_its_own_port_and_pubsub_round_trips(
+    nats_server: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
     assert nats_server.port != 4222
     assert nats_server.url == f"nats://127.0.0.1:{nats_server.port}"
     nc = await connect(nats_server.client_options(name="round-trip"))
     async with nc:
         assert await _round_trip(nc, nc, "crank.test.hello") == b"ping"
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # a close is no loss
 
 
 @pytest.mark.anyio
@@ -134,6 +137,25 @@ async def test_killed_server_restarts_on_same_port_and_client_reconnects(
     assert any(m.startswith("disconnected from NATS server") for m in messages)
     assert any(m.startswith("reconnected to NATS server") for m in messages)
     assert any("on_disconnect callback raised" in m for m in messages)
+
+
+@pytest.mark.anyio
+async def test_a_client_without_reconnects_closes_when_its_server_dies(
+    nats_server: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    lost = anyio.Event()
+
+    async def on_disconnect() -> None:
+        lost.set()
+
+    options = nats_server.client_options(max_reconnect_attempts=0)
+    nc = await connect(options, on_disconnect=on_disconnect)
+    async with nc:
+        nats_server.kill()
+        with anyio.fail_after(5):
+            await lost.wait()
+        assert nc.is_closed
+    assert any("reconnecting is off" in r.getMessage() for r in caplog.records)
 
 
 def test_a_server_that_cannot_start_raises_server_error_with_its_log() -> None:
@@ -224,6 +246,8 @@ def test_options_never_show_secrets() -> None:
     for text in (repr(options), repr(options.redacted()), repr(secret), repr(secret.redacted())):
         assert "hunter2" not in text and "tok@" not in text
     assert "***" in repr(secret)
+    with pytest.raises(ValueError, match="scheme"):
+        NatsOptions(servers=("http://a:4222",))
     with pytest.raises(TypeError, match="from_url"):
         NatsOptions(servers="nats://a:4222")  # type: ignore[arg-type]
 

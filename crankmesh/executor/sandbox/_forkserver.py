@@ -308,62 +308,136 @@ def _raise_abort(signum: int, frame: object) -> None:
     raise _Abort
 
 
+def _report_failure(fd: int, exc: BaseException) -> None:
+    with contextlib.suppress(BaseException):
+        _write_all(fd, frame(["F", f"{type(exc).__name__}: {exc}"]))
+
+
+def _wire_stdio(fds: dict[str, int], *keep: int) -> None:
+    """stdin = /dev/null, stdout/stderr = the job's pipes; close every other fd."""
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(fds["out_w"], 1)
+    os.dup2(fds["err_w"], 2)
+    _close_all_but((0, 1, 2, *keep))
+
+
+def _enter_namespaces(cfg: ServerConfig, workdir: str) -> str:
+    """Own mount/IPC/UTS(/net) namespaces, private /proc and tmpfs; return the job's cwd.
+
+    Must run as root, in a process that already is in the job's new pid namespace (the
+    fresh /proc shows that namespace).
+    """
+    flags = CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS
+    if cfg.netns_per_job:
+        flags |= CLONE_NEWNET
+    unshare(flags)
+    mount(b"none", b"/", None, MS_REC | MS_PRIVATE)
+    # opened inside the new mount namespace (a bind source must be in it), before the
+    # tmpfs mounts may hide the path
+    wd_fd = os.open(workdir, os.O_PATH | os.O_DIRECTORY)
+    mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    for path in TMPFS_DIRS:
+        if os.path.isdir(path) and not os.path.islink(path):
+            mount(b"tmpfs", path.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, TMPFS_OPTS)
+    os.mkdir(JOB_DIR_IN_NS, 0o700)
+    mount(f"/proc/self/fd/{wd_fd}".encode(), JOB_DIR_IN_NS.encode(), None, MS_BIND)
+    os.close(wd_fd)
+    sethostname(b"crankmesh-job")
+    return JOB_DIR_IN_NS
+
+
+def _become_job(cfg: ServerConfig, slot: int, job_dir: str) -> None:
+    """Drop to the slot's uid, set no_new_privs and pdeathsig, enter the job's cwd/env."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    if cfg.separate_uid:
+        assert cfg.uid_base is not None
+        uid = cfg.uid_base + slot
+        os.setgroups([])
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)
+        prctl(PR_SET_DUMPABLE, 1)  # own /proc/self stays readable to the job itself
+    if cfg.level >= LEVEL_BASIC:
+        prctl(PR_SET_NO_NEW_PRIVS, 1)
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # (a uid change clears it: set it again)
+    os.chdir(job_dir)
+    os.environ.clear()
+    os.environ.update(BASE_ENV)
+    os.environ.update(HOME=job_dir, TMPDIR=job_dir)
+
+
+def _await_job(runner: _JobRunner, job_r: int) -> bytes | None:
+    runner.warm()
+    body = _read_frame_blocking(job_r)
+    os.close(job_r)
+    runner.pre_cpu_us = _cpu_us(resource.getrusage(resource.RUSAGE_SELF))
+    return body
+
+
+def _strict_main(cfg: ServerConfig, slot: int, workdir: str, fds: dict[str, int]) -> NoReturn:
+    """STRICT: the job process itself is pid 1 of its own pid namespace. Never returns.
+
+    When it exits (or is killed), the kernel kills every other process of the namespace
+    and reaps them before its parent, the fork-server, can reap it: nothing survives.
+    """
+    st_w = fds["st_w"]
+    try:
+        _wire_stdio(fds, fds["job_r"], fds["res_w"], st_w)
+        os.setsid()
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        job_dir = _enter_namespaces(cfg, workdir)
+        _become_job(cfg, slot, job_dir)
+        runner = _JobRunner(cfg, fds["res_w"])
+        body = _await_job(runner, fds["job_r"])
+        _write_all(st_w, frame(["P", runner.pre_cpu_us]))
+        os.close(st_w)
+    except BaseException as exc:  # noqa: B036 - report, never raise
+        _report_failure(st_w, exc)
+        os._exit(EXIT_SETUP_FAILED)
+    if body is None:  # the server shut down before a job came
+        os._exit(0)
+    runner.run(body)
+
+
 def _init_main(
     cfg: ServerConfig, slot: int, workdir: str, fds: dict[str, int], server_pid: int
 ) -> NoReturn:
-    """Body of a slot's init process. Never returns."""
+    """Below STRICT: init, the job's supervisor and subreaper. Never returns.
+
+    It forks the job process, waits for it, then kills and reaps everything the job left
+    behind (by uid at STANDARD, by walking its descendants below) and reports the job's
+    wait status and rusage as an ``E`` record.
+    """
     st_w = fds["st_w"]
     try:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
         signal.signal(signal.SIGTERM, _raise_abort)
-        devnull = os.open(os.devnull, os.O_RDWR)
-        os.dup2(devnull, 0)
-        os.dup2(fds["out_w"], 1)
-        os.dup2(fds["err_w"], 2)
-        _close_all_but((0, 1, 2, fds["job_r"], fds["res_w"], st_w))
+        _wire_stdio(fds, fds["job_r"], fds["res_w"], st_w)
         os.setsid()
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if not cfg.namespaces and os.getppid() != server_pid:
+        if os.getppid() != server_pid:
             os._exit(0)  # the server died before pdeathsig was armed
         prctl(PR_SET_CHILD_SUBREAPER, 1)
-        job_dir = workdir
-        if cfg.namespaces:
-            flags = CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS
-            if cfg.netns_per_job:
-                flags |= CLONE_NEWNET
-            unshare(flags)
-            mount(b"none", b"/", None, MS_REC | MS_PRIVATE)
-            # opened inside the new mount namespace (a bind source must be in it), before
-            # the tmpfs mounts may hide the path
-            wd_fd = os.open(workdir, os.O_PATH | os.O_DIRECTORY)
-            mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-            for path in TMPFS_DIRS:
-                if os.path.isdir(path) and not os.path.islink(path):
-                    mount(b"tmpfs", path.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, TMPFS_OPTS)
-            os.mkdir(JOB_DIR_IN_NS, 0o700)
-            mount(f"/proc/self/fd/{wd_fd}".encode(), JOB_DIR_IN_NS.encode(), None, MS_BIND)
-            os.close(wd_fd)
-            sethostname(b"crankmesh-job")
-            job_dir = JOB_DIR_IN_NS
         _write_all(st_w, frame(["S", _cpu_us(resource.getrusage(resource.RUSAGE_SELF))]))
         pid = os.fork()
         if pid == 0:
             os.close(st_w)
-            _job_main(cfg, slot, job_dir, fds["job_r"], fds["res_w"])
+            _job_main(cfg, slot, workdir, fds["job_r"], fds["res_w"])
         os.close(fds["job_r"])
         os.close(fds["res_w"])
         os.dup2(0, 1)
         os.dup2(0, 2)
         status = _init_wait(pid)
-        t_reaped = time.monotonic()
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         _kill_descendants(cfg, slot, pid)
         ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-        _write_all(st_w, frame(["E", status, _cpu_us(ru), ru.ru_maxrss, t_reaped, time.monotonic()]))
+        _write_all(st_w, frame(["E", status, _cpu_us(ru), ru.ru_maxrss]))
     except BaseException as exc:  # noqa: B036 - init must report, never raise
         with contextlib.suppress(BaseException):
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            _write_all(st_w, frame(["F", f"{type(exc).__name__}: {exc}"]))
+        _report_failure(st_w, exc)
     os._exit(0)
 
 
@@ -387,27 +461,17 @@ def _init_wait(pid: int) -> int:
 
 def _kill_descendants(cfg: ServerConfig, slot: int, job_pid: int) -> None:
     """Kill and reap everything the job left behind (init is their subreaper)."""
-    if cfg.namespaces:
-        # we are pid 1 of the job's pid namespace: kill(-1) reaches exactly its processes
+    if cfg.separate_uid:
+        assert cfg.uid_base is not None
+        uid = cfg.uid_base + slot
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)  # kill(-1) now reaches exactly the job's processes
         with contextlib.suppress(OSError):
             os.kill(-1, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):
             while True:
                 os.waitpid(-1, 0)
         return
-    if cfg.separate_uid:
-        assert cfg.uid_base is not None
-        uid = cfg.uid_base + slot
-        os.setresgid(uid, uid, uid)
-        os.setresuid(uid, uid, uid)  # kill(-1) now reaches exactly the job's processes
-        while True:
-            with contextlib.suppress(OSError):
-                os.kill(-1, signal.SIGKILL)
-            try:
-                while True:
-                    os.waitpid(-1, 0)
-            except ChildProcessError:
-                return
     with contextlib.suppress(OSError):
         os.killpg(job_pid, signal.SIGKILL)
     me = os.getpid()
@@ -427,39 +491,18 @@ def _kill_descendants(cfg: ServerConfig, slot: int, job_pid: int) -> None:
 
 
 def _job_main(cfg: ServerConfig, slot: int, job_dir: str, job_r: int, res_w: int) -> NoReturn:
-    """Body of the job process: finish the sandbox, wait for the job, run it."""
+    """Below STRICT: the job process, child of init. Never returns."""
     try:
         os.setpgid(0, 0)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
-        if cfg.separate_uid:
-            assert cfg.uid_base is not None
-            uid = cfg.uid_base + slot
-            os.setgroups([])
-            os.setresgid(uid, uid, uid)
-            os.setresuid(uid, uid, uid)
-            prctl(PR_SET_DUMPABLE, 1)  # own /proc/self stays readable to the job itself
-        if cfg.level >= LEVEL_BASIC:
-            prctl(PR_SET_NO_NEW_PRIVS, 1)
-        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        os.chdir(job_dir)
-        os.environ.clear()
-        os.environ.update(BASE_ENV)
-        os.environ.update(HOME=job_dir, TMPDIR=job_dir)
+        _become_job(cfg, slot, job_dir)
         runner = _JobRunner(cfg, res_w)
-        runner.warm()
-        body = _read_frame_blocking(job_r)
-        runner.pre_cpu_us = _cpu_us(resource.getrusage(resource.RUSAGE_SELF))
-        os.write(2, f"T got {time.monotonic():.6f}\n".encode())
-        os.close(job_r)
+        body = _await_job(runner, job_r)
     except BaseException as exc:  # noqa: B036 - report, never raise
         with contextlib.suppress(BaseException):
-            _write_all(
-                res_w, frame(["setup", EXIT_SETUP_FAILED, f"{type(exc).__name__}: {exc}", None, 0])
-            )
+            detail = f"{type(exc).__name__}: {exc}"
+            _write_all(res_w, frame(["setup", EXIT_SETUP_FAILED, detail, None, 0]))
         os._exit(EXIT_SETUP_FAILED)
-    if body is None:  # server shut down before a job came
+    if body is None:  # the server shut down before a job came
         os._exit(0)
     runner.run(body)
 
@@ -664,7 +707,6 @@ class _JobRunner:
         return 1
 
     def finish(self, kind: str, exit_code: int, detail: str, packed: bytes | None) -> NoReturn:
-        os.write(2, f"T finish {time.monotonic():.6f}\n".encode())
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(BaseException):
                 stream.flush()
@@ -737,10 +779,10 @@ class _Server:
         self.pid = os.getpid()
         self.closing = False
         self.pidns_fd = os.open("/proc/self/ns/pid", os.O_RDONLY) if cfg.namespaces else -1
-        # init reports "everything of the job is dead and reaped" before it exits itself;
-        # answering then saves its exit. Not with a uid but no pid namespace: there init
-        # has become the job's uid to kill(-1), so it must be gone before we answer.
-        self.answer_early = cfg.namespaces or not cfg.separate_uid
+        # Below STRICT, init reports "everything of the job is dead and reaped" before it
+        # exits itself; answering then saves its exit. Not at STANDARD: there init has
+        # become the job's uid to kill(-1), so it must be gone before we answer.
+        self.answer_early = not cfg.namespaces and not cfg.separate_uid
 
     # -- fd bookkeeping
     def watch(self, fd: int, events: int, handler: Callable[[int], None]) -> None:
@@ -774,6 +816,8 @@ class _Server:
         except OSError:
             pid = -1
         if pid == 0:
+            if cfg.namespaces:
+                _strict_main(cfg, slot, workdir, fds)
             _init_main(cfg, slot, workdir, fds, self.pid)
         if cfg.namespaces:
             setns(self.pidns_fd, CLONE_NEWPID)  # later children: back to our own namespace
@@ -994,7 +1038,7 @@ class _Server:
         if len(child.st) > 1 << 20:
             del child.st[: -(1 << 20)]
         if child.job is not None and self.answer_early and _records(child.st).get("E"):
-            self.finish(child, None)
+            self.finish(child, -1, None)
 
     # -- ending a job
     def kill(self, job: _Job) -> None:
@@ -1008,7 +1052,7 @@ class _Server:
         with contextlib.suppress(OSError):
             signal.pidfd_send_signal(child.pidfd, sig)
 
-    def finish(self, child: _Child, ru: resource.struct_rusage | None) -> None:
+    def finish(self, child: _Child, status: int, ru: resource.struct_rusage | None) -> None:
         """Everything of the job is dead: collect, clean up, answer."""
         job = child.job
         assert job is not None
@@ -1027,16 +1071,16 @@ class _Server:
         job.res += _read_all(child.res_r, job.cap + (1 << 16) + 1 - len(job.res))
         _remove_tree(child.workdir)
         child.workdir_removed = True
-        self.reply(job, self.verdict(job, _records(child.st), ru, wall))
+        self.reply(job, self.verdict(job, _records(child.st), status, ru, wall))
 
     def on_exit(self, child: _Child, _ev: int = 0) -> None:
         try:
-            _pid, _status, ru = os.wait4(child.init_pid, 0)
+            _pid, status, ru = os.wait4(child.init_pid, 0)
         except ChildProcessError:
-            ru = None
+            status, ru = -1, None
         child.st += _read_all(child.st_r, 1 << 20)
         if child.job is not None:
-            self.finish(child, ru)
+            self.finish(child, status, ru)
         for fd in (child.pidfd, child.job_w, child.out_r, child.err_r, child.res_r, child.st_r):
             if fd >= 0:
                 self.unwatch(fd)
@@ -1054,16 +1098,24 @@ class _Server:
         self,
         job: _Job,
         records: dict[str, list[Any]],
+        status: int,
         ru: resource.struct_rusage | None,
         wall: float,
     ) -> dict[str, Any]:
+        """Decide the job's status from what init / the job process reported.
+
+        ``status`` / ``ru``: wait4 of the slot's first process (STRICT: the job process
+        itself; below: init, whose ``E`` record carries the job's own status).
+        """
         lim: dict[str, Any] = (job.request or {}).get("limits", {})
         end = records.get("E")
-        if end: job.stderr += f"T init reaped {end[4]:.6f} E {end[5]:.6f} server t0 {job.t0:.6f} now {time.monotonic():.6f}\n".encode()
         setup_cpu = int(records["S"][1]) if "S" in records else 0
         failure = str(records["F"][1]) if "F" in records else ""
         outcome = _outcome(job.res)
-        pre_cpu = int(outcome[4]) if outcome is not None else 0
+        if "P" in records:
+            pre_cpu = int(records["P"][1])
+        else:
+            pre_cpu = int(outcome[4]) if outcome is not None else 0
         if end is not None:
             cpu_us, peak = int(end[2]) - pre_cpu, int(end[3])
         elif ru is not None:
@@ -1072,7 +1124,10 @@ class _Server:
             cpu_us, peak = 0, 0
         exit_code: int | None = None
         sig: int | None = None
-        job_status = int(end[1]) if end is not None else -1
+        if end is not None:
+            job_status = int(end[1])
+        else:
+            job_status = status if self.cfg.namespaces else -1
         if job_status >= 0:
             if os.WIFEXITED(job_status):
                 exit_code = os.WEXITSTATUS(job_status)
