@@ -82,6 +82,9 @@ class ExecutorConfig:
     idempotency_window_ms: int = 3_600_000
     idempotency_capacity: int = 100_000
     isolation: str = "none"
+    #: Per-originator token bucket on bids: sustained rate (bids/s) and burst.
+    originator_rate: float = 200.0
+    originator_burst: int = 400
 
     def price_for(self, capability: str) -> int:
         return self.prices.get(capability, self.default_price)
@@ -128,6 +131,10 @@ class Executor:
         self.chain = chain or ChainHead()
         self.offer = offer or CapabilityOffer()
         self._match_cache: dict[bytes, tuple[CapabilityOffer, MatchResult]] = {}
+        self._buckets = _TokenBuckets(self.config.originator_rate, self.config.originator_burst)
+        #: High-water marks, to prove the executor never holds more than it advertised.
+        self.peak_running = 0
+        self.peak_outstanding = 0
         self.latency: dict[str, LatencyWindow] = {name: LatencyWindow() for name in self.handlers}
         self._bids: dict[str, _BidRecord] = {}  # bid_cid -> record
         self._bids_by_job: dict[str, str] = {}  # job_cid -> bid_cid
@@ -344,6 +351,9 @@ class Executor:
         if self.outstanding >= self.capacity:
             self.metrics.bids_declined.labels(reason="no_capacity").inc()
             return
+        if not self._buckets.take(ann.signer, now):
+            self.metrics.bids_declined.labels(reason="rate_limited").inc()
+            return
         slo = self.slo_for(capability)
         queue_wait = (
             (slo.p50_us or 0)
@@ -372,6 +382,7 @@ class Executor:
         heapq.heappush(self._bid_expiry, (rec.exp, rec.bid_cid))
         self._reserved += 1
         self.metrics.reserved.set(self._reserved)
+        self.peak_outstanding = max(self.peak_outstanding, self.outstanding)
         await self._nc.publish(subjects.bids(self.federation, job_cid), bid_env.raw)
         self.metrics.job_bids.labels(capability=capability).inc()
 
@@ -476,6 +487,7 @@ class Executor:
         self._bids_by_job.pop(rec.job_cid, None)
         self._release(rec)
         self._queued += 1
+        self.peak_outstanding = max(self.peak_outstanding, self.outstanding)
         self._idle = anyio.Event() if self._idle.is_set() else self._idle
         accept = Accept.build(
             signer=self.identity.did,
@@ -502,6 +514,7 @@ class Executor:
             async with self._exec_slots:
                 self._queued -= 1
                 self._running += 1
+                self.peak_running = max(self.peak_running, self._running)
                 self.metrics.running.set(self._running)
                 self.metrics.execution_start.labels(capability=job.capability).inc()
                 start = time.perf_counter_ns()
@@ -577,6 +590,25 @@ class Executor:
             renv.cid,
             seq,
         )
+
+
+class _TokenBuckets:
+    """Per-originator token buckets (bounded: the least recently seen are forgotten)."""
+
+    def __init__(self, rate: float, burst: int, max_keys: int = 10_000) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.max_keys = max_keys
+        self._state: OrderedDict[str, tuple[float, int]] = OrderedDict()
+
+    def take(self, key: str, now_ms: int) -> bool:
+        tokens, last = self._state.pop(key, (float(self.burst), now_ms))
+        tokens = min(float(self.burst), tokens + (now_ms - last) * self.rate / 1000)
+        ok = tokens >= 1.0
+        self._state[key] = (tokens - 1.0 if ok else tokens, now_ms)
+        if len(self._state) > self.max_keys:
+            self._state.popitem(last=False)
+        return ok
 
 
 class _Reject(ProtocolError):

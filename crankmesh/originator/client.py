@@ -29,6 +29,7 @@ violations by peers are counted and skipped, never raised to the caller.
 from __future__ import annotations
 
 import enum
+import itertools
 import logging
 import os
 import time
@@ -53,6 +54,7 @@ from ..protocol.errors import (
     ClientStateError,
     ExecutorsExhausted,
     NoBids,
+    NoCapacity,
     ProtocolError,
     SelectionError,
     TransportError,
@@ -94,6 +96,9 @@ class ClientConfig:
     receipt_grace_ms: int = 3_000
     max_attempts: int = 6
     max_rounds: int = 3
+    #: When peers offer the capability but none bids (all full), keep re-announcing
+    #: with backoff for up to this long before raising NoCapacity (0 = fail fast).
+    busy_wait_s: float = 10.0
     announce_ttl_ms: int = 30_000
     liveness_check_ms: int = 250
 
@@ -472,9 +477,13 @@ class Client:
         failed: set[str] = set()  # executors that failed an attempt of this job
         policy_name = policy if isinstance(policy, str) else policy.name
         ranking: market.Ranking | None = None
-        for _round in range(self.config.max_rounds):
+        busy_until = time.monotonic() + self.config.busy_wait_s
+        backoff = 0.02
+        for round_no in itertools.count(1):
+            bids_before = len(track.bids)
             await self._announce(spec)
             await self._collect(spec, track, policy_name, terms, failed)
+            got_bids = len(track.bids) > bids_before
             while len(attempts) < self.config.max_attempts:
                 usable = [
                     (e, b) for e, b in track.bids if e.cid not in tried and b.signer not in failed
@@ -534,9 +543,30 @@ class Client:
                 attempts.append(Attempt(n, bid.signer, outcome))
                 log.info("job %s attempt %d on %s failed: %s", job_cid, n, bid.signer, outcome)
                 self.metrics.reassignments.labels(cause=outcome.split(":")[0]).inc()
+            if len(attempts) >= self.config.max_attempts:
+                break
+            if got_bids:
+                if round_no >= self.config.max_rounds:
+                    break
+                continue
+            # Nobody bid this round: wait (with backoff) while live peers offer it.
+            peers = self.directory.offering(spec.capability)
+            if not peers or time.monotonic() + backoff > busy_until:
+                break
+            await anyio.sleep(backoff)
+            backoff = min(backoff * 2, 0.5)
         if not attempts and not track.bids:
             self.metrics.jobs_failed.labels(reason="no_bids").inc()
             self._raise_if_mismatched(spec)
+            peers = self.directory.offering(spec.capability)
+            if peers:
+                loads = [
+                    f"{p.did}: running {p.advert.load.running}, queued "
+                    f"{p.advert.load.queued}, capacity {p.advert.load.capacity}"
+                    for p in peers
+                ]
+                waited = int((time.perf_counter() - started) * 1000)
+                raise NoCapacity(job_cid, spec.capability, loads, waited)
             raise NoBids(job_cid, spec.capability, self.config.max_bid_window_ms)
         self.metrics.jobs_failed.labels(reason="exhausted").inc()
         if not attempts and ranking is not None:

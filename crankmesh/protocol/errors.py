@@ -28,6 +28,7 @@ in exactly one place each, with ``raise ... from exc``.
     │   └── JobTimeout
     ├── SelectionError                 nothing could be selected
     │   ├── NoBids                     no executor answered the announcement
+    │   │   └── NoCapacity             executors offer it, but all are full or limiting you
     │   ├── NoEligibleBid              bids came, none passed the filters
     │   └── ExecutorsExhausted         every attempt failed; lists each one
     ├── BudgetError
@@ -183,6 +184,24 @@ class NoBids(SelectionError):
             f"no executor bid for job {job_cid} (capability {capability!r}) within "
             f"{window_ms} ms; check that a node offering {capability!r} is connected "
             "to the same federation"
+        )
+
+
+class NoCapacity(NoBids):
+    """Executors offering the capability are live, but none bid: all are at capacity
+    (or rate-limiting this originator).  ``peers`` describes each one's last advertised load."""
+
+    def __init__(self, job_cid: str, capability: str, peers: Sequence[str], waited_ms: int) -> None:
+        self.job_cid = job_cid
+        self.capability = capability
+        self.window_ms = waited_ms
+        self.peers = tuple(peers)
+        body = "\n  - ".join(self.peers)
+        SelectionError.__init__(
+            self,
+            f"no capacity for job {job_cid}: {len(self.peers)} executor(s) offer "
+            f"{capability!r} but none bid within {waited_ms} ms (full, or rate-limiting "
+            f"this originator); last advertised load:\n  - {body}",
         )
 
 

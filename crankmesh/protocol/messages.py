@@ -353,7 +353,6 @@ MESSAGE_TYPES: Final[dict[str, type[SignedMessage]]] = {
 }
 
 
-
 def decode_message(
     env_or_bytes: Envelope | bytes, model: type[M], *, max_len: int | None = None
 ) -> tuple[Envelope, M]:

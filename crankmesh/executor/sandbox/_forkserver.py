@@ -278,6 +278,7 @@ class ServerConfig:
     workdir: str
     uid_base: int | None = None
     netns_per_job: bool = True
+    warm: bool = True
     node_pid: int = 0
     ctl_fd: int = 3
 
@@ -369,7 +370,8 @@ def _become_job(cfg: ServerConfig, slot: int, job_dir: str) -> None:
 
 
 def _await_job(runner: _JobRunner, job_r: int) -> bytes | None:
-    runner.warm()
+    if runner.cfg.warm:
+        runner.warm()
     body = _read_frame_blocking(job_r)
     os.close(job_r)
     runner.pre_cpu_us = _cpu_us(resource.getrusage(resource.RUSAGE_SELF))
@@ -585,6 +587,7 @@ class _JobRunner:
         self.cfg = cfg
         self.res_w = res_w
         self.pre_cpu_us = 0
+        self.pid = os.getpid()
         self.stdout = _text_stream(1)
         self.stderr = _text_stream(2, line_buffering=True)
         self.stdin = open(os.devnull)  # noqa: SIM115 - lives as long as the process
@@ -601,7 +604,6 @@ class _JobRunner:
             self._device_limits("cpu", {}, dry=True)
             module = self._module(req["code"], msgpack.unpackb(req["args"], raw=False), "cpu")
             self._exec(req["code"], module)
-            self._exec("raise ValueError('warm')", module)
             self._epilogue()
             frame(["ok", 0, "", msgpack.packb(module.__dict__["result"], use_bin_type=True), 0])
         except BaseException:  # noqa: B036 - warming is best effort
@@ -710,8 +712,9 @@ class _JobRunner:
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(BaseException):
                 stream.flush()
-        with contextlib.suppress(BaseException):
-            _write_all(self.res_w, frame([kind, exit_code, detail, packed, self.pre_cpu_us]))
+        if os.getpid() == self.pid:  # not in a process the job forked
+            with contextlib.suppress(BaseException):
+                _write_all(self.res_w, frame([kind, exit_code, detail, packed, self.pre_cpu_us]))
         os._exit(exit_code)
 
 

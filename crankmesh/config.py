@@ -1,0 +1,1175 @@
+"""Node settings: one typed, immutable model of everything an operator can set.
+
+:func:`load_settings` builds a :class:`NodeSettings` from four layers, highest first:
+
+==========  =========================================================================
+flags       command-line options (a mapping of setting name -> value; ``None`` means
+            "not given", so argparse defaults must be ``None``)
+env         ``CRANKMESH_*`` environment variables (see :data:`SETTINGS` for each name;
+            the mode is ``CRANKMESH_ENV``); an empty variable counts as not set
+file        a TOML file (``file=`` or ``$CRANKMESH_CONFIG``): top-level keys are setting
+            names, per-capability prices are a ``[prices]`` table; unknown keys are an
+            error; relative paths are relative to the file's directory
+defaults    zero-config values; a few depend on the mode (below)
+==========  =========================================================================
+
+``prices`` merges per capability across layers (a flag overrides one capability's price
+from the file, the others stay); every other setting is replaced as a whole.
+
+Mode (:func:`detect_mode`): an explicit value wins (flag ``mode``, ``CRANKMESH_ENV``, the
+file's ``mode``, in that order); when none is given the mode is ``production`` if the
+``CI`` environment variable is truthy and ``development`` otherwise.
+
+- development: an embedded nats-server when no NATS URL is set, an identity generated
+  under the state directory on first start, console logs, metrics on a free port.
+- production: :func:`validate_for_mode` demands an existing identity key file, NATS
+  URL(s), TLS and/or NATS credentials, and a non-empty trust list; JSON logs, metrics on
+  port 9464.
+
+Values from the environment and flags are strings and are parsed by type: integers,
+floats, booleans (``1/0, true/false, yes/no, on/off``), lists (comma- or blank-separated),
+prices (``"2000"`` = 2000 micro-units, ``"0.002"`` = 0.002 units = 2000 micro-units) and
+price maps (``"python.run=0.005,echo=1500"``).
+
+Secrets (``nats_token``, ``nats_password``, user info in NATS URLs) never appear in
+``repr()``, :meth:`NodeSettings.redacted`, :meth:`NodeSettings.to_toml` (by default) or in
+error messages.
+
+Error handling: every problem with a value (bad type, out of range, unknown TOML key,
+unreadable file) raises :class:`ConfigError`, which lists *all* problems at once, each
+naming the setting and where its value came from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import logging
+import os
+import re
+import stat
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Final, Literal, cast
+
+from .protocol.errors import CrankmeshError, InvalidDID
+from .protocol.identity import public_key_from_did
+from .protocol.messages import CAPABILITY_RE
+from .transport import redact_url
+
+if TYPE_CHECKING:
+    from .executor.agent import ExecutorConfig
+    from .node import NodeConfig
+    from .transport import NatsOptions
+
+__all__ = [
+    "ENV_CONFIG",
+    "ENV_MODE",
+    "MODES",
+    "SETTINGS",
+    "ConfigError",
+    "LogFormat",
+    "Mode",
+    "NodeSettings",
+    "SettingInfo",
+    "add_node_arguments",
+    "detect_mode",
+    "flags_from_args",
+    "load_settings",
+    "load_trust_file",
+    "parse_price",
+    "trusted_dids",
+    "validate_for_mode",
+]
+
+log = logging.getLogger("crankmesh.config")
+
+Mode = Literal["development", "production"]
+LogFormat = Literal["json", "console"]
+
+MODES: Final[tuple[Mode, ...]] = ("development", "production")
+ENV_MODE: Final = "CRANKMESH_ENV"
+ENV_CONFIG: Final = "CRANKMESH_CONFIG"
+ENV_HOME: Final = "CRANKMESH_HOME"
+_ENV_PREFIX: Final = "CRANKMESH_"
+# CRANKMESH_* variables that are not settings but are known (no "unknown variable" warning).
+_ENV_OTHER: Final = frozenset({ENV_CONFIG, ENV_HOME})
+
+_MASK: Final = "***"
+_MICROS: Final = 1_000_000
+_MODE_ALIASES: Final[Mapping[str, Mode]] = {
+    "development": "development",
+    "dev": "development",
+    "production": "production",
+    "prod": "production",
+}
+_TRUE: Final = frozenset({"1", "true", "yes", "on", "y", "t"})
+_FALSE: Final = frozenset({"0", "false", "no", "off", "n", "f"})
+_FED_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
+_CURRENCY_RE: Final = re.compile(r"^[A-Z][A-Z0-9]{2,7}\Z")
+_ISOLATION_LEVELS: Final = ("none", "basic", "standard", "strict")
+_LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_SANDBOXED_CAPABILITY: Final = "python.run"
+
+
+class ConfigError(CrankmeshError, ValueError):
+    """The node configuration is not acceptable; ``problems`` lists every reason."""
+
+    def __init__(self, problems: Sequence[str], *, where: str | None = None) -> None:
+        self.problems = tuple(problems)
+        head = "invalid crankmesh configuration" + (f" in {where}" if where else "")
+        if len(self.problems) == 1:
+            text = f"{head}: {self.problems[0]}"
+        else:
+            text = head + ":\n  - " + "\n  - ".join(self.problems)
+        super().__init__(text)
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+@dataclass(frozen=True, kw_only=True, repr=False)
+class NodeSettings:
+    """Everything an operator can set on a ``crankmesh node``; see :data:`SETTINGS`.
+
+    Build it with :func:`load_settings`. Direct construction is allowed (tests, embedding)
+    and validates every value, but uses the *development* defaults for ``metrics_port``
+    and ``log_format`` whatever the ``mode``. Prices are integer micro-units of
+    ``currency``. ``sources`` says where each value came from (``"flag --price"``,
+    ``"env CRANKMESH_NATS"``, ``"file /etc/crankmesh/node.toml"``, ``"default"``);
+    ``warnings`` lists ignored inputs (e.g. an unknown ``CRANKMESH_*`` variable) for the
+    daemon to log once logging is configured.
+    """
+
+    mode: Mode = "development"
+    state_dir: Path = field(default_factory=lambda: _home(os.environ))
+    key: Path | None = None
+    nats: tuple[str, ...] = ()
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    nats_creds_file: Path | None = None
+    nats_nkey_seed_file: Path | None = None
+    nats_token: str | None = None
+    nats_user: str | None = None
+    nats_password: str | None = None
+    federation: str = "default"
+    name: str | None = None
+    region: str | None = None
+    capabilities: tuple[str, ...] = ("echo", "python.run")
+    price: int = 1_000
+    prices: Mapping[str, int] = field(default_factory=dict)
+    currency: str = "USD"
+    max_concurrency: int = 2
+    queue_depth: int = 8
+    bid_valid_ms: int = 10_000
+    advert_interval_s: float = 1.0
+    advert_ttl_s: float = 5.0
+    drain_grace_s: float = 30.0
+    metrics_enabled: bool = True
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0
+    log_format: LogFormat = "console"
+    log_level: str = "INFO"
+    trust: tuple[str, ...] = ()
+    trust_file: Path | None = None
+    sandbox_profiles: tuple[str, ...] = ("python-core",)
+    isolation_min: str | None = None
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+
+    def __post_init__(self) -> None:
+        # Normalise containers (callers may pass lists/dicts) and freeze the mappings.
+        for name in ("nats", "capabilities", "trust", "sandbox_profiles"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                raise ConfigError([f"{name} must be a sequence of strings, not one string"])
+            object.__setattr__(self, name, tuple(value))
+        object.__setattr__(self, "prices", MappingProxyType(dict(self.prices)))
+        object.__setattr__(self, "sources", MappingProxyType(dict(self.sources)))
+        object.__setattr__(self, "warnings", tuple(self.warnings))
+        object.__setattr__(self, "log_level", str(self.log_level).upper())
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, str) and f.name in _PATH_FIELDS:
+                object.__setattr__(self, f.name, Path(value))
+        problems = [self._where(name, msg) for name, msg in _check(self)]
+        if problems:
+            raise ConfigError(problems)
+
+    # ------------------------------------------------------------------ derived values
+
+    @property
+    def key_file(self) -> Path:
+        """The identity key file: ``key``, or ``<state_dir>/node.key`` when not set."""
+        return self.key if self.key is not None else self.state_dir / "node.key"
+
+    @property
+    def embedded_nats(self) -> bool:
+        """True when no NATS URL is set: the daemon starts its own nats-server (dev only)."""
+        return not self.nats
+
+    @property
+    def is_production(self) -> bool:
+        return self.mode == "production"
+
+    def price_for(self, capability: str) -> int:
+        """Price in micro-units of ``currency`` for one job of ``capability``."""
+        return self.prices.get(capability, self.price)
+
+    def _where(self, name: str, message: str) -> str:
+        source = self.sources.get(name)
+        return f"{name}: {message}" + (f" (from {source})" if source else "")
+
+    # ------------------------------------------------------------------ printing
+
+    def redacted(self) -> dict[str, Any]:
+        """Every setting as JSON-friendly values, secrets replaced by ``"***"``.
+
+        ``key`` shows the effective key file. For ``--print-config``.
+        """
+        out: dict[str, Any] = {}
+        for name, info in SETTINGS.items():
+            value = self.key_file if name == "key" else getattr(self, name)
+            out[name] = _plain(value, secret=info.secret)
+        return out
+
+    def to_toml(self, *, redact: bool = True, sources: bool = True) -> str:
+        """The settings as a TOML document that :func:`load_settings` reads back.
+
+        With ``redact`` (the default) secrets are written as ``"***"`` (so the text is for
+        showing, not for re-loading); with ``sources`` every value that is not a default
+        gets a comment saying where it came from. Unset optional settings are written as
+        comments.
+        """
+        values = {
+            name: _plain(
+                self.key_file if name == "key" else getattr(self, name),
+                secret=info.secret,
+                redact=redact,
+            )
+            for name, info in SETTINGS.items()
+        }
+        lines = [f"# crankmesh node settings (mode: {self.mode})"]
+        if redact:
+            lines.append("# secrets are shown as *** ; see `crankmesh node --help` for each key")
+        for name in SETTINGS:
+            if name == "prices":
+                continue
+            value = values[name]
+            comment = ""
+            source = self.sources.get(name)
+            if sources and source and source != "default":
+                comment = f"  # from {source}"
+            if value is None:
+                lines.append(f"# {name} =  (not set){comment}")
+            else:
+                lines.append(f"{name} = {_toml_value(value)}{comment}")
+        lines.append("")
+        lines.append("[prices]  # per-capability prices, micro-units")
+        for cap, price in sorted(self.prices.items()):
+            lines.append(f"{_toml_str(cap)} = {price}")
+        return "\n".join(lines) + "\n"
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k}={v!r}" for k, v in self.redacted().items())
+        return f"NodeSettings({shown})"
+
+    # ------------------------------------------------------------------ wiring helpers
+
+    def nats_options(self, servers: Sequence[str] | None = None) -> NatsOptions:
+        """:class:`~crankmesh.transport.NatsOptions` for these settings.
+
+        ``servers`` overrides ``nats`` (pass the embedded server's URL in development).
+        Raises :class:`ConfigError` when there is no URL at all.
+        """
+        from .transport import NatsOptions
+
+        urls = tuple(servers) if servers is not None else self.nats
+        if not urls:
+            raise ConfigError(
+                ["nats: no NATS URL; set --nats / CRANKMESH_NATS or start an embedded server"]
+            )
+
+        def s(path: Path | None) -> str | None:
+            return None if path is None else str(path)
+
+        try:
+            return NatsOptions(
+                servers=urls,
+                name=self.name,
+                tls_ca_file=s(self.tls_ca_file),
+                tls_cert_file=s(self.tls_cert_file),
+                tls_key_file=s(self.tls_key_file),
+                user_credentials=s(self.nats_creds_file),
+                nkeys_seed=s(self.nats_nkey_seed_file),
+                token=self.nats_token,
+                user=self.nats_user,
+                password=self.nats_password,
+            )
+        except ValueError as exc:
+            raise ConfigError([f"nats: {exc}"]) from None
+
+    def executor_config(self, *, isolation: str = "none") -> ExecutorConfig:
+        """The :class:`~crankmesh.executor.agent.ExecutorConfig` part of these settings."""
+        from .executor.agent import ExecutorConfig
+
+        return ExecutorConfig(
+            prices=dict(self.prices),
+            default_price=self.price,
+            currency=self.currency,
+            max_concurrency=self.max_concurrency,
+            queue_depth=self.queue_depth,
+            bid_valid_ms=self.bid_valid_ms,
+            isolation=isolation,
+        )
+
+    def node_config(self) -> NodeConfig:
+        """The :class:`~crankmesh.node.NodeConfig` for these settings (not the trust list,
+        metrics endpoint, logging or minimum isolation: the daemon applies those)."""
+        from .node import NodeConfig
+
+        return NodeConfig(
+            federation=self.federation,
+            name=self.name,
+            region=self.region,
+            capabilities=self.capabilities,
+            executor=self.executor_config(),
+            advert_interval_s=self.advert_interval_s,
+            advert_ttl_s=self.advert_ttl_s,
+            drain_grace_s=self.drain_grace_s,
+            state_dir=str(self.state_dir),
+            sandbox_profiles=self.sandbox_profiles,
+        )
+
+
+# ----------------------------------------------------------------------------- the table
+
+
+Kind = Literal[
+    "str", "opt_str", "int", "float", "bool", "path", "opt_path", "list", "price", "prices"
+]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SettingInfo:
+    """How one setting is named and parsed in each layer.
+
+    ``name`` is the field of :class:`NodeSettings`, the TOML key and the flags-mapping key;
+    ``env`` the environment variable; ``flags`` the command-line options
+    (:func:`add_node_arguments`); ``choices`` the allowed values, if limited.
+    """
+
+    name: str
+    kind: Kind
+    help: str
+    env: str
+    flags: tuple[str, ...]
+    secret: bool = False
+    choices: tuple[str, ...] = ()
+
+
+def _info(
+    name: str,
+    kind: Kind,
+    help: str,
+    *,
+    flags: tuple[str, ...] = (),
+    env: str | None = None,
+    secret: bool = False,
+    choices: tuple[str, ...] = (),
+) -> SettingInfo:
+    return SettingInfo(
+        name=name,
+        kind=kind,
+        help=help,
+        env=env or _ENV_PREFIX + name.upper(),
+        flags=flags or ("--" + name.replace("_", "-"),),
+        secret=secret,
+        choices=choices,
+    )
+
+
+_INFOS: Final = (
+    _info(
+        "mode",
+        "str",
+        "development or production (default: production if $CI is truthy, else development)",
+        env=ENV_MODE,
+        choices=MODES,
+    ),
+    _info(
+        "state_dir",
+        "path",
+        "directory for the receipt-chain head and (by default) the key "
+        "(default: $CRANKMESH_HOME or ~/.crankmesh)",
+    ),
+    _info(
+        "key",
+        "opt_path",
+        "identity key file (default: <state_dir>/node.key; created in development mode only)",
+    ),
+    _info(
+        "nats",
+        "list",
+        "NATS server URL(s), comma-separated (default: an embedded nats-server; development only)",
+    ),
+    _info("tls_ca_file", "opt_path", "CA bundle to verify the NATS servers"),
+    _info("tls_cert_file", "opt_path", "client certificate for mutual TLS to NATS"),
+    _info("tls_key_file", "opt_path", "private key of the client certificate"),
+    _info("nats_creds_file", "opt_path", "NATS .creds file (JWT + nkey seed)"),
+    _info("nats_nkey_seed_file", "opt_path", "NATS nkey seed file"),
+    _info("nats_token", "opt_str", "NATS token (secret)", secret=True),
+    _info("nats_user", "opt_str", "NATS user name (with nats_password)"),
+    _info("nats_password", "opt_str", "NATS password (secret)", secret=True),
+    _info("federation", "str", "federation name: subjects live under crank.<federation>.>"),
+    _info("name", "opt_str", "human-readable node name, shown in adverts"),
+    _info("region", "opt_str", "region label, shown in adverts"),
+    _info(
+        "capabilities",
+        "list",
+        "capabilities to offer, comma-separated (default: echo,python.run)",
+    ),
+    _info(
+        "price",
+        "price",
+        "default price per job: micro-units (1000) or units with a decimal point (0.001)",
+    ),
+    _info(
+        "prices",
+        "prices",
+        "per-capability price CAP=PRICE (flag repeatable; env comma-separated)",
+        flags=("--capability-price",),
+    ),
+    _info("currency", "str", "currency code of all prices (default: USD)"),
+    _info("max_concurrency", "int", "jobs executing at once (default: 2)"),
+    _info("queue_depth", "int", "accepted jobs waiting for a slot (default: 8)"),
+    _info("bid_valid_ms", "int", "how long a bid (and its capacity reservation) stays valid"),
+    _info(
+        "advert_interval_s",
+        "float",
+        "seconds between advert heartbeats (default: 1)",
+        flags=("--advert-interval",),
+    ),
+    _info(
+        "advert_ttl_s",
+        "float",
+        "seconds an advert stays valid (default: 5)",
+        flags=("--advert-ttl",),
+    ),
+    _info(
+        "drain_grace_s",
+        "float",
+        "seconds a draining node waits for accepted jobs (default: 30)",
+        flags=("--drain-grace", "--grace"),
+    ),
+    _info(
+        "metrics_enabled",
+        "bool",
+        "serve /metrics and /healthz over HTTP (default: on)",
+        flags=("--metrics",),
+    ),
+    _info("metrics_host", "str", "address of the metrics/health endpoint (default: 127.0.0.1)"),
+    _info(
+        "metrics_port",
+        "int",
+        "port of the metrics/health endpoint (default: 9464 in production, 0 = any free "
+        "port in development)",
+    ),
+    _info(
+        "log_format",
+        "str",
+        "json or console (default: json in production, console in development)",
+        choices=("json", "console"),
+    ),
+    _info("log_level", "str", "DEBUG, INFO, WARNING or ERROR (default: INFO)", choices=_LOG_LEVELS),
+    _info("trust", "list", "trusted peer DIDs, comma-separated (flag repeatable)"),
+    _info("trust_file", "opt_path", "file of trusted peer DIDs, one per line (# comments)"),
+    _info(
+        "sandbox_profiles",
+        "list",
+        "env profiles of the python.run sandbox (default: python-core)",
+    ),
+    _info(
+        "isolation_min",
+        "opt_str",
+        "refuse to start unless the sandbox reaches this isolation level "
+        "(none, basic, standard, strict)",
+        choices=_ISOLATION_LEVELS,
+    ),
+)
+
+SETTINGS: Final[Mapping[str, SettingInfo]] = MappingProxyType({i.name: i for i in _INFOS})
+"""Every setting by name, in display order: its env variable, flags, type and help."""
+
+_PATH_FIELDS: Final = frozenset(n for n, i in SETTINGS.items() if i.kind in ("path", "opt_path"))
+_ENV_TO_NAME: Final = MappingProxyType({i.env: i.name for i in _INFOS})
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+def parse_price(value: object) -> int:
+    """A price in integer micro-units.
+
+    ``1500`` / ``"1500"`` are micro-units; values with a decimal point or exponent
+    (``0.0015``, ``"0.0015"``, ``"1.5e-3"``) are units. Raises :class:`ValueError` for
+    negative prices, non-numbers and amounts finer than one micro-unit.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"not a price: {value!r}")
+    if isinstance(value, int):
+        micros = value
+    elif isinstance(value, float | str):
+        text = str(value).strip().replace("_", "")
+        if isinstance(value, float) or any(c in text for c in ".eE"):
+            try:
+                amount = Decimal(text) * _MICROS
+            except InvalidOperation:
+                raise ValueError(f"not a price: {value!r}") from None
+            if not amount.is_finite():
+                raise ValueError(f"not a price: {value!r}")
+            if amount != amount.to_integral_value():
+                raise ValueError(f"{value!r} is finer than one micro-unit (0.000001)")
+            micros = int(amount)
+        else:
+            try:
+                micros = int(text, 10)
+            except ValueError:
+                raise ValueError(f"not a price: {value!r}") from None
+    else:
+        raise ValueError(f"not a price: {value!r}")
+    if micros < 0:
+        raise ValueError(f"a price cannot be negative: {value!r}")
+    return micros
+
+
+def _split(text: str) -> list[str]:
+    return [part for part in re.split(r"[,\s]+", text) if part]
+
+
+def _parse(info: SettingInfo, value: object, *, base: Path | None = None) -> Any:
+    """Parse one raw value (a string from env/flags, or a TOML/typed value)."""
+    kind = info.kind
+    if kind in ("str", "opt_str"):
+        if not isinstance(value, str):
+            raise ValueError(f"must be a string, got {type(value).__name__}")
+        text = value.strip()
+        if info.choices:
+            folded = text.upper() if info.name == "log_level" else text.lower()
+            if info.name == "mode":
+                mode = _MODE_ALIASES.get(folded)
+                if mode is None:
+                    raise ValueError(f"must be one of {', '.join(MODES)}")
+                return mode
+            if folded not in info.choices:
+                raise ValueError(f"must be one of {', '.join(info.choices)}")
+            return folded
+        if not text and kind == "opt_str":
+            return None
+        return text
+    if kind == "int":
+        if isinstance(value, bool):
+            raise ValueError("must be an integer")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value.strip(), 10)
+            except ValueError:
+                raise ValueError("must be an integer") from None
+        raise ValueError("must be an integer")
+    if kind == "float":
+        if isinstance(value, bool):
+            raise ValueError("must be a number")
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                raise ValueError("must be a number") from None
+        raise ValueError("must be a number")
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            folded = value.strip().lower()
+            if folded in _TRUE:
+                return True
+            if folded in _FALSE:
+                return False
+        raise ValueError("must be a boolean (true/false, yes/no, on/off, 1/0)")
+    if kind in ("path", "opt_path"):
+        if not isinstance(value, str | os.PathLike):
+            raise ValueError("must be a path (string)")
+        text = os.fspath(value)
+        if isinstance(text, bytes) or not text.strip():
+            raise ValueError("must be a non-empty path")
+        path = Path(text.strip()).expanduser()
+        if base is not None and not path.is_absolute():
+            path = base / path
+        return path
+    if kind == "list":
+        if isinstance(value, str):
+            return tuple(_split(value))
+        if isinstance(value, list | tuple):
+            out: list[str] = []
+            for item in value:
+                if not isinstance(item, str):
+                    raise ValueError("must be a list of strings")
+                out.extend(_split(item))
+            return tuple(out)
+        raise ValueError("must be a list of strings (or one comma-separated string)")
+    if kind == "price":
+        return parse_price(value)
+    if kind == "prices":
+        return _parse_prices(value)
+    raise AssertionError(f"unknown kind {kind}")  # pragma: no cover
+
+
+def _parse_prices(value: object) -> dict[str, int]:
+    items: list[tuple[str, object]] = []
+    if isinstance(value, Mapping):
+        items = [(str(k), v) for k, v in value.items()]
+    elif isinstance(value, str | list | tuple):
+        parts = _split(value) if isinstance(value, str) else []
+        if not isinstance(value, str):
+            for item in value:
+                if not isinstance(item, str):
+                    raise ValueError("must be CAP=PRICE strings")
+                parts.extend(_split(item))
+        for part in parts:
+            cap, sep, price = part.partition("=")
+            if not sep or not cap:
+                raise ValueError(f"{part!r} is not CAP=PRICE (e.g. python.run=0.005)")
+            items.append((cap, price))
+    else:
+        raise ValueError("must be a table of capability = price, or CAP=PRICE strings")
+    out: dict[str, int] = {}
+    for capability, amount in items:
+        try:
+            out[capability.strip()] = parse_price(amount)
+        except ValueError as exc:
+            raise ValueError(f"{capability}: {exc}") from None
+    return out
+
+
+def _show(info: SettingInfo, raw: object) -> str:
+    """A raw value for an error message (never a secret)."""
+    if info.secret:
+        return _MASK
+    if info.name == "nats" and isinstance(raw, str):
+        return repr(",".join(redact_url(u) for u in _split(raw)))
+    return repr(raw) if not isinstance(raw, Path) else repr(str(raw))
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _check(s: NodeSettings) -> list[tuple[str, str]]:
+    """Problems with individual values (types, ranges, formats), as (setting, message)."""
+    problems: list[tuple[str, str]] = []
+
+    def bad(name: str, message: str) -> None:
+        problems.append((name, message))
+
+    if s.mode not in MODES:
+        bad("mode", f"must be one of {', '.join(MODES)}, got {s.mode!r}")
+    for url in s.nats:
+        if not isinstance(url, str) or not url.strip():
+            bad("nats", "URLs must be non-empty strings")
+            continue
+        scheme = url.split("://", 1)[0].lower() if "://" in url else "nats"
+        if scheme not in ("nats", "tls", "ws", "wss"):
+            bad("nats", f"unsupported URL scheme in {redact_url(url)!r}; use nats:// or tls://")
+    if not _FED_RE.match(s.federation):
+        bad("federation", f"{s.federation!r} must match [A-Za-z0-9_-]{{1,64}}")
+    if not s.capabilities:
+        bad("capabilities", "offer at least one capability")
+    for cap in s.capabilities:
+        if not CAPABILITY_RE.match(cap):
+            bad(
+                "capabilities",
+                f"{cap!r} must be dot-separated lower-case tokens of [a-z0-9_-]",
+            )
+    if len(set(s.capabilities)) != len(s.capabilities):
+        bad("capabilities", "lists a capability twice")
+    if isinstance(s.price, bool) or not isinstance(s.price, int) or s.price < 0:
+        bad("price", f"must be a non-negative integer of micro-units, got {s.price!r}")
+    for cap, price in s.prices.items():
+        if not CAPABILITY_RE.match(cap):
+            bad("prices", f"{cap!r} is not a capability name")
+        if isinstance(price, bool) or not isinstance(price, int) or price < 0:
+            bad("prices", f"{cap}: must be a non-negative integer of micro-units")
+    if not _CURRENCY_RE.match(s.currency):
+        bad("currency", f"{s.currency!r} must be 3-8 upper-case letters/digits, e.g. USD")
+    _int_at_least(bad, "max_concurrency", s.max_concurrency, 1, 64)
+    _int_at_least(bad, "queue_depth", s.queue_depth, 0, 1_000_000)
+    _int_at_least(bad, "bid_valid_ms", s.bid_valid_ms, 1, 3_600_000)
+    _int_at_least(bad, "metrics_port", s.metrics_port, 0, 65535)
+    for name in ("advert_interval_s", "advert_ttl_s"):
+        value = getattr(s, name)
+        if not isinstance(value, int | float) or not 0 < value <= 3600:
+            bad(name, f"must be a number of seconds in (0, 3600], got {value!r}")
+    if (
+        isinstance(s.advert_interval_s, int | float)
+        and isinstance(s.advert_ttl_s, int | float)
+        and s.advert_ttl_s < s.advert_interval_s
+    ):
+        bad("advert_ttl_s", "must not be shorter than advert_interval_s (peers would flap)")
+    if not isinstance(s.drain_grace_s, int | float) or not 0 <= s.drain_grace_s <= 86_400:
+        bad("drain_grace_s", f"must be a number of seconds in [0, 86400], got {s.drain_grace_s!r}")
+    if not isinstance(s.metrics_host, str) or not s.metrics_host.strip():
+        bad("metrics_host", "must be a host name or address")
+    if s.log_format not in ("json", "console"):
+        bad("log_format", f"must be json or console, got {s.log_format!r}")
+    if s.log_level not in _LOG_LEVELS:
+        bad("log_level", f"must be one of {', '.join(_LOG_LEVELS)}, got {s.log_level!r}")
+    for did in s.trust:
+        try:
+            public_key_from_did(did)
+        except InvalidDID:
+            bad("trust", f"{did!r:.80} is not an Ed25519 did:key")
+    if not s.sandbox_profiles:
+        bad("sandbox_profiles", "name at least one env profile (e.g. python-core)")
+    if s.isolation_min is not None and s.isolation_min not in _ISOLATION_LEVELS:
+        bad("isolation_min", f"must be one of {', '.join(_ISOLATION_LEVELS)}")
+    if s.nats_token is not None and (s.nats_user is not None or s.nats_password is not None):
+        bad("nats_token", "give either a token or nats_user/nats_password, not both")
+    if s.nats_password is not None and s.nats_user is None:
+        bad("nats_password", "needs nats_user")
+    if s.nats_user is not None and s.nats_password is None and s.nats_token is None:
+        bad("nats_user", "needs nats_password")
+    if s.tls_key_file is not None and s.tls_cert_file is None:
+        bad("tls_key_file", "needs tls_cert_file (the matching certificate)")
+    if s.tls_cert_file is not None and s.tls_key_file is None:
+        bad("tls_cert_file", "needs tls_key_file (its private key)")
+    return problems
+
+
+def _int_at_least(bad: Any, name: str, value: object, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        bad(name, f"must be an integer in [{low}, {high}], got {value!r}")
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _home(env: Mapping[str, str]) -> Path:
+    base = env.get(ENV_HOME) or os.path.join(Path.home(), ".crankmesh")
+    return Path(base).expanduser()
+
+
+def _truthy(text: str | None) -> bool:
+    folded = (text or "").strip().lower()
+    return bool(folded) and folded not in _FALSE
+
+
+def detect_mode(env: Mapping[str, str] = os.environ) -> Mode:
+    """``CRANKMESH_ENV`` when set (``development``/``dev``, ``production``/``prod``);
+    otherwise ``production`` when ``CI`` is truthy, else ``development``.
+
+    Raises :class:`ConfigError` for any other ``CRANKMESH_ENV`` value.
+    """
+    raw = env.get(ENV_MODE, "").strip()
+    if raw:
+        mode = _MODE_ALIASES.get(raw.lower())
+        if mode is None:
+            raise ConfigError([f"{ENV_MODE}={raw!r}: must be development or production"])
+        return mode
+    return "production" if _truthy(env.get("CI")) else "development"
+
+
+def _defaults(mode: Mode, env: Mapping[str, str]) -> dict[str, Any]:
+    production = mode == "production"
+    return {
+        "state_dir": _home(env),
+        "metrics_port": 9464 if production else 0,
+        "log_format": "json" if production else "console",
+    }
+
+
+def load_settings(
+    *,
+    flags: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] = os.environ,
+    file: str | os.PathLike[str] | None = None,
+) -> NodeSettings:
+    """Build the effective :class:`NodeSettings`: flags > env > TOML file > defaults.
+
+    ``flags`` maps setting names (:data:`SETTINGS`) to values; ``None`` means not given.
+    ``file`` defaults to ``$CRANKMESH_CONFIG`` when that is set; a named file must exist.
+    Raises :class:`ConfigError` listing every problem found.
+    """
+    problems: list[str] = []
+    warnings: list[str] = []
+    layers: list[tuple[str, dict[str, Any], dict[str, str]]] = []  # (kind, values, sources)
+
+    # flags
+    flag_values: dict[str, Any] = {}
+    flag_sources: dict[str, str] = {}
+    for name, raw in (flags or {}).items():
+        info = SETTINGS.get(name)
+        if info is None:
+            problems.append(f"unknown setting {name!r} in flags{_suggest(name)}")
+            continue
+        if raw is None:
+            continue
+        try:
+            flag_values[name] = _parse(info, raw)
+        except ValueError as exc:
+            problems.append(f"{name}: {info.flags[0]} {_show(info, raw)}: {exc}")
+            continue
+        flag_sources[name] = f"flag {info.flags[0]}"
+
+    # environment
+    env_values: dict[str, Any] = {}
+    env_sources: dict[str, str] = {}
+    for var, raw in env.items():
+        if not var.startswith(_ENV_PREFIX) or var in _ENV_OTHER:
+            continue
+        setting = _ENV_TO_NAME.get(var)
+        if setting is None:
+            close = difflib.get_close_matches(var, list(_ENV_TO_NAME), n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            warnings.append(f"ignored unknown environment variable {var}{hint}")
+            continue
+        if not raw.strip():
+            continue
+        info = SETTINGS[setting]
+        try:
+            env_values[setting] = _parse(info, raw)
+        except ValueError as exc:
+            problems.append(f"{setting}: {var}={_show(info, raw)}: {exc}")
+            continue
+        env_sources[setting] = f"env {var}"
+
+    # file
+    path: Path | None = None
+    if file is not None:
+        path = Path(file).expanduser()
+    elif env.get(ENV_CONFIG, "").strip():
+        path = Path(env[ENV_CONFIG].strip()).expanduser()
+    file_values: dict[str, Any] = {}
+    file_sources: dict[str, str] = {}
+    if path is not None:
+        file_values, file_problems = _read_file(path)
+        problems.extend(file_problems)
+        file_sources = {name: f"file {path}" for name in file_values}
+
+    if problems:
+        raise ConfigError(problems)
+
+    layers = [
+        ("flag", flag_values, flag_sources),
+        ("env", env_values, env_sources),
+        ("file", file_values, file_sources),
+    ]
+
+    # mode first: it picks the defaults
+    mode: Mode | None = None
+    sources: dict[str, str] = {}
+    for _kind, values, srcs in layers:
+        if "mode" in values:
+            mode = cast(Mode, values["mode"])
+            sources["mode"] = srcs["mode"]
+            break
+    if mode is None:
+        mode = detect_mode(env)
+        sources["mode"] = "default (CI is set)" if mode == "production" else "default"
+
+    merged: dict[str, Any] = dict(_defaults(mode, env))
+    merged["mode"] = mode
+    prices: dict[str, int] = {}
+    price_sources: list[str] = []
+    for _kind, values, srcs in reversed(layers):  # lowest first; later updates win
+        if "prices" in values:
+            prices.update(values["prices"])
+            price_sources.append(srcs["prices"])
+    merged["prices"] = prices
+    if price_sources:
+        sources["prices"] = ", ".join(reversed(price_sources))
+    for name in SETTINGS:
+        if name in ("mode", "prices"):
+            continue
+        for _kind, values, srcs in layers:
+            if name in values:
+                merged[name] = values[name]
+                sources[name] = srcs[name]
+                break
+        else:
+            sources[name] = "default"
+    if merged.get("key") is None:
+        sources["key"] = "default (<state_dir>/node.key)"
+    return NodeSettings(**merged, sources=sources, warnings=tuple(warnings))
+
+
+def _read_file(path: Path) -> tuple[dict[str, Any], list[str]]:
+    where = f"config file {path}"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}, [f"{where} does not exist"]
+    except (OSError, UnicodeDecodeError) as exc:
+        return {}, [f"cannot read {where}: {exc}"]
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        return {}, [f"{where} is not valid TOML: {exc}"]
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    base = path.parent.resolve()
+    for key, raw in doc.items():
+        info = SETTINGS.get(key)
+        if info is None:
+            problems.append(f"{where}: unknown key {key!r}{_suggest(key)}")
+            continue
+        if isinstance(raw, dict) and info.kind != "prices":
+            problems.append(f"{where}: {key} must be a value, not a table")
+            continue
+        try:
+            values[key] = _parse(info, raw, base=base)
+        except ValueError as exc:
+            problems.append(f"{where}: {key} = {_show(info, raw)}: {exc}")
+    return values, problems
+
+
+def _suggest(name: str) -> str:
+    close = difflib.get_close_matches(name, list(SETTINGS), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else f"; known keys: {', '.join(SETTINGS)}"
+
+
+# ----------------------------------------------------------------------------- trust
+
+
+def load_trust_file(path: str | os.PathLike[str]) -> tuple[str, ...]:
+    """The DIDs in a trust file: one per line; blank lines and ``#`` comments ignored.
+
+    Raises :class:`ConfigError` for an unreadable file or a line that is not a did:key.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"trust_file: cannot read {p}: {exc}"]) from None
+    dids: list[str] = []
+    problems: list[str] = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        did = line.split("#", 1)[0].strip()
+        if not did:
+            continue
+        try:
+            public_key_from_did(did)
+        except InvalidDID:
+            problems.append(f"trust_file: {p}:{lineno}: {did!r:.80} is not an Ed25519 did:key")
+            continue
+        dids.append(did)
+    if problems:
+        raise ConfigError(problems)
+    return tuple(dict.fromkeys(dids))
+
+
+def trusted_dids(settings: NodeSettings) -> frozenset[str]:
+    """``trust`` plus the DIDs in ``trust_file``; empty means "trust everyone"."""
+    dids = set(settings.trust)
+    if settings.trust_file is not None:
+        dids.update(load_trust_file(settings.trust_file))
+    return frozenset(dids)
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def validate_for_mode(settings: NodeSettings) -> list[str]:
+    """Every reason the daemon must not start with ``settings``, one sentence each.
+
+    Both modes: every file named must exist, sandbox profiles must be known, a key file
+    that exists must be readable by its owner only, the trust file must parse.
+    Production also needs: an existing identity key file (production never generates
+    one), NATS URL(s) (no embedded server), TLS (a ``tls://`` URL or ``tls_ca_file``)
+    and/or credentials (creds, nkey seed, token, or user + password), and a non-empty
+    trust list. An empty list means the settings are acceptable.
+    """
+    s = settings
+    problems: list[str] = []
+    prod = s.is_production
+
+    for name in (
+        "tls_ca_file",
+        "tls_cert_file",
+        "tls_key_file",
+        "nats_creds_file",
+        "nats_nkey_seed_file",
+    ):
+        path = getattr(s, name)
+        if path is not None and not path.is_file():
+            problems.append(s._where(name, f"no such file: {path}"))
+
+    key = s.key_file
+    if key.exists():
+        try:
+            mode = key.stat().st_mode
+        except OSError as exc:
+            problems.append(s._where("key", f"cannot stat {key}: {exc.strerror}"))
+        else:
+            if not stat.S_ISREG(mode):
+                problems.append(s._where("key", f"{key} is not a regular file"))
+            elif mode & 0o077:
+                problems.append(
+                    s._where(
+                        "key",
+                        f"key file {key} has mode {stat.S_IMODE(mode):04o}; it must not be "
+                        f"accessible by group or others (run `chmod 600 {key}`)",
+                    )
+                )
+    elif prod:
+        problems.append(
+            s._where(
+                "key",
+                f"production mode needs an existing identity key file and there is none at "
+                f"{key}; create one with `crankmesh identity new --out {key}` or point "
+                "--key / CRANKMESH_KEY at yours (production never generates keys)",
+            )
+        )
+
+    if _SANDBOXED_CAPABILITY in s.capabilities:
+        from .executor.sandbox._sandbox import KNOWN_PROFILES
+
+        unknown = [p for p in s.sandbox_profiles if p not in KNOWN_PROFILES]
+        if unknown:
+            problems.append(
+                s._where(
+                    "sandbox_profiles",
+                    f"unknown env profiles {unknown}; known: {list(KNOWN_PROFILES)}",
+                )
+            )
+
+    dids: frozenset[str] = frozenset(s.trust)
+    try:
+        dids = trusted_dids(s)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+
+    if prod:
+        if not s.nats:
+            problems.append(
+                s._where(
+                    "nats",
+                    "production mode needs NATS server URL(s) (--nats / CRANKMESH_NATS / "
+                    "nats = [...]); the embedded nats-server is for development only",
+                )
+            )
+        tls = any(u.lower().startswith(("tls://", "wss://")) for u in s.nats) or (
+            s.tls_ca_file is not None
+        )
+        creds = (
+            s.nats_creds_file is not None
+            or s.nats_nkey_seed_file is not None
+            or s.nats_token is not None
+            or (s.nats_user is not None and s.nats_password is not None)
+        )
+        if not (tls or creds):
+            problems.append(
+                "nats security: production mode needs TLS (a tls:// URL or tls_ca_file / "
+                "CRANKMESH_TLS_CA_FILE) and/or NATS credentials (nats_creds_file, "
+                "nats_nkey_seed_file, nats_token, or nats_user + nats_password)"
+            )
+        if not dids:
+            problems.append(
+                "trust: production mode needs a non-empty trust list of peer DIDs "
+                "(trust = [...] / CRANKMESH_TRUST / --trust, or trust_file / "
+                "CRANKMESH_TRUST_FILE with one DID per line)"
+            )
+    return problems
+
+
+# ----------------------------------------------------------------------------- CLI glue
+
+
+def add_node_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one option per setting to ``parser`` (dest = setting name, default ``None``).
+
+    Lists and ``--capability-price`` may be repeated; ``--log-json`` is kept as a
+    shorthand for ``--log-format json``. Values stay strings: :func:`load_settings`
+    parses them, so errors name the flag and the precedence stays exact.
+    """
+    for info in SETTINGS.values():
+        help_text = f"{info.help} [env {info.env}]"
+        if info.kind == "bool":
+            parser.add_argument(
+                *info.flags,
+                dest=info.name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=help_text,
+            )
+        elif info.kind in ("list", "prices"):
+            metavar = "CAP=PRICE" if info.kind == "prices" else "A,B"
+            parser.add_argument(
+                *info.flags,
+                dest=info.name,
+                action="append",
+                default=None,
+                metavar=metavar,
+                help=help_text,
+            )
+        else:
+            parser.add_argument(
+                *info.flags,
+                dest=info.name,
+                default=None,
+                metavar=info.name.upper(),
+                help=help_text,
+            )
+    parser.add_argument(
+        "--log-json",
+        dest="log_format",
+        action="store_const",
+        const="json",
+        help="shorthand for --log-format json",
+    )
+
+
+def flags_from_args(args: argparse.Namespace | Mapping[str, Any]) -> dict[str, Any]:
+    """The setting values in parsed arguments (other attributes are left out)."""
+    items = vars(args) if isinstance(args, argparse.Namespace) else args
+    return {k: v for k, v in items.items() if k in SETTINGS and v is not None}
+
+
+# ----------------------------------------------------------------------------- printing
+
+
+def _plain(value: Any, *, secret: bool, redact: bool = True) -> Any:
+    if value is None:
+        return None
+    if secret and redact:
+        return _MASK
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v, secret=False, redact=redact) for k, v in sorted(value.items())}
+    if isinstance(value, tuple | list):
+        return [redact_url(v) if redact and isinstance(v, str) else v for v in value]
+    return value
+
+
+def _toml_str(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return _toml_str(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")  # pragma: no cover
