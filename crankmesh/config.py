@@ -223,8 +223,9 @@ class NodeSettings:
         return self.prices.get(capability, self.price)
 
     def _where(self, name: str, message: str) -> str:
-        source = self.sources.get(name)
-        return f"{name}: {message}" + (f" (from {source})" if source else "")
+        source = self.sources.get(name, "default")
+        shown = "" if source.startswith("default") else f" (from {source})"
+        return f"{name}: {message}{shown}"
 
     # ------------------------------------------------------------------ printing
 
@@ -264,7 +265,7 @@ class NodeSettings:
             value = values[name]
             comment = ""
             source = self.sources.get(name)
-            if sources and source and source != "default":
+            if sources and source and not source.startswith("default"):
                 comment = f"  # from {source}"
             if value is None:
                 lines.append(f"# {name} =  (not set){comment}")

@@ -28,6 +28,7 @@ violations by peers are counted and skipped, never raised to the caller.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import itertools
 import logging
@@ -43,7 +44,15 @@ import anyio
 import nats.errors
 
 from .. import market
-from ..directory import PeerDirectory
+from ..capabilities import (
+    CapabilityOffer,
+    MatchOutcome,
+    MatchResult,
+    Requirements,
+    mismatch_error,
+)
+from ..capabilities import match as match_capabilities
+from ..directory import Peer, PeerDirectory
 from ..observability import Metrics
 from ..protocol import subjects
 from ..protocol.cid import cid_for_blob, verify_blob
@@ -398,7 +407,7 @@ class Client:
         start = time.perf_counter()
         deadline = start + cfg.max_bid_window_ms / 1000
         min_deadline = start + cfg.min_bid_window_ms / 1000
-        expected = self.directory.expected_bidders(spec.capability, exclude=tried)
+        expected = {p.did for p in self._raise_if_mismatched(spec) if p.did not in tried}
         while True:
             now = time.perf_counter()
             fresh = [b for _, b in track.bids if b.signer not in tried]  # tried = failed DIDs
@@ -549,16 +558,15 @@ class Client:
                 if round_no >= self.config.max_rounds:
                     break
                 continue
-            # Nobody bid this round: wait (with backoff) while live peers offer it.
-            peers = self.directory.offering(spec.capability)
+            # Nobody bid this round: wait (with backoff) while live peers could serve it.
+            peers = self._raise_if_mismatched(spec)
             if not peers or time.monotonic() + backoff > busy_until:
                 break
             await anyio.sleep(backoff)
             backoff = min(backoff * 2, 0.5)
         if not attempts and not track.bids:
             self.metrics.jobs_failed.labels(reason="no_bids").inc()
-            self._raise_if_mismatched(spec)
-            peers = self.directory.offering(spec.capability)
+            peers = self._raise_if_mismatched(spec)
             if peers:
                 loads = [
                     f"{p.did}: running {p.advert.load.running}, queued "
@@ -573,25 +581,30 @@ class Client:
             ranking.raise_if_empty(job_cid)
         raise ExecutorsExhausted(job_cid, attempts)
 
-    def _raise_if_mismatched(self, spec: JobSpec) -> None:
-        """No bids: if live peers offer the capability but their adverts show they
-        cannot meet the requirements, say exactly why (seed 003, "No compatible
-        executor available")."""
-        if not spec.requirements:
-            return
-        from ..capabilities import CapabilityOffer, MatchResult, Requirements, match, mismatch_error
-
+    def _match_peers(self, spec: JobSpec) -> tuple[list[Peer], dict[str, MatchResult]]:
+        """Live peers offering the capability, and how each matches the job's
+        requirements and accelerator against its advertised hardware."""
         peers = self.directory.offering(spec.capability)
-        req = Requirements.from_wire(spec.requirements)
+        reqs = _job_requirements(spec)
         results: dict[str, MatchResult] = {}
+        if reqs is None:
+            return peers, results
         for peer in peers:
             try:
                 offer = CapabilityOffer.from_wire(peer.advert.hardware)
             except Exception:
-                continue
-            results[peer.did] = match(req, offer)
-        if results and not any(r.ok for r in results.values()):
+                continue  # an advert we cannot read does not rule the peer out
+            results[peer.did] = _merge_results([match_capabilities(r, offer) for r in reqs])
+        return peers, results
+
+    def _raise_if_mismatched(self, spec: JobSpec) -> list[Peer]:
+        """Raise CapabilityMismatch when every live peer offering the capability
+        advertises hardware that cannot serve the job (seed 003, "No compatible
+        executor available"); else return the peers that might."""
+        peers, results = self._match_peers(spec)
+        if results and len(results) == len(peers) and not any(r.ok for r in results.values()):
             raise mismatch_error(results)
+        return [p for p in peers if p.did not in results or results[p.did].ok]
 
     def explain(self, job_cid: str) -> market.Explanation | None:
         """The selection explanation of a job this client ran (most recent ranking)."""
@@ -796,6 +809,38 @@ class _LazyExplanation:
         return self.get().render()
 
 
+_OUTCOME_RANK = {
+    MatchOutcome.COMPATIBLE: 0,
+    MatchOutcome.DEGRADED: 1,
+    MatchOutcome.INCOMPATIBLE: 2,
+}
+_ACCELERATOR_GPU_TYPE = {"cuda": "cuda", "rocm": "rocm", "mps": "metal", "gpu": None}
+
+
+def _job_requirements(spec: JobSpec) -> list[Requirements] | None:
+    """The job's requirements as capability requirements, including a GPU of the
+    right type when the job's accelerator asks for one; ``None`` if it has none."""
+    reqs: list[Requirements] = []
+    if spec.requirements:
+        reqs.append(Requirements.from_wire(spec.requirements))
+    acc = spec.constraints.accelerator
+    if acc in _ACCELERATOR_GPU_TYPE:
+        gpu_type = _ACCELERATOR_GPU_TYPE[acc]
+        reqs.append(Requirements.parse({"gpu": {"type": gpu_type} if gpu_type else {}}))
+    return reqs or None
+
+
+def _merge_results(results: list[MatchResult]) -> MatchResult:
+    if len(results) == 1:
+        return results[0]
+    worst = max(results, key=lambda r: _OUTCOME_RANK[r.outcome])
+    return dataclasses.replace(
+        worst,
+        mismatches=tuple(m for r in results for m in r.mismatches),
+        warnings=tuple(w for r in results for w in r.warnings),
+    )
+
+
 def _requirements_wire(requirements: dict[str, Any]) -> dict[str, Any]:
     """Human-shaped requirements (seed 003: ``{"gpu": {"min_memory_gb": 8}}``) in wire form.
 
@@ -804,8 +849,6 @@ def _requirements_wire(requirements: dict[str, Any]) -> dict[str, Any]:
     """
     if not requirements:
         return {}
-    from ..capabilities import Requirements
-
     return Requirements.parse(requirements).to_wire()
 
 

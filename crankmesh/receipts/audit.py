@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final
 
 from ..market._format import fmt_us, short_did
@@ -48,6 +48,7 @@ from ..protocol.messages import Bid, Receipt, Settlement, SignedMessage, decode_
 __all__ = [
     "FINDING_KINDS",
     "RECORD_AREAS",
+    "EXECUTOR_MISCONDUCT",
     "AuditReport",
     "BudgetUsage",
     "ExecutorSummary",
@@ -886,9 +887,7 @@ class _Auditor:
                 latency = sp.msg.observed_us
             observed.append(latency)
             bp = self.bids.get(r.bid)
-            promise = (
-                bp.msg.slo.p95_us if bp is not None and bp.env.signer == executor else None
-            )
+            promise = bp.msg.slo.p95_us if bp is not None and bp.env.signer == executor else None
             if promise is not None:
                 promises.append(promise)
                 slo_jobs += 1
@@ -908,10 +907,12 @@ class _Auditor:
             equivocated=equivocated,
             first_seq=first,
             last_seq=last,
-            misconduct=sum(
-                1
-                for f in self.findings
-                if f.executor == executor and f.kind in EXECUTOR_MISCONDUCT
+            misconduct=len(
+                {
+                    f.cid
+                    for f in self.findings
+                    if f.executor == executor and f.kind in EXECUTOR_MISCONDUCT
+                }
             ),
         )
 
