@@ -7,7 +7,7 @@ and hash-chained receipts anyone can audit.  See README.md and rfcs/.
 from __future__ import annotations
 
 from .node import Node, NodeConfig
-from .originator import Client, ClientConfig, Job, JobResult
+from .originator import Client, ClientConfig, CostReport, Job, JobHandle, JobResult, SyncClient
 from .protocol.errors import (
     BudgetExceeded,
     CapabilityMismatch,
@@ -33,11 +33,13 @@ __all__ = [
     "Client",
     "ClientConfig",
     "ClientStateError",
+    "CostReport",
     "CrankmeshError",
     "ExecutorsExhausted",
     "Identity",
     "Job",
     "JobFailed",
+    "JobHandle",
     "JobResult",
     "JobTimeout",
     "NoBids",
@@ -47,6 +49,7 @@ __all__ = [
     "NodeConfig",
     "ProtocolError",
     "SelectionError",
+    "SyncClient",
     "TransportError",
     "__version__",
 ]

@@ -907,6 +907,7 @@ def load_settings(
         else:
             sources[name] = "default"
     if merged.get("key") is None:
+        merged["key"] = Path(merged["state_dir"]) / "node.key"
         sources["key"] = "default (<state_dir>/node.key)"
     return NodeSettings(**merged, sources=sources, warnings=tuple(warnings))
 

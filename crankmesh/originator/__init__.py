@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from .client import Client, ClientConfig
+from .client import Client, ClientConfig, CostEntry, CostReport, JobEvent, JobHandle
 from .job import Job, JobResult
+from .sync import SyncClient
 
-__all__ = ["Client", "ClientConfig", "Job", "JobResult"]
+__all__ = [
+    "Client",
+    "ClientConfig",
+    "CostEntry",
+    "CostReport",
+    "Job",
+    "JobEvent",
+    "JobHandle",
+    "JobResult",
+    "SyncClient",
+]

@@ -35,8 +35,9 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -53,6 +54,7 @@ from ..capabilities import (
 )
 from ..capabilities import match as match_capabilities
 from ..directory import Peer, PeerDirectory
+from ..executor.stats import LatencyWindow
 from ..observability import Metrics
 from ..protocol import subjects
 from ..protocol.cid import cid_for_blob, verify_blob
@@ -79,12 +81,13 @@ from ..protocol.messages import (
     Receipt,
     ReceiptDelivery,
     Reject,
+    Settlement,
     decode_message,
     job_cid_of,
 )
 from .job import Job, JobResult
 
-__all__ = ["Client", "ClientConfig"]
+__all__ = ["Client", "ClientConfig", "CostEntry", "CostReport", "JobEvent", "JobHandle"]
 
 log = logging.getLogger("crankmesh.originator")
 
@@ -128,6 +131,7 @@ class _JobTrack:
     deliveries: list[bytes] = field(default_factory=list)
     changed: anyio.Event = field(default_factory=anyio.Event)
     late_receipts: list[str] = field(default_factory=list)
+    assigned_at: float = 0.0
 
     def poke(self) -> None:
         self.changed.set()
@@ -173,6 +177,13 @@ class Client:
         self._tracks: dict[str, _JobTrack] = {}
         # Last ranking per job (bounded): `explain(job_cid)` builds explanations on demand.
         self._rankings: _Bounded = _Bounded(1024)
+        self._costs: list[CostEntry] = []
+        # Observed vs promised, per executor: a local reputation used in scoring.
+        self._observed: dict[str, LatencyWindow] = {}
+        self._reputation: dict[str, market.LocalReputation] = {}
+        self._tg: anyio.abc.TaskGroup | None = None
+        #: Set by a node: persists settlements in JetStream (buffered when it is down).
+        self.record_store: Any = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -194,6 +205,7 @@ class Client:
             owns_connection = False
         try:
             async with anyio.create_task_group() as tg:
+                self._tg = tg
                 if self._owns_directory:
                     await tg.start(self.directory.serve, self._nc)
                 try:
@@ -271,6 +283,76 @@ class Client:
         )
 
     # ------------------------------------------------------------------ run
+
+    def submit(self, job: Job, *, policy: str | market.Policy | None = None) -> JobHandle:
+        """Start ``job`` in the background; returns a :class:`JobHandle` at once."""
+        self._check_open()
+        assert self._tg is not None
+        handle = JobHandle(job)
+
+        async def runner() -> None:
+            token = _current_handle.set(handle)
+            try:
+                with anyio.CancelScope() as scope:
+                    handle._scope = scope
+                    try:
+                        handle._result = await self.run(job, policy=policy)
+                        handle._emit("completed", handle.job_cid, status=handle._result.status)
+                    except Exception as exc:
+                        handle._error = exc
+                        handle._emit("failed", handle.job_cid, error=str(exc))
+                if scope.cancelled_caught:
+                    handle._error = anyio.get_cancelled_exc_class()("job cancelled")
+                    handle._emit("cancelled", handle.job_cid)
+            finally:
+                _current_handle.reset(token)
+                handle._done.set()
+
+        self._tg.start_soon(runner)
+        return handle
+
+    async def map(
+        self,
+        jobs: Iterable[Job],
+        *,
+        concurrency: int = 8,
+        return_exceptions: bool = False,
+        policy: str | market.Policy | None = None,
+    ) -> list[Any]:
+        """Run many jobs, at most ``concurrency`` at a time; results in input order.
+
+        Error handling: the first failure is raised (after the others finish)
+        unless ``return_exceptions`` is true, in which case its exception takes
+        the job's place in the list.
+        """
+        self._check_open()
+        jobs = list(jobs)
+        out: list[Any] = [None] * len(jobs)
+        limit = anyio.Semaphore(max(1, concurrency))
+
+        async def one(i: int, job: Job) -> None:
+            async with limit:
+                try:
+                    out[i] = await self.run(job, policy=policy)
+                except Exception as exc:
+                    out[i] = exc
+
+        async with anyio.create_task_group() as tg:
+            for i, job in enumerate(jobs):
+                tg.start_soon(one, i, job)
+        if not return_exceptions:
+            for item in out:
+                if isinstance(item, Exception):
+                    raise item
+        return out
+
+    def costs(self) -> CostReport:
+        """Every completed job's executor, duration and charge, with totals."""
+        return CostReport(tuple(self._costs))
+
+    def reputation(self, executor: str) -> market.LocalReputation | None:
+        """This originator's own record of ``executor`` (observed vs promised)."""
+        return self._reputation.get(executor)
 
     async def run(self, job: Job, *, policy: str | market.Policy | None = None) -> JobResult:
         """Run ``job`` on the mesh and return its verified result.
@@ -380,6 +462,7 @@ class Client:
 
     async def _announce(self, spec: JobSpec) -> int:
         now = _now_ms()
+        _emit("announced", job_cid_of(spec.to_wire()), capability=spec.capability)
         env = Announce.build(
             signer=self.identity.did,
             ts=now,
@@ -467,6 +550,8 @@ class Client:
                     warnings=tuple(b.warnings),
                     expires_ms=b.exp,
                     arrival=i,
+                    observed_p95_us=self._observed_p95(b.signer),
+                    reputation=self._reputation_score(b.signer),
                 )
             )
         return out
@@ -522,6 +607,7 @@ class Client:
                     chosen = (env, bid)
                     break
                 self._rankings[job_cid] = ranking
+                _emit("bids", job_cid, count=len(usable), eligible=len(ranking.eligible))
                 if chosen is None:
                     if not attempts:
                         ranking.raise_if_empty(job_cid)  # NoEligibleBid: each bid and why
@@ -536,9 +622,21 @@ class Client:
                         "; ".join(bid.warnings) or "a preferred capability is missing",
                     )
                 n = len(attempts) + 1
+                _emit("assigned", job_cid, executor=bid.signer, attempt=n, price=bid.price)
                 result, outcome = await self._attempt(job, spec, job_cid, track, env, bid, n)
                 if result is not None:
                     elapsed = time.perf_counter() - started
+                    self._costs.append(
+                        CostEntry(
+                            job_cid,
+                            spec.capability,
+                            result.executor,
+                            result.status,
+                            round(elapsed * 1000, 3),
+                            result.price,
+                            result.currency,
+                        )
+                    )
                     self.metrics.jobs_completed.labels(status=result.status).inc()
                     self.metrics.job_seconds.labels(capability=spec.capability).observe(elapsed)
                     return replace(
@@ -549,6 +647,8 @@ class Client:
                         explanation=_LazyExplanation(ranking, job_cid, spec.requirements),
                     )
                 failed.add(bid.signer)
+                self._record_outcome(bid.signer, success=False, observed_us=None, bid=bid)
+                _emit("attempt_failed", job_cid, executor=bid.signer, attempt=n, outcome=outcome)
                 attempts.append(Attempt(n, bid.signer, outcome))
                 log.info("job %s attempt %d on %s failed: %s", job_cid, n, bid.signer, outcome)
                 self.metrics.reassignments.labels(cause=outcome.split(":")[0]).inc()
@@ -597,6 +697,26 @@ class Client:
             results[peer.did] = _merge_results([match_capabilities(r, offer) for r in reqs])
         return peers, results
 
+    def _observed_p95(self, executor: str) -> int | None:
+        w = self._observed.get(executor)
+        return w.quantile(0.95) if w is not None and len(w) >= 5 else None
+
+    def _reputation_score(self, executor: str) -> float | None:
+        rep = self._reputation.get(executor)
+        return None if rep is None else rep.score
+
+    def _record_outcome(
+        self, executor: str, *, success: bool, observed_us: int | None, bid: Bid
+    ) -> None:
+        """Observed vs promised: keeps this originator's local reputation of executors."""
+        slo_met: bool | None = None
+        if observed_us is not None:
+            self._observed.setdefault(executor, LatencyWindow(256)).add(observed_us)
+            if bid.slo.p95_us is not None:
+                slo_met = observed_us <= bid.slo.p95_us * 2  # generous: includes the network
+        rep = self._reputation.get(executor) or market.LocalReputation()
+        self._reputation[executor] = rep.record(success=success, slo_met=slo_met)
+
     def _raise_if_mismatched(self, spec: JobSpec) -> list[Peer]:
         """Raise CapabilityMismatch when every live peer offering the capability
         advertises hardware that cannot serve the job (seed 003, "No compatible
@@ -637,6 +757,7 @@ class Client:
             deadline=now + job.constraints.timeout_ms + cfg.receipt_grace_ms,
         ).sign(self.identity)
         self.metrics.assignments_sent.inc()
+        track.assigned_at = time.perf_counter()
         try:
             reply = await self._nc.request(
                 subjects.assignment(cfg.federation, job_cid, executor),
@@ -673,6 +794,7 @@ class Client:
             bid=bid_env.cid,
         ).sign(self.identity)
         await self._nc.publish(subjects.closed(cfg.federation, job_cid), close.raw)
+        _emit("accepted", job_cid, executor=executor, attempt=attempt)
         return await self._await_receipt(job, spec, job_cid, track, asg, bid_env, bid, attempt)
 
     async def _await_receipt(
@@ -697,6 +819,12 @@ class Client:
                 seen += 1
                 result = self._check_delivery(data, job_cid, asg, bid_env, bid, attempt)
                 if result is not None:
+                    observed_us = int((time.perf_counter() - track.assigned_at) * 1_000_000)
+                    self._record_outcome(
+                        executor, success=result.status == "ok", observed_us=observed_us, bid=bid
+                    )
+                    if self._tg is not None:
+                        self._tg.start_soon(self._settle, spec, result, asg, bid, observed_us)
                     return result, ""
             now = _now_ms()
             if now >= deadline_ms:
@@ -709,6 +837,43 @@ class Client:
             wait_s = min(deadline_ms - now, self.config.liveness_check_ms) / 1000
             with anyio.move_on_after(wait_s):
                 await track.changed.wait()
+
+    async def _settle(
+        self, spec: JobSpec, result: JobResult, asg: Envelope, bid: Bid, observed_us: int
+    ) -> None:
+        """Countersign the accepted receipt (RFC 0001 §8.9): both sides have now signed
+        the outcome.  Runs after the result is handed back, off the critical path."""
+        settlement = Settlement.build(
+            signer=self.identity.did,
+            ts=_now_ms(),
+            receipt=result.receipt_cid,
+            job=result.job_cid,
+            executor=result.executor,
+            verified=result.verified,
+            observed_us=observed_us,
+            promised_p95_us=bid.slo.p95_us,
+            charge=result.price,
+            currency=result.currency,
+            assignment=asg.cid,
+            budget=spec.budget,
+        ).sign(self.identity)
+        try:
+            await self._publish_record(
+                subjects.settlements(self.config.federation, self.identity.did),
+                settlement.raw,
+                settlement.cid,
+            )
+        except Exception as exc:  # never let bookkeeping fail a finished job
+            log.warning("settlement for job %s not published: %s", result.job_cid, exc)
+
+    async def _publish_record(self, subject: str, raw: bytes, cid: str) -> None:
+        """Persist an audit record (JetStream through the node's record store when
+        there is one, else a plain publish)."""
+        store = self.record_store
+        if store is not None:
+            await store.publish(subject, raw, cid)
+        else:
+            await self._nc.publish(subject, raw, headers={"Nats-Msg-Id": cid})
 
     def _check_delivery(
         self,
@@ -769,6 +934,131 @@ class Client:
             currency=receipt.currency,
             latency_ms=0.0,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class JobEvent:
+    """One step of a submitted job's life, as seen by its originator."""
+
+    kind: str  # announced | bids | assigned | accepted | attempt_failed | completed | failed
+    job_cid: str | None
+    at_ms: int
+    data: dict[str, Any]
+
+
+class JobHandle:
+    """A job submitted with :meth:`Client.submit`: status, events, result, cancel.
+
+    Resource handling: the job runs in the client's task group; :meth:`cancel`
+    stops waiting for it (an executor that already accepted still finishes and
+    publishes its receipt, which the client records and ignores).
+    """
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.job_cid: str | None = None
+        self.status = "pending"
+        self.events: list[JobEvent] = []
+        self._changed = anyio.Event()
+        self._done = anyio.Event()
+        self._result: JobResult | None = None
+        self._error: BaseException | None = None
+        self._scope: anyio.CancelScope | None = None
+        self._explain: Any = None
+
+    def _emit(self, kind: str, job_cid: str | None, **data: Any) -> None:
+        if job_cid is not None:
+            self.job_cid = job_cid
+        self.status = kind
+        self.events.append(JobEvent(kind, job_cid, _now_ms(), data))
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    @property
+    def explanation(self) -> Any:
+        """Why the executor was chosen (available once bids were ranked)."""
+        if self._result is not None:
+            return self._result.explanation
+        return self._explain
+
+    async def result(self) -> JobResult:
+        """Wait for the job; return its result or raise what it raised."""
+        await self._done.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
+
+    async def watch(self) -> AsyncIterator[JobEvent]:
+        """Yield every event (past ones first) until the job is done."""
+        seen = 0
+        while True:
+            while seen < len(self.events):
+                seen += 1
+                yield self.events[seen - 1]
+            if self._done.is_set():
+                return
+            await self._changed.wait()
+
+    def cancel(self) -> None:
+        if self._scope is not None and not self._done.is_set():
+            self._scope.cancel()
+
+    def __repr__(self) -> str:
+        return f"JobHandle(job_cid={self.job_cid!r}, status={self.status!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class CostEntry:
+    job_cid: str
+    capability: str
+    executor: str
+    status: str
+    duration_ms: float
+    charge: int
+    currency: str
+
+
+@dataclass(frozen=True)
+class CostReport:
+    """What this client's jobs cost: per job, per executor and in total (per currency)."""
+
+    jobs: tuple[CostEntry, ...]
+
+    @property
+    def total(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for e in self.jobs:
+            out[e.currency] = out.get(e.currency, 0) + e.charge
+        return out
+
+    @property
+    def by_executor(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for e in self.jobs:
+            per = out.setdefault(e.executor, {})
+            per[e.currency] = per.get(e.currency, 0) + e.charge
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "jobs": [dataclasses.asdict(e) for e in self.jobs],
+            "total": self.total,
+            "by_executor": self.by_executor,
+        }
+
+
+_current_handle: ContextVar[JobHandle | None] = ContextVar("crankmesh_job_handle", default=None)
+
+
+def _emit(kind: str, job_cid: str | None, **data: Any) -> None:
+    handle = _current_handle.get()
+    if handle is not None:
+        handle._emit(kind, job_cid, **data)
 
 
 class _Bounded(OrderedDict[str, Any]):

@@ -76,7 +76,7 @@ __all__ = [
 TOKEN_TYPE: Final = "token"
 #: Longest chain accepted: a root and up to 7 delegations.
 MAX_CHAIN_LINKS: Final = 8
-#: Largest token envelope accepted (a real one is about 450–750 bytes).
+#: Largest token envelope accepted (a real one is about 300–650 bytes).
 MAX_TOKEN_BYTES: Final = 1024
 #: Largest encoded chain accepted (8 links of 1024 bytes plus array and bin headers).
 MAX_CHAIN_BYTES: Final = 9 * 1024

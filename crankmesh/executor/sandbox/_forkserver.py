@@ -34,6 +34,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import ctypes
+import dataclasses
 import errno
 import functools
 import gc
@@ -132,6 +133,7 @@ CLONE_NEWIPC = 0x08000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
+MS_RDONLY, MS_REMOUNT = 1, 32
 MS_BIND, MS_REC, MS_PRIVATE = 4096, 16384, 1 << 18
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE = 1, 4
 PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 36, 38
@@ -279,6 +281,10 @@ class ServerConfig:
     uid_base: int | None = None
     netns_per_job: bool = True
     warm: bool = True
+    #: (blocker, paths): directories of the interpreter hidden from other uids by a
+    #: non-searchable ancestor (e.g. /root/.pyenv under a 0700 /root), re-exposed read-only
+    #: inside STRICT jobs; computed by the fork-server itself.
+    expose: tuple[tuple[str, tuple[str, ...]], ...] = ()
     node_pid: int = 0
     ctl_fd: int = 3
 
@@ -334,18 +340,62 @@ def _enter_namespaces(cfg: ServerConfig, workdir: str) -> str:
         flags |= CLONE_NEWNET
     unshare(flags)
     mount(b"none", b"/", None, MS_REC | MS_PRIVATE)
-    # opened inside the new mount namespace (a bind source must be in it), before the
-    # tmpfs mounts may hide the path
+    # bind sources are opened inside the new mount namespace (they must be in it), before
+    # the tmpfs mounts below may hide their paths
     wd_fd = os.open(workdir, os.O_PATH | os.O_DIRECTORY)
+    exposed = [
+        (blocker, [(path, os.open(path, os.O_PATH | os.O_DIRECTORY)) for path in paths])
+        for blocker, paths in cfg.expose
+    ]
     mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     for path in TMPFS_DIRS:
         if os.path.isdir(path) and not os.path.islink(path):
             mount(b"tmpfs", path.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, TMPFS_OPTS)
+    for blocker, opened in exposed:
+        # hide the rest of the blocker (e.g. /root), show only the interpreter, read-only
+        mount(b"tmpfs", blocker.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, b"size=1m,mode=755")
+        for path, fd in opened:
+            os.makedirs(path, mode=0o755, exist_ok=True)
+            _bind(fd, path, readonly=True)
     os.mkdir(JOB_DIR_IN_NS, 0o700)
-    mount(f"/proc/self/fd/{wd_fd}".encode(), JOB_DIR_IN_NS.encode(), None, MS_BIND)
-    os.close(wd_fd)
+    _bind(wd_fd, JOB_DIR_IN_NS, readonly=False)
     sethostname(b"crankmesh-job")
     return JOB_DIR_IN_NS
+
+
+def _bind(fd: int, target: str, *, readonly: bool) -> None:
+    mount(f"/proc/self/fd/{fd}".encode(), target.encode(), None, MS_BIND | MS_REC)
+    os.close(fd)
+    if readonly:
+        with contextlib.suppress(OSError):
+            mount(b"none", target.encode(), None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+
+
+def exposure_plan(paths: Iterable[str]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """Group the directories other uids cannot reach by their first non-searchable ancestor.
+
+    A directory that is itself not readable is left out (there is nothing to re-expose).
+    """
+    plan: dict[str, list[str]] = {}
+    wanted = sorted({os.path.realpath(p) for p in paths if p and os.path.isdir(p)})
+    for path in wanted:
+        parts = path.strip("/").split("/")
+        for depth in range(len(parts)):
+            ancestor = "/" + "/".join(parts[:depth])
+            if not os.stat(ancestor).st_mode & 0o001:
+                group = plan.setdefault(ancestor, [])
+                if not any(path == p or path.startswith(p + "/") for p in group):
+                    group[:] = [p for p in group if not p.startswith(path + "/")] + [path]
+                break
+    return tuple((blocker, tuple(paths)) for blocker, paths in sorted(plan.items()))
+
+
+def interpreter_paths() -> list[str]:
+    """Every directory a job's interpreter (and a ``sys.executable`` subprocess) reads."""
+    paths = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix]
+    paths += [os.path.dirname(sys.executable), os.path.dirname(os.path.realpath(sys.executable))]
+    paths += [p for p in sys.path if p and os.path.isdir(p)]
+    return paths
 
 
 def _become_job(cfg: ServerConfig, slot: int, job_dir: str) -> None:
@@ -590,7 +640,7 @@ class _JobRunner:
         self.pid = os.getpid()
         self.stdout = _text_stream(1)
         self.stderr = _text_stream(2, line_buffering=True)
-        self.stdin = open(os.devnull)  # noqa: SIM115 - lives as long as the process
+        self.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8")
 
     def warm(self) -> None:
         out = open(os.devnull, "w")  # noqa: SIM115
@@ -1501,6 +1551,9 @@ def serve(cfg: ServerConfig) -> int:
         mod = sys.modules.get(name)
         if mod is not None:
             versions[name] = str(getattr(mod, "__version__", getattr(mod, "version", "?")))
+    hidden = exposure_plan(interpreter_paths())
+    if cfg.namespaces:
+        cfg = dataclasses.replace(cfg, expose=hidden)
     server = _Server(cfg, ctl) if not error else None
     if server is not None:
         try:
@@ -1515,6 +1568,7 @@ def serve(cfg: ServerConfig) -> int:
                 "error": error,
                 "pid": os.getpid(),
                 "versions": versions,
+                "hidden": [path for _blocker, paths in hidden for path in paths],
             }
         )
     )

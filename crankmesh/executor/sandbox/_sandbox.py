@@ -207,6 +207,15 @@ class Sandbox:
             await server.close()
             self._unavailable[profile] = error
             logger.info("sandbox env profile %s is not available: %s", profile, error)
+        hidden = sorted({p for server in self._servers.values() for p in server.hidden})
+        if hidden and level is IsolationLevel.STANDARD:
+            note = (
+                f"the interpreter's directories {hidden} are not readable by the sandbox uids: "
+                "jobs can import only the preloaded modules (STRICT re-exposes them read-only)"
+            )
+            logger.warning("sandbox: %s", note)
+            report = self._report
+            self._report = IsolationReport(report.level, report.features, (*report.notes, note))
         if "python-core" in failures:
             raise SandboxError(
                 f"the python-core env profile cannot start: {failures['python-core']}"
@@ -391,6 +400,8 @@ class _ForkServer:
         self.ctl: socket.socket | None = None
         self.errfile: Any = None
         self.closed = False
+        #: interpreter directories other uids cannot read (reported by the fork-server)
+        self.hidden: tuple[str, ...] = ()
         self._start_lock = anyio.Lock()
         self._send_lock = anyio.Lock()
 
@@ -460,6 +471,7 @@ class _ForkServer:
             if not ready.get("ok"):
                 await self._reap(kill=True)
                 return str(ready.get("error") or "the fork-server refused to start")
+            self.hidden = tuple(str(p) for p in ready.get("hidden") or ())
             # one trivial job through the real path: proves the isolation actually works
             warm = await self.submit(
                 encode_request(code="pass", args=None, accelerator="cpu", limits=DEFAULT_LIMITS),

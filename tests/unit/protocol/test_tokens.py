@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -445,3 +446,58 @@ def test_scope_within_is_transitive_and_sound(
                 assert scope_covers(parent, cap)
         assert scope_within(child, "*")
     assert scope_within(child, child)
+
+
+# --------------------------------------------------------------------------- RFC example
+
+RFC = (Path(__file__).parents[3] / "rfcs" / "0001-crankmesh-wire-protocol.md").read_text(
+    encoding="utf-8"
+)
+
+
+def test_rfc_example_is_reproduced_byte_for_byte() -> None:
+    """RFC 0001 §8.12 quotes this example; the reference must produce exactly those bytes."""
+    section = RFC[RFC.index("### 8.12 Budget tokens") : RFC.index("## 9. Subjects")]
+    treasury = Identity.from_seed(bytes([0x42]) * 32)
+    originator = Identity.from_seed(bytes(range(32)))
+    executor = Identity.from_seed(bytes(32))
+    root = issue(
+        treasury,
+        audience=originator.did,
+        scope="python.*",
+        amount=5_000_000,
+        currency="USD",
+        now_ms=1_700_000_000_000,
+        ttl_ms=3_600_000,
+        nonce=bytes(range(0x30, 0x40)),
+    )
+    child = delegate(
+        root,
+        originator,
+        audience=executor.did,
+        amount=250_000,
+        scope="python.run",
+        exp=1_700_000_600_000,
+        now_ms=1_700_000_000_100,
+        nonce=bytes(range(0x40, 0x50)),
+    )
+    assert treasury.did in section
+    for env in (root, child):
+        hex_text = env.raw.hex()
+        lines = [hex_text[i : i + 64] for i in range(0, len(hex_text), 64)]
+        assert "\n".join(lines) in section
+        assert f"({len(env.raw)} bytes), CID `{env.cid}`" in section
+    assert f"The encoded chain is {len(encode_chain([root, child]))} bytes" in section
+    grant = verify_chain(
+        [root, child], now_ms=1_700_000_300_000, capability="python.run", holder=executor.did
+    )
+    assert (grant.amount, grant.exp, grant.holder) == (250_000, 1_700_000_600_000, executor.did)
+    for now, kw in [
+        (1_700_000_300_000, {"capability": "gpu.run"}),
+        (1_700_000_700_000, {}),
+        (1_699_999_990_000, {}),
+    ]:
+        with pytest.raises(TokenInvalid) as info:
+            verify_chain([root, child], now_ms=now, **kw)
+        assert f"`{info.value}`" in section
+    assert '`t = "token"`' in section

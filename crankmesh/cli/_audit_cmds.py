@@ -1,0 +1,176 @@
+"""``crankmesh audit`` and ``crankmesh receipts export`` (RFC 0002).
+
+The parser is built in :mod:`crankmesh.cli`; :func:`add_audit_arguments` and
+:func:`add_receipts_export_arguments` add the arguments these commands read. Attributes
+read from the ``argparse.Namespace``:
+
+``cmd_audit``
+    ``nats`` (str | None: NATS URL(s), comma-separated), ``file`` (str | None: an export
+    file), exactly one of the two; ``stream`` (str | None: stream name, default
+    ``CRANKMESH_<FED>``), ``federation`` (str | None, default ``"default"``; with
+    ``--file`` the export header's), ``json`` (bool), and, optional on the namespace,
+    ``trusted`` (list of DIDs | None) and ``connect_timeout`` (float seconds, default 5).
+
+``cmd_receipts_export``
+    ``nats`` (str, required), ``out`` (str, required), ``stream``, ``federation``,
+    ``json``, ``connect_timeout`` as above.
+
+Exit status: 0 everything verified (export: written), 1 at least one finding (each
+printed with its receipt or record CID and what is wrong), 2 usage errors: neither or
+both of ``--nats`` / ``--file``, an unreadable export file, NATS unreachable, no such
+stream.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import anyio
+
+from ..protocol.errors import TransportError
+from ..receipts.audit import Record, audit
+from ..receipts.export import ExportError, ExportHeader, read_export, read_stream, write_export
+from ..receipts.store import stream_name
+
+__all__ = [
+    "add_audit_arguments",
+    "add_receipts_export_arguments",
+    "cmd_audit",
+    "cmd_receipts_export",
+]
+
+_DEFAULT_FEDERATION = "default"
+
+
+def _federation_default() -> str:
+    return os.environ.get("CRANKMESH_FEDERATION", _DEFAULT_FEDERATION)
+
+
+def add_audit_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``crankmesh audit`` (sets ``fn=cmd_audit``)."""
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--nats", help="NATS URL(s), comma-separated: audit the live stream")
+    src.add_argument("--file", help="audit an export file (crankmesh receipts export)")
+    p.add_argument("--stream", help="JetStream stream (default CRANKMESH_<FEDERATION>)")
+    p.add_argument(
+        "--federation", help="federation name (default: $CRANKMESH_FEDERATION or 'default')"
+    )
+    p.add_argument(
+        "--trusted",
+        action="append",
+        metavar="DID",
+        help="accept only records signed by these DIDs (repeatable); others are findings",
+    )
+    p.add_argument("--connect-timeout", type=float, default=5.0, help="seconds (default 5)")
+    p.add_argument("--json", action="store_true", help="the report as one JSON object")
+    p.set_defaults(fn=cmd_audit)
+
+
+def add_receipts_export_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``crankmesh receipts export`` (sets ``fn=cmd_receipts_export``)."""
+    p.add_argument("--nats", required=True, help="NATS URL(s), comma-separated")
+    p.add_argument("--out", required=True, help="export file to write (JSON Lines)")
+    p.add_argument("--stream", help="JetStream stream (default CRANKMESH_<FEDERATION>)")
+    p.add_argument(
+        "--federation", help="federation name (default: $CRANKMESH_FEDERATION or 'default')"
+    )
+    p.add_argument("--connect-timeout", type=float, default=5.0, help="seconds (default 5)")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.set_defaults(fn=cmd_receipts_export)
+
+
+def _usage(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+async def _fetch(url: str, stream: str, connect_timeout_s: float) -> list[Record]:
+    from ..transport import NatsOptions, connect
+
+    options = NatsOptions.from_url(
+        url,
+        name="crankmesh-audit",
+        initial_connect_timeout_s=connect_timeout_s,
+        max_reconnect_attempts=0,
+    )
+    nc = await connect(options)
+    try:
+        return await read_stream(nc, stream)
+    finally:
+        with anyio.move_on_after(2.0, shield=True):
+            await nc.close()
+
+
+def _stream_and_federation(args: argparse.Namespace) -> tuple[str, str]:
+    federation = getattr(args, "federation", None) or _federation_default()
+    stream = getattr(args, "stream", None) or stream_name(federation)
+    return stream, federation
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Audit a live stream (``--nats``) or an export file (``--file``); see the module doc."""
+    url: str | None = getattr(args, "nats", None)
+    path: str | None = getattr(args, "file", None)
+    if (url is None) == (path is None):
+        return _usage("give exactly one of --nats URL (the live stream) or --file PATH (an export)")
+    trusted: list[str] | None = getattr(args, "trusted", None)
+    source: str
+    try:
+        if path is not None:
+            header, records = read_export(path)
+            source = f"export {path} (federation {header.federation!r}, stream {header.stream!r})"
+        else:
+            assert url is not None
+            stream, federation = _stream_and_federation(args)
+            timeout = float(getattr(args, "connect_timeout", 5.0) or 5.0)
+            records = anyio.run(_fetch, url, stream, timeout)
+            source = f"stream {stream!r} (federation {federation!r})"
+        report = audit(records, now_ms=_now_ms(), trusted=trusted)
+    except (ExportError, TransportError, ValueError) as exc:
+        return _usage(str(exc))
+    if getattr(args, "json", False):
+        obj: dict[str, Any] = report.to_dict()
+        obj["source"] = source
+        print(json.dumps(obj))
+    else:
+        print(f"source: {source}")
+        print(report.render())
+    return 0 if report.ok else 1
+
+
+def cmd_receipts_export(args: argparse.Namespace) -> int:
+    """Write every record of the stream to ``--out``; see the module doc."""
+    url: str | None = getattr(args, "nats", None)
+    out: str | None = getattr(args, "out", None)
+    if not url or not out:
+        return _usage("crankmesh receipts export needs --nats URL and --out PATH")
+    try:
+        stream, federation = _stream_and_federation(args)
+        timeout = float(getattr(args, "connect_timeout", 5.0) or 5.0)
+        records = anyio.run(_fetch, url, stream, timeout)
+        header = ExportHeader(federation=federation, stream=stream, exported_ms=_now_ms())
+        write_export(out, records, header)
+    except (ExportError, TransportError, ValueError) as exc:
+        return _usage(str(exc))
+    summary = {
+        "out": out,
+        "stream": stream,
+        "federation": federation,
+        "records": len(records),
+        "first_seq": records[0].seq if records else None,
+        "last_seq": records[-1].seq if records else None,
+    }
+    if getattr(args, "json", False):
+        print(json.dumps(summary))
+    else:
+        print(f"exported {len(records)} record(s) of stream {stream!r} to {out}")
+    return 0

@@ -1,0 +1,79 @@
+"""A small synchronous wrapper for scripts: ``with SyncClient(nats=url) as c: c.run(job)``.
+
+Resource handling: an event loop runs in a background thread (an anyio blocking
+portal) for the life of the ``with`` block; the async :class:`Client` lives there.
+Error handling: exceptions from the async client are re-raised unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
+from typing import Any
+
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+from .client import Client, CostReport
+from .job import Job, JobResult
+
+__all__ = ["SyncClient"]
+
+
+class SyncClient:
+    """Blocking facade over :class:`Client`; takes the same arguments."""
+
+    def __init__(self, **client_kwargs: Any) -> None:
+        self._kwargs = client_kwargs
+        self._portal_cm: AbstractContextManager[BlockingPortal] | None = None
+        self._portal: BlockingPortal | None = None
+        self._client: Client | None = None
+        self._client_cm: AbstractContextManager[Client] | None = None
+
+    def __enter__(self) -> SyncClient:
+        self._portal_cm = start_blocking_portal(backend="asyncio")
+        self._portal = self._portal_cm.__enter__()
+        try:
+            client = Client(**self._kwargs)
+            # The client's task group must live in one task from enter to exit.
+            self._client_cm = self._portal.wrap_async_context_manager(client)
+            self._client = self._client_cm.__enter__()
+        except BaseException:
+            self._portal_cm.__exit__(None, None, None)
+            self._portal = self._portal_cm = None
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        cm, client_cm = self._portal_cm, self._client_cm
+        self._portal = self._portal_cm = self._client = self._client_cm = None
+        if cm is not None:
+            try:
+                if client_cm is not None:
+                    client_cm.__exit__(None, None, None)
+            finally:
+                cm.__exit__(None, None, None)
+
+    def _require(self) -> tuple[BlockingPortal, Client]:
+        if self._portal is None or self._client is None:
+            from ..protocol.errors import ClientStateError
+
+            raise ClientStateError("Use the SyncClient inside a `with` block.")
+        return self._portal, self._client
+
+    def run(self, job: Job, **kwargs: Any) -> JobResult:
+        portal, client = self._require()
+        return portal.call(lambda: client.run(job, **kwargs))
+
+    def map(self, jobs: Iterable[Job], **kwargs: Any) -> list[Any]:
+        portal, client = self._require()
+        return portal.call(lambda: client.map(jobs, **kwargs))
+
+    def wait_for_peers(self, capability: str, count: int = 1, wait_s: float = 10.0) -> int:
+        portal, client = self._require()
+        return portal.call(client.wait_for_peers, capability, count, wait_s)
+
+    def costs(self) -> CostReport:
+        return self._require()[1].costs()
