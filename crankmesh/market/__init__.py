@@ -13,6 +13,7 @@ While collecting bids, :func:`can_be_beaten` says when the bid window may close 
 
 from __future__ import annotations
 
+from ._budget import BudgetLedger, JobCharge, JobChargeState
 from ._candidate import Candidate, Terms
 from ._early_close import can_be_beaten
 from ._explain import ConsideredBid, Explanation
@@ -38,10 +39,13 @@ from ._reputation import UNKNOWN_REPUTATION, LocalReputation, reputation_score
 
 __all__ = [
     "BASE_FILTERS",
+    "BudgetLedger",
     "Candidate",
     "ConsideredBid",
     "Explanation",
     "Filter",
+    "JobCharge",
+    "JobChargeState",
     "KeyPolicy",
     "LocalReputation",
     "POLICIES",

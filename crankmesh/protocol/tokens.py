@@ -28,7 +28,7 @@ is ``q.*`` and ``c`` (without a trailing ``.*``) is ``q`` or starts with ``q.``.
 
 A token is an upper bound on spending *authority*, not a coin: two children of one token may
 together name more than the parent's amount.  What has been spent is tracked by a ledger
-(:class:`crankmesh.market.budget.BudgetLedger`) and, for audit, by the ``budget`` CID that every
+(:class:`crankmesh.market.BudgetLedger`) and, for audit, by the ``budget`` CID that every
 receipt carries.
 
 Pure: no I/O, no clocks (``now_ms`` is a parameter).  Error handling: chain defects raise

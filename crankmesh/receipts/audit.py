@@ -296,7 +296,8 @@ class AuditReport:
             widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
             lines.append("")
             for row in rows:
-                lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+                cells = (c.ljust(w) for c, w in zip(row, widths, strict=True))
+                lines.append("  ".join(cells).rstrip())
         if self.budgets:
             lines += ["", "budgets (root tokens):"]
             for b in self.budgets:
@@ -434,6 +435,19 @@ class _Auditor:
             self.find("malformed_envelope", ident, None, f"{where}: {exc}{moved_note}")
             return
         signer = env.signer
+        executor = signer if env.type in ("receipt", "bid") else None
+        try:
+            env.verify()
+        except ProtocolError as exc:
+            self._not_evidence(cid, record, env)
+            self.find(
+                "bad_signature",
+                ident,
+                executor,
+                f"{where}: the {env.type} signature does not verify for {signer} ({exc}); "
+                f"the record was altered or forged{moved_note}",
+            )
+            return
         try:
             msg: Any
             if env.type == "token":
@@ -443,29 +457,16 @@ class _Auditor:
             else:
                 msg = None
         except ProtocolError as exc:
+            # signed by its signer, but not a valid message: the signer's own defect
             self._not_evidence(cid, record, env)
-            executor = signer if env.type == "receipt" else None
             self.find("malformed_envelope", ident, executor, f"{where}: {exc}{moved_note}")
-            return
-        try:
-            env.verify()
-        except ProtocolError as exc:
-            self._not_evidence(cid, record, env)
-            executor = signer if env.type == "receipt" else None
-            self.find(
-                "bad_signature",
-                ident,
-                executor,
-                f"{where}: the {env.type} signature does not verify for {signer} ({exc}); "
-                f"the record was altered or forged{moved_note}",
-            )
             return
         # From here on the envelope is authentic: it is evidence.
         if moved:
             self.find(
                 "cid_mismatch",
                 cid,
-                signer if env.type == "receipt" else None,
+                executor,
                 f"{where} ({env.type} signed by {signer}) is stored under message id "
                 f"{record.msg_id}, but its bytes hash to {cid}",
             )
@@ -484,7 +485,7 @@ class _Auditor:
             self.find(
                 "wrong_subject",
                 cid,
-                signer if env.type == "receipt" else None,
+                executor,
                 f"{where}: a {env.type} signed by {signer} belongs on "
                 f"crank.<fed>.{expected_area}.{did_node_id(signer)}",
             )
@@ -492,14 +493,14 @@ class _Auditor:
             self.find(
                 "untrusted_signer",
                 cid,
-                signer if env.type == "receipt" else None,
+                executor,
                 f"{where}: {env.type} signed by {signer}, who is not in the trusted set",
             )
         if env.ts > self.now_ms + self.max_skew_ms:
             self.find(
                 "future_timestamp",
                 cid,
-                signer if env.type == "receipt" else None,
+                executor,
                 f"{where}: {env.type} ts {env.ts} is {env.ts - self.now_ms} ms after the "
                 f"audit time {self.now_ms} (allowed skew {self.max_skew_ms} ms)",
             )

@@ -10,17 +10,26 @@ nothing of the node. It is *self-contained* (standard library + msgpack): it nev
 ``crankmesh`` (whose ``__init__`` may pull in NATS and key handling). The node imports it as
 a module only for the wire helpers and constants below.
 
-Process tree per job slot (``STRICT``; lower levels skip the namespaces / uid switch)::
+Processes of one job slot::
 
-    fork-server (root, single-threaded epoll loop)
-    └── init   pid 1 of a new pid namespace, + net/ipc/uts/mount namespaces, private
-        │      /proc and tmpfs on /tmp, /var/tmp, /dev/shm, /run/lock; child subreaper;
-        │      stays root; waits for the job, then kills and reaps everything of it
-        └── job   setgroups([]), setresgid/setresuid(slot uid), no_new_privs,
-                  pdeathsig; blocks reading its job, applies rlimits, runs the code
+    STRICT (root):
+    fork-server (root, single-threaded epoll loop, pre-imported profile modules)
+    └── job   pid 1 of its own pid namespace; own net (no interface up), IPC, UTS and
+              mount namespaces (private /proc, tmpfs on /tmp /var/tmp /dev/shm /run/lock,
+              the interpreter re-exposed read-only when a 0700 parent hides it);
+              setgroups([]) + setresgid/setresuid(slot uid), no_new_privs, pdeathsig.
+              When it ends, the kernel kills and reaps everything else in its namespace.
 
-Children are *pre-forked*: a slot's init + job pair is created (namespaces, uid switch and
-all) while the slot is idle, so a job only pays for its own code. Protocol:
+    below STRICT:
+    fork-server
+    └── init   supervisor + child subreaper (keeps the server's uid)
+        └── job   (slot uid at STANDARD) ... when it ends, init kills every process of
+                  the slot uid (STANDARD) or every descendant (BASIC/NONE) and reaps them.
+
+Children are *pre-forked* and warmed up (the job path is run once on a dummy job, so the
+copy-on-write faults of a fresh fork are paid while the slot is idle): a job only pays for
+its own code. A slot alternates between two uids, so the pre-forked successor never shares
+a uid with the job that just ended. Protocol:
 
 - node -> server, control socket (``ctl_fd``): one byte ``b"J"`` + one unix socket (SCM_RIGHTS)
   per job; EOF means shut down. server -> node: one ``ready`` frame at start.
@@ -398,14 +407,12 @@ def interpreter_paths() -> list[str]:
     return paths
 
 
-def _become_job(cfg: ServerConfig, slot: int, job_dir: str) -> None:
+def _become_job(cfg: ServerConfig, uid: int, job_dir: str) -> None:
     """Drop to the slot's uid, set no_new_privs and pdeathsig, enter the job's cwd/env."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     if cfg.separate_uid:
-        assert cfg.uid_base is not None
-        uid = cfg.uid_base + slot
         os.setgroups([])
         os.setresgid(uid, uid, uid)
         os.setresuid(uid, uid, uid)
@@ -428,7 +435,7 @@ def _await_job(runner: _JobRunner, job_r: int) -> bytes | None:
     return body
 
 
-def _strict_main(cfg: ServerConfig, slot: int, workdir: str, fds: dict[str, int]) -> NoReturn:
+def _strict_main(cfg: ServerConfig, uid: int, workdir: str, fds: dict[str, int]) -> NoReturn:
     """STRICT: the job process itself is pid 1 of its own pid namespace. Never returns.
 
     When it exits (or is killed), the kernel kills every other process of the namespace
@@ -440,7 +447,7 @@ def _strict_main(cfg: ServerConfig, slot: int, workdir: str, fds: dict[str, int]
         os.setsid()
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         job_dir = _enter_namespaces(cfg, workdir)
-        _become_job(cfg, slot, job_dir)
+        _become_job(cfg, uid, job_dir)
         runner = _JobRunner(cfg, fds["res_w"])
         body = _await_job(runner, fds["job_r"])
         _write_all(st_w, frame(["P", runner.pre_cpu_us]))
@@ -454,7 +461,7 @@ def _strict_main(cfg: ServerConfig, slot: int, workdir: str, fds: dict[str, int]
 
 
 def _init_main(
-    cfg: ServerConfig, slot: int, workdir: str, fds: dict[str, int], server_pid: int
+    cfg: ServerConfig, uid: int, workdir: str, fds: dict[str, int], server_pid: int
 ) -> NoReturn:
     """Below STRICT: init, the job's supervisor and subreaper. Never returns.
 
@@ -476,14 +483,14 @@ def _init_main(
         pid = os.fork()
         if pid == 0:
             os.close(st_w)
-            _job_main(cfg, slot, workdir, fds["job_r"], fds["res_w"])
+            _job_main(cfg, uid, workdir, fds["job_r"], fds["res_w"])
         os.close(fds["job_r"])
         os.close(fds["res_w"])
         os.dup2(0, 1)
         os.dup2(0, 2)
         status = _init_wait(pid)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        _kill_descendants(cfg, slot, pid)
+        _kill_descendants(cfg, uid, pid)
         ru = resource.getrusage(resource.RUSAGE_CHILDREN)
         _write_all(st_w, frame(["E", status, _cpu_us(ru), ru.ru_maxrss]))
     except BaseException as exc:  # noqa: B036 - init must report, never raise
@@ -511,11 +518,9 @@ def _init_wait(pid: int) -> int:
         return -2
 
 
-def _kill_descendants(cfg: ServerConfig, slot: int, job_pid: int) -> None:
+def _kill_descendants(cfg: ServerConfig, uid: int, job_pid: int) -> None:
     """Kill and reap everything the job left behind (init is their subreaper)."""
     if cfg.separate_uid:
-        assert cfg.uid_base is not None
-        uid = cfg.uid_base + slot
         os.setresgid(uid, uid, uid)
         os.setresuid(uid, uid, uid)  # kill(-1) now reaches exactly the job's processes
         with contextlib.suppress(OSError):
@@ -542,11 +547,11 @@ def _kill_descendants(cfg: ServerConfig, slot: int, job_pid: int) -> None:
             return
 
 
-def _job_main(cfg: ServerConfig, slot: int, job_dir: str, job_r: int, res_w: int) -> NoReturn:
+def _job_main(cfg: ServerConfig, uid: int, job_dir: str, job_r: int, res_w: int) -> NoReturn:
     """Below STRICT: the job process, child of init. Never returns."""
     try:
         os.setpgid(0, 0)
-        _become_job(cfg, slot, job_dir)
+        _become_job(cfg, uid, job_dir)
         runner = _JobRunner(cfg, res_w)
         body = _await_job(runner, job_r)
     except BaseException as exc:  # noqa: B036 - report, never raise
@@ -829,6 +834,7 @@ class _Server:
         self.queue: deque[_Job] = deque()
         self.jobs: set[_Job] = set()
         self.counter = 0
+        self.uid_flip = [1] * cfg.slots
         self.pid = os.getpid()
         self.closing = False
         self.pidns_fd = os.open("/proc/self/ns/pid", os.O_RDONLY) if cfg.namespaces else -1
@@ -856,9 +862,9 @@ class _Server:
         self.counter += 1
         workdir = os.path.join(cfg.workdir, f"{slot}-{self.counter}")
         os.mkdir(workdir, 0o700)
+        uid = self.next_uid(slot)
         if cfg.separate_uid:
-            assert cfg.uid_base is not None
-            os.chown(workdir, cfg.uid_base + slot, cfg.uid_base + slot)
+            os.chown(workdir, uid, uid)
         fds: dict[str, int] = {}
         for name in ("job", "out", "err", "res", "st"):
             fds[f"{name}_r"], fds[f"{name}_w"] = os.pipe2(os.O_CLOEXEC)
@@ -870,8 +876,8 @@ class _Server:
             pid = -1
         if pid == 0:
             if cfg.namespaces:
-                _strict_main(cfg, slot, workdir, fds)
-            _init_main(cfg, slot, workdir, fds, self.pid)
+                _strict_main(cfg, uid, workdir, fds)
+            _init_main(cfg, uid, workdir, fds, self.pid)
         if cfg.namespaces:
             setns(self.pidns_fd, CLONE_NEWPID)  # later children: back to our own namespace
         if pid < 0:
@@ -900,6 +906,14 @@ class _Server:
         self.watch(child.st_r, select.EPOLLIN, functools.partial(self.on_st, child))
         return child
 
+    def next_uid(self, slot: int) -> int:
+        """The uid of the slot's next child: alternating between two uids per slot, so the
+        pre-forked successor never shares a uid with the job that just ended."""
+        if self.cfg.uid_base is None:
+            return -1
+        self.uid_flip[slot] ^= 1
+        return self.cfg.uid_base + slot + self.uid_flip[slot] * self.cfg.slots
+
     def refill(self, slot: int) -> None:
         try:
             self.prefork(slot)
@@ -912,8 +926,7 @@ class _Server:
         if not self.cfg.separate_uid:
             return
         assert self.cfg.uid_base is not None
-        for slot in range(self.cfg.slots):
-            uid = self.cfg.uid_base + slot
+        for uid in range(self.cfg.uid_base, self.cfg.uid_base + 2 * self.cfg.slots):
             pid = os.fork()
             if pid == 0:
                 try:

@@ -22,8 +22,8 @@ FORKSERVER_PATH = Path(_forkserver.__file__).resolve()
 
 #: Per-slot uids come from blocks of this range; gid == uid.
 UID_RANGE_START = 61000
-UID_BLOCK_SIZE = 64
-UID_BLOCKS = 60
+UID_BLOCK_SIZE = 128  # two uids per slot (they alternate), at most 64 slots
+UID_BLOCKS = 30
 UID_LOCK_DIR = "/run/crankmesh-sandbox"
 
 #: Features every level >= NONE has (they cost nothing).
@@ -120,8 +120,8 @@ class UidBlock:
 
     @classmethod
     def acquire(cls, slots: int) -> UidBlock:
-        if slots > UID_BLOCK_SIZE:
-            raise SandboxError(f"at most {UID_BLOCK_SIZE} slots per profile, asked for {slots}")
+        if 2 * slots > UID_BLOCK_SIZE:
+            raise SandboxError(f"at most {UID_BLOCK_SIZE // 2} slots per profile, got {slots}")
         try:
             os.makedirs(UID_LOCK_DIR, mode=0o700, exist_ok=True)
         except OSError as exc:

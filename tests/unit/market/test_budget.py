@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crankmesh.market.budget import BudgetLedger, JobCharge
+from crankmesh.market import BudgetLedger, JobCharge
 from crankmesh.protocol.errors import BudgetExceeded
 from crankmesh.protocol.tokens import TokenGrant
 
