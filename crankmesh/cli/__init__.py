@@ -308,7 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--accelerator", default="cpu")
     sb.add_argument("--timeout", type=float, default=10.0, help="job timeout (s)")
     sb.add_argument("--max-price", type=_parse_price)
-    sb.add_argument("--policy", default="cost")
+    sb.add_argument("--policy", default="cost", help="greedy | balanced | cost | latency | slo")
+    sb.add_argument("--slo-p95-ms", type=float, help="required p95 latency (ms), for --policy slo")
+    sb.add_argument("--budget", metavar="TOKENFILE", help="pay from this budget token chain")
+    sb.add_argument("--key", help="originator key file (needed to spend a --budget token)")
+    sb.add_argument("--explain", action="store_true", help="print why the executor was chosen")
     sb.add_argument("--count", type=int, default=1)
     sb.add_argument(
         "--wait-peers",
@@ -318,7 +322,108 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sb.add_argument("--json", action="store_true")
     sb.set_defaults(fn=_cmd_submit)
+    _add_token_parsers(sub)
+    _add_executor_parsers(sub)
+    _add_audit_parsers(sub)
     return p
+
+
+def _add_token_parsers(sub: Any) -> None:
+    from . import _token_cmds as tok
+
+    t = sub.add_parser(
+        "token",
+        help="issue, delegate or inspect budget tokens",
+        description="Budget capability tokens (RFC 0001 §8.12): signed, delegable with "
+        "attenuation (less money, narrower scope, earlier expiry). Token files hold the "
+        "whole chain, root first.",
+    )
+    tsub = t.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    i = tsub.add_parser("issue", help="issue a root token from your key")
+    i.add_argument("--key", required=True, help="issuer key file")
+    i.add_argument("--audience", required=True, help="DID that may spend or delegate it")
+    i.add_argument("--scope", required=True, help="capability pattern: python.run, python.*, *")
+    i.add_argument("--amount", help="amount in units, e.g. 1.50")
+    i.add_argument("--amount-micros", help="amount in integer micro-units")
+    i.add_argument("--currency", default="USD")
+    i.add_argument("--ttl", default="1h", help="validity, e.g. 90s, 5m, 1h, 2d")
+    i.add_argument("--out", required=True, help="token chain file to write")
+    i.add_argument("--force", action="store_true", help="overwrite --out")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(fn=tok.cmd_token_issue)
+    d = tsub.add_parser("delegate", help="delegate a token you hold, attenuated")
+    d.add_argument("--token", required=True, help="the chain you hold")
+    d.add_argument("--key", required=True, help="your key (the token's audience)")
+    d.add_argument("--audience", required=True, help="DID receiving the delegation")
+    d.add_argument("--amount")
+    d.add_argument("--amount-micros")
+    d.add_argument("--scope")
+    d.add_argument("--ttl")
+    d.add_argument("--out", required=True)
+    d.add_argument("--force", action="store_true")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(fn=tok.cmd_token_delegate)
+    n = tsub.add_parser("inspect", help="show a chain link by link and verify it now")
+    n.add_argument("--token", required=True)
+    n.add_argument("--capability", help="also check the scope covers this capability")
+    n.add_argument("--holder", help="also check the leaf audience is this DID")
+    n.add_argument("--trust", action="append", help="trusted root issuer DID (repeatable)")
+    n.add_argument("--json", action="store_true")
+    n.set_defaults(fn=tok.cmd_token_inspect)
+
+
+def _add_executor_parsers(sub: Any) -> None:
+    from . import _executor_cmds as ex
+
+    c = sub.add_parser(
+        "capabilities",
+        help="what this machine offers, as advertised",
+        description="Detect hardware (CPU, memory, GPUs through torch, frameworks, codecs) "
+        "and the sandbox isolation level, and print what a node on this machine advertises.",
+    )
+    c.add_argument("--no-gpu", action="store_true", help="skip GPU detection (no torch import)")
+    c.add_argument("--storage-dir", help="directory whose free space is reported")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(fn=ex.cmd_capabilities)
+    b = sub.add_parser(
+        "bench",
+        help="run the self-benchmark and print the profile",
+        description="Calibrate every capability this machine offers: p50/p95/p99 latency, "
+        "throughput, load sensitivity (concurrency 1, 2, 4), accuracy for ML capabilities, "
+        "and unit cost.",
+    )
+    b.add_argument("--capabilities", help="comma-separated subset to benchmark")
+    b.add_argument("--runs", type=int, default=30)
+    b.add_argument("--warmup", type=int, default=3)
+    b.add_argument("--concurrency", default="1,2,4", help="load levels, e.g. 1,2,4")
+    b.add_argument("--max-concurrency", type=int, default=2)
+    b.add_argument("--time-budget", type=float, default=10.0, help="seconds per capability")
+    b.add_argument("--price-per-cpu-second", type=int, help="µ-units per CPU-second")
+    b.add_argument("--price-per-gpu-second", type=int, help="µ-units per GPU-second")
+    b.add_argument("--min-price", type=int, help="minimum µ-units per job")
+    b.add_argument("--currency", default="USD")
+    b.add_argument("--no-gpu", action="store_true")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(fn=ex.cmd_bench)
+
+
+def _add_audit_parsers(sub: Any) -> None:
+    from . import _audit_cmds as au
+
+    a = sub.add_parser(
+        "audit",
+        help="verify persisted receipts, chains and cross-references",
+        description="Verify every signature, CID and hash-chain link, cross-check job -> bid "
+        "-> assignment -> receipt -> settlement, detect equivocation and overspend, and report "
+        "SLO compliance per executor. Exit 0: everything verifies; 1: findings; 2: usage.",
+    )
+    au.add_audit_arguments(a)
+    a.set_defaults(fn=au.cmd_audit)
+    r = sub.add_parser("receipts", help="receipt records: export for offline audit")
+    rsub = r.add_subparsers(dest="receipts_command", required=True, metavar="ACTION")
+    e = rsub.add_parser("export", help="export the record stream to a file")
+    au.add_receipts_export_arguments(e)
+    e.set_defaults(fn=au.cmd_receipts_export)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -222,7 +222,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             await bench.calibrate_all(
                 handlers,
                 runs=getattr(args, "runs", None) or 30,
-                warmup=getattr(args, "warmup", 3),
+                warmup=3 if getattr(args, "warmup", None) is None else args.warmup,
                 concurrency=levels,
                 time_budget_s=getattr(args, "time_budget", None) or 10.0,
             )

@@ -19,7 +19,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +33,8 @@ from ..protocol import subjects
 from ..protocol.cid import cid_for_blob, verify_blob
 from ..protocol.encoding import canonical_encode
 from ..protocol.envelope import ReplayGuard, check_fresh
-from ..protocol.errors import ProtocolError
+from ..market import BudgetLedger
+from ..protocol.errors import BudgetExceeded, ProtocolError, TokenInvalid
 from ..protocol.identity import Identity, did_node_id, open_sealed, seal
 from ..protocol.messages import (
     Accept,
@@ -51,6 +52,7 @@ from ..protocol.messages import (
     decode_message,
     job_cid_of,
 )
+from ..protocol.tokens import decode_chain, verify_chain
 from ..receipts.chain import ChainHead
 from .handlers import CapabilityHandler, Outcome
 from .stats import LatencyWindow
@@ -85,6 +87,8 @@ class ExecutorConfig:
     #: Per-originator token bucket on bids: sustained rate (bids/s) and burst.
     originator_rate: float = 200.0
     originator_burst: int = 400
+    #: Which budget-token issuers this executor accepts money from (None = any issuer).
+    trusted_budget_roots: Callable[[str], bool] | None = None
 
     def price_for(self, capability: str) -> int:
         return self.prices.get(capability, self.default_price)
@@ -132,6 +136,8 @@ class Executor:
         self.offer = offer or CapabilityOffer()
         self._match_cache: dict[bytes, tuple[CapabilityOffer, MatchResult]] = {}
         self._buckets = _TokenBuckets(self.config.originator_rate, self.config.originator_burst)
+        #: What this executor has booked against each budget token it was paid with.
+        self.budgets = BudgetLedger()
         #: High-water marks, to prove the executor never holds more than it advertised.
         self.peak_running = 0
         self.peak_outstanding = 0
@@ -197,6 +203,36 @@ class Executor:
             self._match_cache.clear()
         self._match_cache[key] = (self.offer, result)
         return result
+
+    def _check_budget(
+        self, rec: _BidRecord, asg: Assignment, now: int
+    ) -> tuple[str, str] | None:
+        """Verify the budget chain an assignment carries (RFC 0001 §8.12) and book
+        the bid's price against it; a ``(reason, detail)`` rejection otherwise."""
+        job = rec.job
+        if asg.budget_chain is None or job.budget is None:
+            return "budget_invalid", "job names a budget token but no chain came (or vice versa)"
+        try:
+            grant = verify_chain(
+                decode_chain(asg.budget_chain),
+                now_ms=now,
+                capability=job.capability,
+                holder=job.originator,
+                trusted_roots=self.config.trusted_budget_roots,
+            )
+        except (TokenInvalid, ProtocolError) as exc:
+            return "budget_invalid", str(exc)[:500]
+        if grant.leaf_cid != job.budget:
+            return "budget_invalid", "chain leaf is not the job's budget token"
+        if grant.currency != self.config.currency:
+            return "budget_invalid", f"token currency {grant.currency} != {self.config.currency}"
+        price = self.config.price_for(job.capability)
+        try:
+            self.budgets.release_if_reserved(rec.job_cid)
+            self.budgets.reserve(grant, rec.job_cid, price)
+        except BudgetExceeded as exc:
+            return "budget_exceeded", str(exc)
+        return None
 
     def update_offer(self, offer: CapabilityOffer) -> None:
         """New hardware facts (e.g. a GPU vanished or is busy): future bids use them."""
@@ -474,6 +510,11 @@ class Executor:
         if self._draining:
             await self._reject(msg, asg, env.cid, "draining", "executor is shutting down")
             return
+        if rec.job.budget is not None or asg.budget_chain is not None:
+            problem = self._check_budget(rec, asg, now)
+            if problem is not None:
+                await self._reject(msg, asg, env.cid, *problem)
+                return
         try:
             payload = open_sealed(asg.payload, self.identity)
             if len(payload) != rec.job.payload_size:
@@ -573,6 +614,9 @@ class Executor:
             )
             renv = receipt.sign(self.identity)
             self.chain.advance(seq, renv.cid)
+        booked = self.budgets.job(rec.job_cid) if job.budget is not None else None
+        if booked is not None and booked.state == "reserved":
+            self.budgets.settle(rec.job_cid, receipt.charge)
         delivery = ReceiptDelivery(
             receipt=renv.raw,
             result=None if result is None else seal(result, job.originator),

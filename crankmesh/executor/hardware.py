@@ -8,13 +8,14 @@ compute capability and a ``busy`` flag when almost no GPU memory is free; instal
 frameworks with their versions; video codecs ffmpeg can encode (hardware encoders only
 where the device they need is present); the env profiles and isolation level it is told.
 
-Costs and caching: the static facts (CPU, memory, frameworks, codecs, GPU models) are
-detected once per process and cached (:func:`clear_cache` forgets them); free storage and
-free GPU memory are measured on every call.  torch is imported lazily and only when
-``include_gpu`` is true (the import takes seconds); ``detect_hardware(include_gpu=False)``
-never imports it.  Reading free CUDA memory (``torch.cuda.mem_get_info``) creates a CUDA
-context on each GPU in *this* process; the sandbox's fork-servers are separate, clean
-interpreters, so they are not affected.
+Costs and caching: the static facts (CPU architecture and features, frameworks, codecs,
+storage medium) are detected once per process and cached (:func:`clear_cache` forgets
+them); core count, memory, free storage and GPUs with their free memory are measured on
+every call (cheap: a few syscalls and small ``/proc`` reads).  torch is imported lazily
+and only when ``include_gpu`` is true (the import takes seconds);
+``detect_hardware(include_gpu=False)`` never imports it.  Reading free CUDA memory
+(``torch.cuda.mem_get_info``) creates a CUDA context on each GPU in *this* process; the
+sandbox's fork-servers are separate, clean interpreters, so they are not affected.
 
 :class:`HardwareMonitor` re-detects every ``interval_s`` and on request, and reports what
 changed ("GPU 0 disappeared", "GPU 0 busy (free 0.1 GiB of 24)") so the node can
@@ -143,8 +144,26 @@ def _cgroup_cpu_limit() -> int | None:
 
 
 @functools.cache
+def _cpu_identity() -> tuple[str | None, tuple[str, ...]]:
+    """Architecture and advertised ISA features (they do not change while we run)."""
+    arch: str | None = platform.machine().strip().lower() or None
+    if arch is not None and not re.fullmatch(r"[a-z0-9][a-z0-9_.+-]{0,63}", arch):
+        arch = None
+    features: set[str] = set()
+    for line in (_read("/proc/cpuinfo") or "").splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            features.update(value.split())
+            break
+    return arch, tuple(sorted(features & _CPU_FEATURES))
+
+
 def detect_cpu() -> CpuOffer:
-    """Usable logical cores (affinity, then cgroup quota), architecture and ISA features."""
+    """Usable logical cores (affinity, then cgroup quota), architecture and ISA features.
+
+    The core count is measured on every call (affinity and quotas can change under a
+    running process); architecture and features are read once.
+    """
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
@@ -152,22 +171,15 @@ def detect_cpu() -> CpuOffer:
     limit = _cgroup_cpu_limit()
     if limit is not None:
         cores = min(cores, limit)
-    arch = platform.machine().strip().lower() or None
-    features: set[str] = set()
-    info = _read("/proc/cpuinfo") or ""
-    for line in info.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            features.update(value.split())
-            break
-    if arch is not None and not re.fullmatch(r"[a-z0-9][a-z0-9_.+-]{0,63}", arch):
-        arch = None
-    return CpuOffer(cores=cores, arch=arch, features=tuple(sorted(features & _CPU_FEATURES)))
+    arch, features = _cpu_identity()
+    return CpuOffer(cores=cores, arch=arch, features=features)
 
 
-@functools.cache
 def detect_memory_mb() -> int | None:
-    """Total memory in MiB (``/proc/meminfo``, else ``sysconf``), capped by a cgroup limit."""
+    """Total memory in MiB (``/proc/meminfo``, else ``sysconf``), capped by a cgroup limit.
+
+    Measured on every call (a container's memory limit can be changed while it runs).
+    """
     total: int | None = None
     for line in (_read("/proc/meminfo") or "").splitlines():
         if line.startswith("MemTotal:"):
@@ -462,9 +474,10 @@ def detect_hardware(
 
 
 def clear_cache() -> None:
-    """Forget the cached static facts (CPU, memory, frameworks, codecs, storage medium)."""
-    for fn in (detect_cpu, detect_memory_mb, detect_frameworks, _ffmpeg_encoders_text):
-        fn.cache_clear()
+    """Forget the cached static facts (CPU features, frameworks, codecs, storage medium)."""
+    _cpu_identity.cache_clear()
+    detect_frameworks.cache_clear()
+    _ffmpeg_encoders_text.cache_clear()
     _storage_type_cached.cache_clear()
 
 

@@ -43,6 +43,7 @@ __all__ = [
     "SpamModel",
     "TensorMatmulCapability",
     "decode_matrix",
+    "default_spam_model",
     "encode_matmul_payload",
     "encode_matrix",
     "load_spam_dataset",

@@ -228,6 +228,15 @@ class BudgetLedger:
         self._jobs[job_cid] = done
         return done
 
+    def release_if_reserved(self, job_cid: str) -> bool:
+        """Release ``job_cid`` if it holds a reservation; ``False`` when it does not
+        (unknown, already released, or settled).  For cleanup paths."""
+        rec = self._jobs.get(job_cid)
+        if rec is None or rec.state != "reserved":
+            return False
+        self.release(job_cid)
+        return True
+
     def release(self, job_cid: str) -> None:
         """Give back a reserved job's whole reservation (it failed or was cancelled).
 

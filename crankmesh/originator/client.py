@@ -61,6 +61,7 @@ from ..protocol.cid import cid_for_blob, verify_blob
 from ..protocol.envelope import Envelope, open_envelope
 from ..protocol.errors import (
     Attempt,
+    BudgetExceeded,
     CapabilityMismatch,
     ClientStateError,
     ExecutorsExhausted,
@@ -68,9 +69,11 @@ from ..protocol.errors import (
     NoCapacity,
     ProtocolError,
     SelectionError,
+    TokenInvalid,
     TransportError,
 )
 from ..protocol.identity import Identity, open_sealed, seal
+from ..protocol.tokens import TokenGrant, encode_chain, verify_chain
 from ..protocol.messages import (
     Accept,
     Announce,
@@ -132,6 +135,7 @@ class _JobTrack:
     changed: anyio.Event = field(default_factory=anyio.Event)
     late_receipts: list[str] = field(default_factory=list)
     assigned_at: float = 0.0
+    grant: TokenGrant | None = None
 
     def poke(self) -> None:
         self.changed.set()
@@ -178,6 +182,8 @@ class Client:
         # Last ranking per job (bounded): `explain(job_cid)` builds explanations on demand.
         self._rankings: _Bounded = _Bounded(1024)
         self._costs: list[CostEntry] = []
+        #: Spend per budget token (RFC 0001 §8.12): reserve at assignment, settle on receipt.
+        self.budgets = market.BudgetLedger()
         # Observed vs promised, per executor: a local reputation used in scoring.
         self._observed: dict[str, LatencyWindow] = {}
         self._reputation: dict[str, market.LocalReputation] = {}
@@ -272,6 +278,29 @@ class Client:
             max_price=job.max_price,
             currency=job.currency,
         )
+
+    def _grant(self, job: Job, now: int) -> TokenGrant | None:
+        """Verify the job's budget chain for this originator; halt when it is spent.
+
+        Error handling: an invalid chain raises TokenInvalid; a spent one raises
+        BudgetExceeded with the figures, before anything is announced.
+        """
+        if not job.budget:
+            return None
+        grant = verify_chain(
+            job.budget, now_ms=now, capability=job.capability, holder=self.identity.did
+        )
+        if grant.currency != job.currency:
+            raise TokenInvalid(
+                f"the budget token is in {grant.currency}, the job is priced in {job.currency}"
+            )
+        remaining = self.budgets.remaining(grant)
+        needed = job.max_price if job.max_price is not None else 1
+        if remaining < needed:
+            raise BudgetExceeded(
+                needed_micros=needed, remaining_micros=remaining, currency=grant.currency
+            )
+        return grant
 
     def _terms(self, job: Job) -> market.Terms:
         return market.Terms(
@@ -413,12 +442,20 @@ class Client:
     async def _run_one(self, job: Job, policy: str | market.Policy | None) -> JobResult:
         started = time.perf_counter()
         now = _now_ms()
+        grant = self._grant(job, now)
         spec = self._build_spec(job, now)
+        if grant is not None:
+            spec = spec.model_copy(update={"budget": grant.leaf_cid})
         job_cid = job_cid_of(spec.to_wire())
         track = _JobTrack(job_cid)
+        track.grant = grant
         self._tracks[job_cid] = track
         pol = policy or job.policy or self.config.policy
         terms = self._terms(job)
+        if grant is not None:
+            terms = dataclasses.replace(
+                terms, budget_remaining_micros=self.budgets.remaining(grant)
+            )
         self.metrics.jobs_submitted.labels(capability=job.capability).inc()
 
         async def on_msg(msg: Any) -> None:
@@ -453,6 +490,8 @@ class Client:
         try:
             return await self._run_rounds(job, spec, job_cid, track, pol, terms, started)
         finally:
+            if track.grant is not None:
+                self.budgets.release_if_reserved(job_cid)
             self._tracks.pop(job_cid, None)
             with anyio.CancelScope(shield=True):
                 try:
@@ -625,6 +664,8 @@ class Client:
                 _emit("assigned", job_cid, executor=bid.signer, attempt=n, price=bid.price)
                 result, outcome = await self._attempt(job, spec, job_cid, track, env, bid, n)
                 if result is not None:
+                    if track.grant is not None:
+                        self.budgets.settle(job_cid, min(result.price, bid.price))
                     elapsed = time.perf_counter() - started
                     self._costs.append(
                         CostEntry(
@@ -744,6 +785,11 @@ class Client:
         cfg = self.config
         now = _now_ms()
         executor = bid.signer
+        if track.grant is not None:
+            # Book the bid's price against the token before committing to it; a
+            # spent budget halts here with BudgetExceeded (reassignments re-book).
+            self.budgets.release_if_reserved(job_cid)
+            self.budgets.reserve(track.grant, job_cid, bid.price)
         asg = Assignment.build(
             signer=self.identity.did,
             ts=now,
@@ -755,6 +801,7 @@ class Client:
             nonce=os.urandom(16),
             payload=seal(job.payload, executor),
             deadline=now + job.constraints.timeout_ms + cfg.receipt_grace_ms,
+            budget_chain=encode_chain(job.budget) if job.budget else None,
         ).sign(self.identity)
         self.metrics.assignments_sent.inc()
         track.assigned_at = time.perf_counter()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,19 @@ class Job:
     currency: str = "USD"
     policy: str | None = None
     fallback: tuple[str, ...] = ()
+    #: A budget token chain (root first) this job is paid from; see :meth:`with_budget`.
+    budget: tuple[bytes, ...] = ()
+
+    def with_budget(self, chain: Any) -> Job:
+        """This job, paid from ``chain`` (envelopes or raw bytes, root first, or the
+        bytes of :func:`crankmesh.protocol.tokens.encode_chain`)."""
+        from ..protocol.tokens import decode_chain
+
+        if isinstance(chain, bytes | bytearray):
+            links = tuple(e.raw for e in decode_chain(bytes(chain)))
+        else:
+            links = tuple(getattr(e, "raw", e) for e in chain)
+        return dataclasses.replace(self, budget=links)
 
     @classmethod
     def python(

@@ -257,6 +257,7 @@ class Assignment(SignedMessage):
     nonce: Nonce
     payload: bytes  # sealed box of the payload bytes to ``executor``
     deadline: UInt  # receipt due (ms since the epoch)
+    budget_chain: bytes | None = None  # budget token chain (RFC 0001 §8.12), leaf = job.budget
 
 
 class Close(SignedMessage):

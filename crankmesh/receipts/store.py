@@ -200,6 +200,7 @@ class RecordStore:
         self._spill_lock = anyio.Lock()
         self._flush_lock = anyio.Lock()
         self._wake = anyio.Event()
+        self._idle = anyio.Event()  # set while nothing is pending
         self._last_warning = ""
         self.stored = 0
         self.dropped = 0
@@ -207,12 +208,15 @@ class RecordStore:
         if self._spill is not None:
             self._spill_count = self._count_spilled(self._spill)
             if self._spill_count:
+                self._wake.set()
                 logger.warning(
                     "%d record(s) left in the spill file %s by an earlier run will be "
                     "published first",
                     self._spill_count,
                     self._spill,
                 )
+        if not self._spill_count:
+            self._idle.set()
 
     def __repr__(self) -> str:
         return (
@@ -321,6 +325,8 @@ class RecordStore:
 
     async def _enqueue(self, record: _Pending) -> PublishOutcome:
         self._wake.set()
+        if self._idle.is_set():
+            self._idle = anyio.Event()
         if self._spill_count == 0 and len(self._buffer) < self._buffer_limit:
             self._buffer.append(record)
             return "buffered"
@@ -422,6 +428,7 @@ class RecordStore:
             while True:
                 await self._refill()
                 if not self._buffer:
+                    self._idle.set()
                     return True
                 if not self._nc.is_connected:
                     return False
@@ -462,6 +469,11 @@ class RecordStore:
                 continue
             await anyio.sleep(backoff)
             backoff = min(backoff * 2, _BACKOFF_MAX_S)
+
+    async def wait_flushed(self) -> None:
+        """Wait until nothing is pending (published by :meth:`run` or :meth:`flush`)."""
+        while self.pending:
+            await self._idle.wait()
 
     async def flush(self, timeout_s: float = 5.0) -> bool:
         """Publish everything pending, retrying for up to ``timeout_s`` seconds.

@@ -20,7 +20,6 @@ from crankmesh.executor.benchmark import (
     payload_job_factory,
     python_run_job_factory,
     shortfalls,
-    synthetic_job,
 )
 from crankmesh.executor.handlers import (
     EchoCapability,
@@ -94,7 +93,9 @@ class GuessingCapability:
         return [(b"a", "yes"), (b"b", "yes"), (b"c", "no"), (b"d", "yes")]
 
     def score(self, outputs: Sequence[bytes | None], labels: Sequence[str]) -> int:
-        right = sum(o is not None and o.decode() == want for o, want in zip(outputs, labels))
+        right = sum(
+            o is not None and o.decode() == want for o, want in zip(outputs, labels, strict=True)
+        )
         return right * 1_000_000 // len(labels)
 
 
@@ -212,7 +213,7 @@ def test_settings_are_validated() -> None:
         {"min_level_s": 20},
     ):
         with pytest.raises(ValueError):
-            CalibrationSettings(**kwargs)  # type: ignore[arg-type]
+            CalibrationSettings(**kwargs)
 
 
 def test_cost_model() -> None:

@@ -93,10 +93,11 @@ def test_without_gpu_torch_is_never_imported() -> None:
 
 def test_static_facts_are_cached() -> None:
     hardware.clear_cache()
-    first = hardware.detect_cpu()
-    assert hardware.detect_cpu() is first
+    first = hardware.detect_frameworks()
+    assert hardware.detect_frameworks() is first
+    assert hardware.detect_cpu() == hardware.detect_cpu()
     hardware.clear_cache()
-    assert hardware.detect_cpu() == first
+    assert hardware.detect_frameworks() == first
 
 
 def test_parse_ffmpeg_encoders_hardware_only_with_device() -> None:
@@ -178,11 +179,12 @@ class FakeDetector:
     def __init__(self, offer: CapabilityOffer) -> None:
         self.offer = offer
         self.calls = 0
-        self.fail = False
+        self.fail_times = 0
 
     def __call__(self) -> CapabilityOffer:
         self.calls += 1
-        if self.fail:
+        if self.fail_times:
+            self.fail_times -= 1
             raise RuntimeError("driver fell over")
         return self.offer
 
@@ -215,32 +217,31 @@ async def test_monitor_reports_a_gpu_disappearing_at_once() -> None:
 @pytest.mark.anyio
 async def test_monitor_periodic_check_survives_failures() -> None:
     detector = FakeDetector(BASE)
+    busy = dataclasses.replace(BASE, gpus=(_gpu(0, free=50, busy=True), _gpu(1)))
     calls: list[list[str]] = []
+    done = anyio.Event()
 
     def on_change(old: CapabilityOffer, new: CapabilityOffer, changes: list[str]) -> None:
         calls.append(changes)
-        raise ValueError("a broken callback is logged, not fatal")
+        if len(calls) == 1:
+            detector.offer = BASE  # the GPU frees up again by the next check
+            raise ValueError("a broken callback is logged, not fatal")
+        done.set()
 
     monitor = HardwareMonitor(detect=detector, interval_s=0.01, on_change=on_change)
     async with anyio.create_task_group() as tg:
         await tg.start(monitor.run)
-        detector.fail = True
+        detector.fail_times = 2  # two periodic checks fail: the last good offer is kept
+        detector.offer = busy
         with anyio.fail_after(5):
-            while monitor.failures < 2:
-                await anyio.sleep(0.01)
-        assert monitor.offer == BASE  # kept the last good offer
-        detector.fail = False
-        detector.offer = dataclasses.replace(BASE, gpus=(_gpu(0, free=50, busy=True), _gpu(1)))
-        with anyio.fail_after(5):
-            while not calls:
-                await anyio.sleep(0.01)
-        n = detector.calls
-        with anyio.fail_after(5):
-            while detector.calls < n + 2:  # the loop lives on after the callback raised
-                await anyio.sleep(0.01)
+            await done.wait()
         tg.cancel_scope.cancel()
-    assert calls[0] == ["GPU 0 busy (free 0.0 GiB of 24)"]
-    assert len(calls) == 1  # nothing changed after that
+    assert monitor.failures == 2
+    assert calls == [
+        ["GPU 0 busy (free 0.0 GiB of 24)"],
+        ["GPU 0 free again (free 19.5 GiB of 24)"],
+    ]
+    assert monitor.offer == BASE
 
 
 @pytest.mark.anyio
@@ -251,6 +252,10 @@ async def test_check_now_without_the_loop() -> None:
     detector.offer = dataclasses.replace(BASE, memory_mb=1024)
     assert await monitor.check_now() == ["memory changed 65536 -> 1024 MiB"]
     assert monitor.checks == 2
+    detector.fail_times = 1
+    with pytest.raises(RuntimeError):
+        await monitor.check_now()
+    assert monitor.offer == detector.offer
     with pytest.raises(TypeError):
         HardwareMonitor(detect=detector, detect_kwargs={"include_gpu": False})
 

@@ -88,7 +88,7 @@ def test_empty_and_argument_errors() -> None:
         sq.add(-1)
     for kwargs in ({"alpha": 0.0}, {"window": 0}, {"window_s": -1.0}, {"max_buckets": 2}):
         with pytest.raises(ValueError):
-            StreamingQuantiles(**kwargs)  # type: ignore[arg-type]
+            StreamingQuantiles(**kwargs)
 
 
 def test_zeros_have_their_own_bucket() -> None:
