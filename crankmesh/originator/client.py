@@ -649,7 +649,7 @@ class Client:
                 _emit("bids", job_cid, count=len(usable), eligible=len(ranking.eligible))
                 if chosen is None:
                     if not attempts:
-                        ranking.raise_if_empty(job_cid)  # NoEligibleBid: each bid and why
+                        self._raise_no_eligible(ranking, job_cid, terms)
                     break
                 env, bid = chosen
                 tried.add(env.cid)
@@ -719,7 +719,7 @@ class Client:
             raise NoBids(job_cid, spec.capability, self.config.max_bid_window_ms)
         self.metrics.jobs_failed.labels(reason="exhausted").inc()
         if not attempts and ranking is not None:
-            ranking.raise_if_empty(job_cid)
+            self._raise_no_eligible(ranking, job_cid, terms)
         raise ExecutorsExhausted(job_cid, attempts)
 
     def _match_peers(self, spec: JobSpec) -> tuple[list[Peer], dict[str, MatchResult]]:
@@ -737,6 +737,19 @@ class Client:
                 continue  # an advert we cannot read does not rule the peer out
             results[peer.did] = _merge_results([match_capabilities(r, offer) for r in reqs])
         return peers, results
+
+    @staticmethod
+    def _raise_no_eligible(ranking: market.Ranking, job_cid: str, terms: market.Terms) -> None:
+        """Every bid failed a filter: BudgetExceeded when the budget is what stopped
+        all of them (with the figures), else NoEligibleBid naming each bid and why."""
+        rejected = ranking.rejected
+        if rejected and all(r.filter == "budget" for r in rejected):
+            raise BudgetExceeded(
+                needed_micros=min(r.candidate.price_micros for r in rejected),
+                remaining_micros=terms.budget_remaining_micros or 0,
+                currency=terms.currency,
+            )
+        ranking.raise_if_empty(job_cid)
 
     def _observed_p95(self, executor: str) -> int | None:
         w = self._observed.get(executor)

@@ -644,8 +644,11 @@ class _Auditor:
                 f"{executor}: history starts at receipt seq {first} "
                 "(older receipts expired from the stream or were not exported)"
             )
-        missing = [s for s in range(first, last + 1) if s not in present]
-        for lo, hi in _ranges(missing):
+        ordered = sorted(present)
+        # runs of missing positions between consecutive present ones (never materialise a
+        # range: a signed seq can be as large as 2**63 - 1)
+        holes = [(a + 1, b - 1) for a, b in zip(ordered, ordered[1:], strict=False) if b > a + 1]
+        for lo, hi in holes:
             after = by_seq.get(hi + 1, [])
             if after and all(p.msg.prev in self.bad for p in after):
                 hi -= 1  # the receipt before it is in the stream, but tampered
@@ -916,17 +919,6 @@ class _Auditor:
                 }
             ),
         )
-
-
-def _ranges(values: list[int]) -> list[tuple[int, int]]:
-    """Contiguous runs of sorted ints: ``[1, 2, 5]`` → ``[(1, 2), (5, 5)]``."""
-    out: list[tuple[int, int]] = []
-    for v in values:
-        if out and v == out[-1][1] + 1:
-            out[-1] = (out[-1][0], v)
-        else:
-            out.append((v, v))
-    return out
 
 
 def audit(

@@ -506,6 +506,9 @@ async def open_record_store(
     records wait in the buffer and the loop creates the stream later). On exit,
     publishes what is pending for up to ``flush_timeout_s`` (shielded), then stops the
     loop. ``options`` go to :class:`RecordStore`.
+
+    Error handling: an exception raised in the body reaches the caller inside an
+    ``ExceptionGroup`` (the loop's task group), after the flush.
     """
     store = RecordStore(nc, federation=federation, **options)
     try:
