@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
-import logging
 import os
 import re
 import stat
@@ -86,8 +85,6 @@ __all__ = [
     "trusted_dids",
     "validate_for_mode",
 ]
-
-log = logging.getLogger("crankmesh.config")
 
 Mode = Literal["development", "production"]
 LogFormat = Literal["json", "console"]
@@ -407,8 +404,8 @@ _INFOS: Final = (
     _info(
         "state_dir",
         "path",
-        "directory for the receipt-chain head and (by default) the key "
-        "(default: $CRANKMESH_HOME or ~/.crankmesh)",
+        "directory for the receipt-chain head and (by default) the key (default: the "
+        "key file's directory when key is set, else $CRANKMESH_HOME or ~/.crankmesh)",
     ),
     _info(
         "key",
@@ -425,9 +422,19 @@ _INFOS: Final = (
     _info("tls_key_file", "opt_path", "private key of the client certificate"),
     _info("nats_creds_file", "opt_path", "NATS .creds file (JWT + nkey seed)"),
     _info("nats_nkey_seed_file", "opt_path", "NATS nkey seed file"),
-    _info("nats_token", "opt_str", "NATS token (secret)", secret=True),
+    _info(
+        "nats_token",
+        "opt_str",
+        "NATS token (secret: prefer the env variable, flags show in `ps`)",
+        secret=True,
+    ),
     _info("nats_user", "opt_str", "NATS user name (with nats_password)"),
-    _info("nats_password", "opt_str", "NATS password (secret)", secret=True),
+    _info(
+        "nats_password",
+        "opt_str",
+        "NATS password (secret: prefer the env variable, flags show in `ps`)",
+        secret=True,
+    ),
     _info("federation", "str", "federation name: subjects live under crank.<federation>.>"),
     _info("name", "opt_str", "human-readable node name, shown in adverts"),
     _info("region", "opt_str", "region label, shown in adverts"),
@@ -450,7 +457,11 @@ _INFOS: Final = (
     _info("currency", "str", "currency code of all prices (default: USD)"),
     _info("max_concurrency", "int", "jobs executing at once (default: 2)"),
     _info("queue_depth", "int", "accepted jobs waiting for a slot (default: 8)"),
-    _info("bid_valid_ms", "int", "how long a bid (and its capacity reservation) stays valid"),
+    _info(
+        "bid_valid_ms",
+        "int",
+        "milliseconds a bid (and its capacity reservation) stays valid (default: 10000)",
+    ),
     _info(
         "advert_interval_s",
         "float",
@@ -909,6 +920,11 @@ def load_settings(
     if merged.get("key") is None:
         merged["key"] = Path(merged["state_dir"]) / "node.key"
         sources["key"] = "default (<state_dir>/node.key)"
+    elif sources["state_dir"] == "default":
+        # A node started with only --key keeps its state next to its key, so that several
+        # nodes on one machine (one key directory each) never share a receipt chain.
+        merged["state_dir"] = Path(merged["key"]).parent
+        sources["state_dir"] = "default (the key file's directory)"
     return NodeSettings(**merged, sources=sources, warnings=tuple(warnings))
 
 
@@ -1095,7 +1111,8 @@ def validate_for_mode(settings: NodeSettings) -> list[str]:
 
 
 def add_node_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one option per setting to ``parser`` (dest = setting name, default ``None``).
+    """Add one option per setting to ``parser`` (dest = setting name, default ``None``),
+    plus ``--config FILE`` (dest ``config``) and ``--print-config`` (dest ``print_config``).
 
     Lists and ``--capability-price`` may be repeated; ``--log-json`` is kept as a
     shorthand for ``--log-format json``. Values stay strings: :func:`load_settings`
@@ -1135,6 +1152,20 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_const",
         const="json",
         help="shorthand for --log-format json",
+    )
+    parser.add_argument(
+        "--config",
+        dest="config",
+        default=None,
+        metavar="FILE",
+        help=f"TOML settings file [env {ENV_CONFIG}]",
+    )
+    parser.add_argument(
+        "--print-config",
+        dest="print_config",
+        action="store_true",
+        help="print the effective settings (secrets masked) and where each came from, "
+        "list any problems for the mode, and exit (0 if none)",
     )
 
 

@@ -26,13 +26,15 @@ from .capabilities import CapabilityOffer, IsolationLevel
 from .directory import PeerDirectory
 from .executor.agent import Executor, ExecutorConfig
 from .executor.handlers import CapabilityHandler, EchoCapability, InProcessCapability
+from .executor.hardware import HardwareMonitor
 from .observability import Metrics
 from .originator.client import Client, ClientConfig
 from .protocol import subjects
-from .protocol.errors import ClientStateError
+from .protocol.errors import ClientStateError, TransportError
 from .protocol.identity import Identity
 from .protocol.messages import Advert, AdvertCapability
 from .receipts.chain import ChainHead
+from .receipts.store import RecordStore
 
 __all__ = ["Node", "NodeConfig"]
 
@@ -46,7 +48,7 @@ class NodeConfig:
     federation: str = "default"
     name: str | None = None
     region: str | None = None
-    capabilities: Sequence[str] = ("echo", "python.run")
+    capabilities: Sequence[str] = ("echo", "python.run", "email.classify.spam-v1")
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     client: ClientConfig | None = None
     advert_interval_s: float = 1.0
@@ -58,6 +60,12 @@ class NodeConfig:
     #: Declared hardware in seed-003 shape (``{"gpu": {"type": "cuda", ...}}``); merged
     #: over what is detected.  Lets an operator advertise what detection cannot see.
     hardware: Mapping[str, Any] | None = None
+    #: Self-benchmark at start (runs per capability; 0 = profile from real jobs only).
+    calibration_runs: int = 20
+    calibration_time_s: float = 3.0
+    #: Hardware re-detection period; GPUs are detected through torch when installed.
+    hardware_interval_s: float = 30.0
+    detect_gpu: bool = True
 
 
 class Node:
@@ -85,6 +93,8 @@ class Node:
         self.executor: Executor | None = None
         self.client: Client | None = None
         self.sandbox: Any = None
+        self.record_store: RecordStore | None = None
+        self.hardware: HardwareMonitor | None = None
         self._stack: AsyncExitStack | None = None
         self._opened = False
         self._advert_seq = 0
@@ -110,6 +120,19 @@ class Node:
                     )
                 )
                 handlers.append(PythonRunCapability(self.sandbox))
+            elif name == "email.classify.spam-v1":
+                from .executor.ml_capabilities import SpamClassifierCapability
+
+                handlers.append(SpamClassifierCapability())
+            elif name == "tensor.matmul":
+                from .executor.ml_capabilities import TensorMatmulCapability
+
+                if TensorMatmulCapability.available():
+                    handlers.append(TensorMatmulCapability())
+                else:
+                    log.warning(
+                        "tensor.matmul needs torch (pip install 'crankmesh[ml]'); not offered"
+                    )
             elif name in self._services:
                 handlers.append(InProcessCapability(name, self._services[name]))
             else:
@@ -163,7 +186,7 @@ class Node:
                 config=exec_cfg,
                 metrics=self.metrics,
                 chain=ChainHead(chain_path),
-                offer=self._offer(isolation),
+                offer=self._merge_declared(CapabilityOffer(), isolation),
             )
             self.client = Client(
                 connection=self.nc,
@@ -173,8 +196,36 @@ class Node:
                 metrics=self.metrics,
                 local_executor=self.identity.did,
             )
+            self.record_store = RecordStore(
+                self.nc,
+                federation=self.config.federation,
+                spill_path=(
+                    Path(self.config.state_dir) / "records.spill" if self.config.state_dir else None
+                ),
+            )
+            try:
+                await self.record_store.ensure_stream()
+            except TransportError as exc:  # JetStream down or disabled: buffer, retry later
+                log.warning("%s; receipts are buffered until JetStream answers", exc)
+            self.executor.record_store = self.record_store
+            self.client.record_store = self.record_store
+            await self._calibrate(handlers)
+            monitor = HardwareMonitor(
+                detect_kwargs={
+                    "include_gpu": self.config.detect_gpu,
+                    "env_profiles": tuple(self.sandbox.profiles) if self.sandbox else (),
+                    "isolation": isolation,
+                    "storage_dir": self.config.state_dir,
+                },
+                interval_s=self.config.hardware_interval_s,
+                on_change=self._on_hardware_change,
+            )
+            self.hardware = monitor
             async with anyio.create_task_group() as tg:
                 self._tg = tg
+                detected = await tg.start(monitor.run)
+                self.executor.update_offer(self._merge_declared(detected, isolation))
+                await tg.start(self.record_store.run)
                 await tg.start(self.directory.serve, self.nc)
                 await tg.start(self.executor.serve, self.nc)
                 await tg.start(self._advertise)
@@ -186,26 +237,55 @@ class Node:
                             await self._shutdown()
                 tg.cancel_scope.cancel()
 
-    def _offer(self, isolation: str) -> CapabilityOffer:
-        """What this node advertises: detected facts, overlaid by declared hardware."""
-        declared = dict(self.config.hardware or {})
+    def _merge_declared(self, detected: CapabilityOffer, isolation: str) -> CapabilityOffer:
+        """What this node advertises: detected facts overlaid by declared hardware
+        (``NodeConfig.hardware``: what detection cannot see, e.g. in a container)."""
+        offer = detected
+        if self.config.hardware:
+            declared = CapabilityOffer.parse(dict(self.config.hardware))
+            offer = CapabilityOffer.from_wire({**detected.to_wire(), **declared.to_wire()})
         profiles = tuple(self.sandbox.profiles) if self.sandbox is not None else ()
-        try:
-            from .executor.hardware import detect_hardware
-
-            detected = detect_hardware(include_gpu=False).to_wire()
-        except Exception:  # detection is best effort; declared facts still count
-            detected = {}
-        base = CapabilityOffer.from_wire(detected) if detected else CapabilityOffer()
-        offer = CapabilityOffer.parse(declared) if declared else base
-        if declared and detected:
-            merged = {**base.to_wire(), **offer.to_wire()}
-            offer = CapabilityOffer.from_wire(merged)
         return dataclasses.replace(
             offer,
             env_profiles=profiles or offer.env_profiles,
             isolation=IsolationLevel.parse(isolation),
         )
+
+    async def _on_hardware_change(
+        self, old: CapabilityOffer, new: CapabilityOffer, changes: list[str]
+    ) -> None:
+        """Dynamic capability updates (seed 003): a GPU vanished or is busy, memory
+        changed -- future bids use the new facts and peers hear it at once."""
+        assert self.executor is not None
+        log.warning("hardware changed: %s", "; ".join(changes))
+        self.executor.update_offer(self._merge_declared(new, self.executor.config.isolation))
+        try:
+            await self._publish_advert()
+        except Exception as exc:
+            log.warning("advert after a hardware change not published: %s", exc)
+
+    async def _calibrate(self, handlers: Sequence[CapabilityHandler]) -> None:
+        assert self.executor is not None
+        if self.config.calibration_runs <= 0:
+            return
+        try:
+            profiles = await self.executor.bench.calibrate_all(
+                handlers,
+                runs=self.config.calibration_runs,
+                time_budget_s=self.config.calibration_time_s,
+                warmup=2,
+            )
+        except Exception:  # a node without a profile still works; bids just say less
+            log.exception("self-benchmark failed; profiling from real jobs only")
+            return
+        for name, prof in profiles.items():
+            log.info(
+                "calibrated %s: p50 %s µs, p95 %s µs, p99 %s µs",
+                name,
+                prof.p50_us,
+                prof.p95_us,
+                prof.p99_us,
+            )
 
     async def _shutdown(self) -> None:
         assert self.executor is not None
@@ -216,6 +296,14 @@ class Node:
         except Exception:
             pass
         await self.executor.drain(self.config.drain_grace_s)
+        if self.record_store is not None:
+            flushed = await self.record_store.flush(5.0)
+            if not flushed:
+                log.warning(
+                    "%d audit records still pending at shutdown (kept in the spill "
+                    "file when one is configured)",
+                    self.record_store.pending,
+                )
         try:
             await self.nc.flush(timeout=2)
         except Exception:

@@ -220,7 +220,13 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(nodes=args.nodes, jobs=args.jobs, as_json=args.json, python=not args.echo_only)
+    return run_demo(
+        nodes=args.nodes,
+        jobs=args.jobs,
+        as_json=args.json,
+        python=not args.echo_only,
+        nats=args.nats,
+    )
 
 
 # ----------------------------------------------------------------------------- parser
@@ -244,6 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--nodes", type=int, default=3)
     d.add_argument("--jobs", type=int, default=20)
     d.add_argument("--echo-only", action="store_true", help="skip python.run jobs")
+    d.add_argument(
+        "--nats",
+        help="use this NATS server (with JetStream) instead of an embedded one, e.g. to "
+        "audit its stream afterwards with `crankmesh audit --nats URL`",
+    )
     d.add_argument("--json", action="store_true", help="one JSON object per job, then a summary")
     d.set_defaults(fn=_cmd_demo)
 

@@ -1,4 +1,5 @@
-"""``crankmesh demo``: an embedded nats-server, N nodes, jobs through the full flow."""
+"""``crankmesh demo``: a nats-server, N nodes, jobs through the full signed flow, then an
+audit of everything the mesh persisted."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import anyio
 
 from ..executor.agent import ExecutorConfig
 from ..node import Node, NodeConfig
-from ..originator import Client, Job
+from ..originator import Client, Job, JobResult
 from ..protocol.errors import CrankmeshError
 
 __all__ = ["run_demo"]
@@ -32,41 +33,78 @@ def _node_prices(i: int) -> dict[str, int]:
     return {"echo": 1000 + 500 * ((i + 1) % 3), "python.run": 4000 + 1000 * ((i + 2) % 3)}
 
 
-async def _demo(nodes: int, jobs: int, as_json: bool, python: bool) -> int:
+def _job(j: int, python: bool) -> Job:
+    if python and j % 2 == 1:
+        code, args = _PY_JOBS[(j // 2) % len(_PY_JOBS)]
+        return Job.python(code, args, timeout_sec=10)
+    return Job.echo(f"hello #{j}".encode())
+
+
+def _output(job: Job, r: JobResult) -> str:
+    if job.capability != "python.run":
+        return (r.output or b"").decode("utf-8", "replace")
+    if r.return_value is not None:
+        return json.dumps(r.return_value)
+    return r.stdout.strip()
+
+
+async def _audit_summary(url: str) -> dict[str, Any]:
+    """Audit what the demo persisted: every receipt, bid and settlement in the stream."""
+    from ..receipts.audit import audit
+    from ..receipts.export import read_stream
+    from ..receipts.store import stream_name
+    from ..transport import NatsOptions, connect
+
+    nc = await connect(NatsOptions.from_url(url))
+    try:
+        records = await read_stream(nc, stream_name("default"))
+    finally:
+        await nc.close()
+    report = audit(records, now_ms=time.time_ns() // 1_000_000)
+    receipts = sum(e.jobs for e in report.executors.values())
+    return {
+        "ok": report.ok,
+        "records": len(records),
+        "receipts": receipts,
+        "findings": len(report.findings),
+        "render": report.render(),
+    }
+
+
+async def _demo(nodes: int, jobs: int, as_json: bool, python: bool, nats: str | None) -> int:
     from ..testing import NatsServer
 
     capabilities = ("echo", "python.run") if python else ("echo",)
     results: list[dict[str, Any]] = []
     ok = 0
-    async with NatsServer() as server, AsyncExitStack() as stack:
-        started = []
+    audit_info: dict[str, Any] | None = None
+    async with AsyncExitStack() as stack:
+        if nats:
+            url, where = nats, "external"
+        else:
+            url, where = (await stack.enter_async_context(NatsServer())).url, "embedded"
+        started: list[Node] = []
         for i in range(nodes):
             cfg = NodeConfig(
                 name=f"node-{i}",
                 capabilities=capabilities,
                 executor=ExecutorConfig(prices=_node_prices(i), max_concurrency=2),
             )
-            started.append(await stack.enter_async_context(Node(nats=server.url, config=cfg)))
+            started.append(await stack.enter_async_context(Node(nats=url, config=cfg)))
         names = {n.did: n.config.name for n in started}
         if not as_json:
-            print(f"nats-server {server.url} (embedded); {nodes} nodes:")
-            for n in started:
+            print(f"nats-server {url} ({where}); {nodes} nodes:")
+            for i, n in enumerate(started):
                 prices = ", ".join(
-                    f"{k}={v}µUSD"
-                    for k, v in _node_prices(started.index(n)).items()
-                    if k in capabilities
+                    f"{k}={v}µUSD" for k, v in _node_prices(i).items() if k in capabilities
                 )
                 iso = n.sandbox.isolation.level.token if n.sandbox is not None else "n/a"
                 print(f"  {n.config.name}  {n.did}  {prices}  sandbox={iso}")
-        async with Client(nats=server.url) as client:
+        async with Client(nats=url) as client:
             for cap in capabilities:
                 await client.wait_for_peers(cap, nodes, wait_s=10)
             for j in range(jobs):
-                if python and j % 2 == 1:
-                    code, args = _PY_JOBS[(j // 2) % len(_PY_JOBS)]
-                    job = Job.python(code, args, timeout_sec=10)
-                else:
-                    job = Job.echo(f"hello #{j}".encode())
+                job = _job(j, python)
                 t0 = time.perf_counter()
                 try:
                     r = await client.run(job)
@@ -80,13 +118,7 @@ async def _demo(nodes: int, jobs: int, as_json: bool, python: bool) -> int:
                     results.append(row)
                     print(json.dumps(row) if as_json else f"job {j}: FAILED: {exc}")
                     continue
-                out = (
-                    r.stdout.strip()
-                    if job.capability == "python.run"
-                    else ((r.output or b"").decode())
-                )
-                if job.capability == "python.run" and r.return_value is not None:
-                    out = json.dumps(r.return_value)
+                out = _output(job, r)
                 verified = r.verified and r.ok
                 ok += verified
                 row = {
@@ -114,8 +146,17 @@ async def _demo(nodes: int, jobs: int, as_json: bool, python: bool) -> int:
                         f"{'verified' if verified else 'NOT verified'}  -> {out[:40]!r}",
                         flush=True,
                     )
+            await anyio.sleep(0.2)  # settlements are signed just after each result
+        # Everything the mesh persisted (bids, receipts, settlements) is audited (RFC 0002).
+        for node in started:
+            if node.record_store is not None:
+                await node.record_store.flush(5.0)
+        try:
+            audit_info = await _audit_summary(url)
+        except Exception as exc:  # the verdict is the receipts; the audit is extra
+            log.warning("could not audit the stream: %s", exc)
     lat = sorted(r["latency_ms"] for r in results if "latency_ms" in r)
-    summary = {
+    summary: dict[str, Any] = {
         "summary": True,
         "jobs": jobs,
         "verified": ok,
@@ -123,6 +164,12 @@ async def _demo(nodes: int, jobs: int, as_json: bool, python: bool) -> int:
         "p50_ms": lat[len(lat) // 2] if lat else None,
         "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else None,
     }
+    if audit_info is not None:
+        summary.update(
+            audit_ok=audit_info["ok"],
+            audit_receipts=audit_info["receipts"],
+            audit_findings=audit_info["findings"],
+        )
     if as_json:
         print(json.dumps(summary))
     else:
@@ -130,12 +177,22 @@ async def _demo(nodes: int, jobs: int, as_json: bool, python: bool) -> int:
             f"{ok}/{jobs} jobs ended with a verified receipt; "
             f"p50 {summary['p50_ms']} ms, p99 {summary['p99_ms']} ms"
         )
+        if audit_info is not None:
+            print()
+            print(audit_info["render"])
     return 0 if ok == jobs else 1
 
 
-def run_demo(*, nodes: int = 3, jobs: int = 20, as_json: bool = False, python: bool = True) -> int:
+def run_demo(
+    *,
+    nodes: int = 3,
+    jobs: int = 20,
+    as_json: bool = False,
+    python: bool = True,
+    nats: str | None = None,
+) -> int:
     if nodes < 1 or jobs < 0:
         print("error: --nodes must be ≥ 1 and --jobs ≥ 0", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    return anyio.run(_demo, nodes, jobs, as_json, python)
+    return anyio.run(_demo, nodes, jobs, as_json, python, nats)

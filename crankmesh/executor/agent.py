@@ -28,12 +28,12 @@ from anyio.abc import TaskStatus
 
 from ..capabilities import CapabilityOffer, CapabilitySpecError, MatchResult, Requirements
 from ..capabilities import match as match_requirements
+from ..market import BudgetLedger
 from ..observability import Metrics
 from ..protocol import subjects
 from ..protocol.cid import cid_for_blob, verify_blob
 from ..protocol.encoding import canonical_encode
 from ..protocol.envelope import ReplayGuard, check_fresh
-from ..market import BudgetLedger
 from ..protocol.errors import BudgetExceeded, ProtocolError, TokenInvalid
 from ..protocol.identity import Identity, did_node_id, open_sealed, seal
 from ..protocol.messages import (
@@ -54,14 +54,15 @@ from ..protocol.messages import (
 )
 from ..protocol.tokens import decode_chain, verify_chain
 from ..receipts.chain import ChainHead
+from .benchmark import SelfBenchmark
 from .handlers import CapabilityHandler, Outcome
-from .stats import LatencyWindow
 
 __all__ = ["Executor", "ExecutorConfig"]
 
 log = logging.getLogger("crankmesh.executor")
 
 MAX_ANNOUNCE_BYTES = 256 * 1024
+_GPU_ACCELERATORS = frozenset({"gpu", "cuda", "rocm", "mps"})
 MAX_ASSIGNMENT_BYTES = 8 * 1024 * 1024
 
 
@@ -100,6 +101,7 @@ class _BidRecord:
     job_cid: str
     job: JobSpec
     exp: int
+    bid_raw: bytes = b""
     reserved: bool = True
 
 
@@ -126,6 +128,7 @@ class Executor:
         metrics: Metrics | None = None,
         chain: ChainHead | None = None,
         offer: CapabilityOffer | None = None,
+        bench: SelfBenchmark | None = None,
     ) -> None:
         self.identity = identity
         self.federation = subjects.check_federation(federation)
@@ -136,12 +139,16 @@ class Executor:
         self.offer = offer or CapabilityOffer()
         self._match_cache: dict[bytes, tuple[CapabilityOffer, MatchResult]] = {}
         self._buckets = _TokenBuckets(self.config.originator_rate, self.config.originator_burst)
+        #: Persists bids and receipts in JetStream (set by the node); None = plain publish.
+        self.record_store: Any = None
         #: What this executor has booked against each budget token it was paid with.
         self.budgets = BudgetLedger()
         #: High-water marks, to prove the executor never holds more than it advertised.
         self.peak_running = 0
         self.peak_outstanding = 0
-        self.latency: dict[str, LatencyWindow] = {name: LatencyWindow() for name in self.handlers}
+        #: Self-measured performance per capability (calibrated at start by the node,
+        #: then updated from every real execution): what bids and adverts promise.
+        self.bench = bench or SelfBenchmark(slots=self.config.max_concurrency)
         self._bids: dict[str, _BidRecord] = {}  # bid_cid -> record
         self._bids_by_job: dict[str, str] = {}  # job_cid -> bid_cid
         self._bid_expiry: list[tuple[int, str]] = []
@@ -178,19 +185,9 @@ class Executor:
         return self._running + self._queued + self._reserved
 
     def slo_for(self, capability: str) -> BidSlo:
-        w = self.latency.get(capability)
-        if w is None or not len(w):
-            return BidSlo()
-        p50 = w.quantile(0.5)
-        return BidSlo(
-            p50_us=p50,
-            p95_us=w.quantile(0.95),
-            p99_us=w.quantile(0.99),
-            throughput_mjps=(
-                int(1_000_000_000 * self.config.max_concurrency / max(p50 or 1, 1)) if p50 else None
-            ),
-            samples=w.count,
-        )
+        """Promised performance for ``capability``: p50/p95/p99 of the service time
+        (assignment received → result ready, queueing included), throughput, accuracy."""
+        return self.bench.slo_for(capability)
 
     def _match(self, requirements_wire: dict[str, Any]) -> MatchResult:
         """Match a job's requirements against this executor's offer (cached per shape)."""
@@ -204,9 +201,7 @@ class Executor:
         self._match_cache[key] = (self.offer, result)
         return result
 
-    def _check_budget(
-        self, rec: _BidRecord, asg: Assignment, now: int
-    ) -> tuple[str, str] | None:
+    def _check_budget(self, rec: _BidRecord, asg: Assignment, now: int) -> tuple[str, str] | None:
         """Verify the budget chain an assignment carries (RFC 0001 §8.12) and book
         the bid's price against it; a ``(reason, detail)`` rejection otherwise."""
         job = rec.job
@@ -412,7 +407,7 @@ class Executor:
             warnings=list(warnings),
         )
         bid_env = bid.sign(self.identity)
-        rec = _BidRecord(bid_env.cid, job_cid, ann.job, bid.exp)
+        rec = _BidRecord(bid_env.cid, job_cid, ann.job, bid.exp, bid_env.raw)
         self._bids[rec.bid_cid] = rec
         self._bids_by_job[job_cid] = rec.bid_cid
         heapq.heappush(self._bid_expiry, (rec.exp, rec.bid_cid))
@@ -461,6 +456,7 @@ class Executor:
         log.info("rejected assignment for job %s: %s %s", assignment.job, reason, detail)
 
     async def _on_assignment(self, msg: Any) -> None:
+        arrived = time.perf_counter_ns()
         env, asg = decode_message(msg.data, Assignment, max_len=MAX_ASSIGNMENT_BYTES)
         now = now_ms()
         info = subjects.parse_subject(msg.subject)
@@ -542,12 +538,18 @@ class Executor:
         self.metrics.assignments.labels(outcome="accepted").inc()
         await self._reply(msg, accept.raw)
         assert self._tg is not None
-        self._tg.start_soon(self._execute, rec, asg, env.cid, payload, job_rec)
+        self._tg.start_soon(self._execute, rec, asg, env.cid, payload, job_rec, arrived)
 
     # ------------------------------------------------------------------ execute
 
     async def _execute(
-        self, rec: _BidRecord, asg: Assignment, asg_cid: str, payload: bytes, job_rec: _JobRecord
+        self,
+        rec: _BidRecord,
+        asg: Assignment,
+        asg_cid: str,
+        payload: bytes,
+        job_rec: _JobRecord,
+        arrived_ns: int,
     ) -> None:
         job = rec.job
         handler = self.handlers[job.capability]
@@ -567,8 +569,14 @@ class Executor:
                 wall_us = (time.perf_counter_ns() - start) // 1000
                 self._running -= 1
                 self.metrics.running.set(self._running)
-            if outcome.status == "ok":
-                self.latency[job.capability].add(wall_us)
+            service_us = (time.perf_counter_ns() - arrived_ns) // 1000
+            self.bench.record(
+                job.capability,
+                service_us,
+                outcome.cpu_us,
+                outcome.status == "ok",
+                gpu_us=wall_us if job.constraints.accelerator in _GPU_ACCELERATORS else 0,
+            )
             self.metrics.execution_seconds.labels(capability=job.capability).observe(wall_us / 1e6)
             with anyio.CancelScope(shield=True):
                 await self._publish_receipt(rec, asg, asg_cid, outcome, wall_us, job_rec)
@@ -624,7 +632,19 @@ class Executor:
         job_rec.delivery = delivery
         job_rec.done.set()
         await self._nc.publish(subjects.receipt_delivery(self.federation, rec.job_cid), delivery)
-        await self._nc.publish(subjects.receipts(self.federation, self.identity.did), renv.raw)
+        # Audit records (RFC 0002): the winning bid, then the receipt, deduplicated by CID.
+        store = self.record_store
+        if store is not None:
+            await store.publish(
+                subjects.bid_records(self.federation, self.identity.did),
+                rec.bid_raw,
+                rec.bid_cid,
+            )
+            await store.publish(
+                subjects.receipts(self.federation, self.identity.did), renv.raw, renv.cid
+            )
+        else:
+            await self._nc.publish(subjects.receipts(self.federation, self.identity.did), renv.raw)
         self.metrics.receipts.labels(status=outcome.status).inc()
         log.info(
             "job %s finished: %s in %d µs (receipt %s, seq %d)",

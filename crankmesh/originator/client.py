@@ -73,7 +73,6 @@ from ..protocol.errors import (
     TransportError,
 )
 from ..protocol.identity import Identity, open_sealed, seal
-from ..protocol.tokens import TokenGrant, encode_chain, verify_chain
 from ..protocol.messages import (
     Accept,
     Announce,
@@ -88,6 +87,7 @@ from ..protocol.messages import (
     decode_message,
     job_cid_of,
 )
+from ..protocol.tokens import TokenGrant, encode_chain, verify_chain
 from .job import Job, JobResult
 
 __all__ = ["Client", "ClientConfig", "CostEntry", "CostReport", "JobEvent", "JobHandle"]
@@ -190,6 +190,7 @@ class Client:
         self._tg: anyio.abc.TaskGroup | None = None
         #: Set by a node: persists settlements in JetStream (buffered when it is down).
         self.record_store: Any = None
+        self._published_tokens: set[str] = set()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -456,6 +457,7 @@ class Client:
             terms = dataclasses.replace(
                 terms, budget_remaining_micros=self.budgets.remaining(grant)
             )
+            await self._publish_tokens(job, grant)
         self.metrics.jobs_submitted.labels(capability=job.capability).inc()
 
         async def on_msg(msg: Any) -> None:
@@ -925,6 +927,20 @@ class Client:
             )
         except Exception as exc:  # never let bookkeeping fail a finished job
             log.warning("settlement for job %s not published: %s", result.job_cid, exc)
+
+    async def _publish_tokens(self, job: Job, grant: TokenGrant) -> None:
+        """Persist each token of a budget chain once, so auditors can check spend per
+        root token across every originator sharing it (RFC 0002)."""
+        from ..protocol.envelope import open_envelope
+
+        for raw, cid in zip(job.budget, grant.chain_cids, strict=True):
+            if cid in self._published_tokens:
+                continue
+            env = open_envelope(raw)
+            await self._publish_record(
+                subjects.tokens(self.config.federation, env.signer), raw, cid
+            )
+            self._published_tokens.add(cid)
 
     async def _publish_record(self, subject: str, raw: bytes, cid: str) -> None:
         """Persist an audit record (JetStream through the node's record store when

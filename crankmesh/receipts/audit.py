@@ -24,8 +24,11 @@ Definitions used in the per-executor summary (:class:`ExecutorSummary`):
 * **promised p95** of a receipt: ``slo.p95_us`` of the bid it names (``receipt.bid``),
   when that bid is present and carries one.
 * **SLO compliance**: among the executor's receipts that have a promised p95, the
-  fraction whose observed latency is at most that promise. A p95 promise kept exactly
-  gives about 95 %; status does not matter here (failures count in the success rate).
+  fraction whose observed latency is at most that promise plus ``NETWORK_ALLOWANCE_US``
+  (5 ms by default: the originator's view adds two network hops and both sides'
+  protocol work to the service time an executor measures and promises). A p95
+  promise kept exactly gives about 95 %; status does not matter here (failures count
+  in the success rate).
 * **p95** of a list of latencies: the nearest-rank 95th percentile (the value at
   position ``ceil(0.95 * n)`` of the sorted list, 1-based).
 """
@@ -38,7 +41,6 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from ..market._format import fmt_us, short_did
 from ..protocol.cid import cid_for_document, parse_cid
 from ..protocol.envelope import Envelope, open_envelope
 from ..protocol.errors import ProtocolError
@@ -283,12 +285,12 @@ class AuditReport:
                 charged = ", ".join(f"{v} µ{c}" for c, v in sorted(s.charged.items())) or "0"
                 rows.append(
                     (
-                        short_did(s.executor),
+                        _short_did(s.executor),
                         str(s.receipts),
                         _pct(s.success_rate),
                         charged,
-                        fmt_us(s.promised_p95_us) if s.promised_p95_us is not None else "-",
-                        fmt_us(s.observed_p95_us) if s.observed_p95_us is not None else "-",
+                        _fmt_us(s.promised_p95_us) if s.promised_p95_us is not None else "-",
+                        _fmt_us(s.observed_p95_us) if s.observed_p95_us is not None else "-",
                         _pct(s.slo_compliance),
                         "YES" if s.equivocated else "no",
                     )
@@ -309,13 +311,29 @@ class AuditReport:
         if self.findings:
             lines += ["", "findings:"]
             for f in self.findings:
-                who = f" {short_did(f.executor)}" if f.executor else ""
+                who = f" {_short_did(f.executor)}" if f.executor else ""
                 lines.append(f"  [{f.kind}]{who} {f.cid or '-'}")
                 lines.append(f"      {f.message}")
         if self.notes:
             lines += ["", "notes:"]
             lines += [f"  {n}" for n in self.notes]
         return "\n".join(lines)
+
+
+def _short_did(did: str) -> str:
+    """``did:key:z6MkiTBz…ooWp`` for tables."""
+    if did.startswith("did:key:") and len(did) > 24:
+        return f"did:key:{did[8:16]}…{did[-4:]}"
+    return did
+
+
+def _fmt_us(us: int) -> str:
+    """A duration in µs, in the most readable unit (``850 µs``, ``12.5 ms``, ``3.2 s``)."""
+    if us < 1000:
+        return f"{us} µs"
+    if us < 1_000_000:
+        return f"{us / 1000:.4g} ms"
+    return f"{us / 1_000_000:.4g} s"
 
 
 def _pct(x: float | None) -> str:
@@ -379,9 +397,20 @@ def _subject_parts(subject: str) -> tuple[str, str] | None:
 # ------------------------------------------------------------------------------ the audit
 
 
+#: Latency an originator observes beyond the executor's own service time (RFC 0002).
+NETWORK_ALLOWANCE_US = 5_000
+
+
 class _Auditor:
-    def __init__(self, now_ms: int, trusted: Collection[str] | None, max_skew_ms: int) -> None:
+    def __init__(
+        self,
+        now_ms: int,
+        trusted: Collection[str] | None,
+        max_skew_ms: int,
+        network_allowance_us: int = NETWORK_ALLOWANCE_US,
+    ) -> None:
         self.now_ms = now_ms
+        self.network_allowance_us = network_allowance_us
         self.trusted = frozenset(trusted) if trusted is not None else None
         self.max_skew_ms = max_skew_ms
         self.findings: list[Finding] = []
@@ -638,7 +667,7 @@ class _Auditor:
                         f"receipt seq {seq - 1} is {before[0].cid}",
                     )
         present = set(by_seq) | {s for (e, s) in self.bad_slots if e == executor}
-        first, last = min(present), max(present)
+        first = min(present)
         if first > 1:
             self.notes.append(
                 f"{executor}: history starts at receipt seq {first} "
@@ -648,8 +677,9 @@ class _Auditor:
         # runs of missing positions between consecutive present ones (never materialise a
         # range: a signed seq can be as large as 2**63 - 1)
         holes = [(a + 1, b - 1) for a, b in zip(ordered, ordered[1:], strict=False) if b > a + 1]
-        for lo, hi in holes:
-            after = by_seq.get(hi + 1, [])
+        for lo, end in holes:
+            hi = end
+            after = by_seq.get(end + 1, [])
             if after and all(p.msg.prev in self.bad for p in after):
                 hi -= 1  # the receipt before it is in the stream, but tampered
             if hi < lo:
@@ -661,7 +691,7 @@ class _Auditor:
                 next_cid,
                 executor,
                 f"receipt {span} of {executor} missing from the stream "
-                f"({hi - lo + 1} receipt(s) between seq {lo - 1} and seq {hi + 1})",
+                f"({hi - lo + 1} receipt(s) between seq {lo - 1} and seq {end + 1})",
             )
         return forked
 
@@ -895,7 +925,7 @@ class _Auditor:
             if promise is not None:
                 promises.append(promise)
                 slo_jobs += 1
-                slo_met += latency <= promise
+                slo_met += latency <= promise + self.network_allowance_us
         first, last = seq_ranges[executor]
         return ExecutorSummary(
             executor=executor,
@@ -927,6 +957,7 @@ def audit(
     now_ms: int,
     trusted: Collection[str] | None = None,
     max_skew_ms: int = _DEFAULT_MAX_SKEW_MS,
+    network_allowance_us: int = NETWORK_ALLOWANCE_US,
 ) -> AuditReport:
     """Audit a receipts stream (every rule of RFC 0002 §5); pure, deterministic.
 
@@ -940,7 +971,7 @@ def audit(
     """
     if trusted is not None and any(not d.startswith(DID_PREFIX) for d in trusted):
         raise ValueError("trusted must be a collection of did:key DIDs")
-    auditor = _Auditor(now_ms, trusted, max_skew_ms)
+    auditor = _Auditor(now_ms, trusted, max_skew_ms, network_allowance_us)
     for record in records:
         auditor.add(record)
     return auditor.finish()

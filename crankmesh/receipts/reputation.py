@@ -24,7 +24,7 @@ from ..market import LocalReputation, reputation_score
 from ..protocol.envelope import Envelope, open_envelope
 from ..protocol.errors import ProtocolError
 from ..protocol.messages import Bid, Receipt, Settlement, decode_message
-from .audit import AuditReport
+from .audit import NETWORK_ALLOWANCE_US, AuditReport
 
 __all__ = ["ReputationBook", "reputation_from_report"]
 
@@ -75,7 +75,9 @@ class _Job:
         return self.observed_us if self.observed_us is not None else self.wall_us
 
     def slo(self) -> bool | None:
-        return None if self.promise is None else self.latency <= self.promise
+        if self.promise is None:
+            return None
+        return self.latency <= self.promise + NETWORK_ALLOWANCE_US
 
 
 _DEFAULT_MEMORY: Final = 100_000

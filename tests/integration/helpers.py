@@ -24,6 +24,10 @@ def node_config(
 ) -> NodeConfig:
     node_fields = {f.name for f in dataclasses.fields(NodeConfig)}
     extra = {k: executor.pop(k) for k in list(executor) if k in node_fields}
+    # Fast nodes for tests: no start-up self-benchmark, no torch import for GPU
+    # detection (tests of those features turn them back on).
+    extra.setdefault("calibration_runs", 0)
+    extra.setdefault("detect_gpu", False)
     return NodeConfig(
         name=f"node-{i}",
         capabilities=tuple(capabilities),

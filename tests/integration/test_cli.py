@@ -128,3 +128,21 @@ async def test_executor_killed_after_winning_is_reassigned_and_job_completes(
                 assert [a.executor for a in r.attempts] == [victim_did]
                 assert r.attempts[0].outcome.startswith(("executor_gone", "no_receipt"))
     assert time.monotonic() > 0
+
+
+@pytest.mark.slow
+def test_demo_then_audit_on_the_stream_reports_50_verified_receipts(nats_server) -> None:
+    r = run_cli("demo", "--nats", nats_server.url, "--jobs", "50", "--json", timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
+    summary = lines[-1]
+    assert summary["verified"] == 50 and summary["audit_ok"] is True
+    a = run_cli("audit", "--nats", nats_server.url, "--json", timeout=120)
+    assert a.returncode == 0, a.stdout[-2000:] + a.stderr[-2000:]
+    report = json.loads(a.stdout)
+    executors = report["executors"]  # one object per executor
+    assert sum(e["receipts"] for e in executors) == 50
+    assert not report["findings"]
+    for e in executors:  # per-executor SLO figures are there
+        assert e["promised_p95_us"] is not None and e["observed_p95_us"] is not None
+        assert e["slo_jobs"] == e["receipts"]

@@ -7,6 +7,7 @@ import json
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -16,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from crankmesh.http import serve_http
 from crankmesh.observability import Metrics
 
-pytestmark = [pytest.mark.integration, pytest.mark.anyio]
+pytestmark = [pytest.mark.integration]
 
 
 @asynccontextmanager
@@ -62,6 +63,7 @@ async def get(port: int, path: str, method: str = "GET") -> tuple[int, dict[str,
     return status, headers, body
 
 
+@pytest.mark.anyio
 async def test_metrics_parse_as_prometheus_text() -> None:
     metrics = Metrics()
     metrics.job_bids.labels(capability="echo").inc(3)
@@ -79,6 +81,7 @@ async def test_metrics_parse_as_prometheus_text() -> None:
     assert "execution_seconds" in families and "assignments" in families
 
 
+@pytest.mark.anyio
 async def test_healthz_is_200_json_when_healthy_and_503_otherwise() -> None:
     state: dict[str, Any] = {"status": "ok", "did": "did:key:z6Mk", "draining": False}
     async with endpoint(Metrics(), health=lambda: state) as port:
@@ -90,6 +93,7 @@ async def test_healthz_is_200_json_when_healthy_and_503_otherwise() -> None:
         assert status == 503 and json.loads(body)["status"] == "draining"
 
 
+@pytest.mark.anyio
 async def test_healthz_that_raises_is_503_and_the_server_lives_on() -> None:
     def broken() -> Mapping[str, Any]:
         raise RuntimeError("nats gone")
@@ -101,6 +105,7 @@ async def test_healthz_that_raises_is_503_and_the_server_lives_on() -> None:
         assert (await get(port, "/metrics"))[0] == 200
 
 
+@pytest.mark.anyio
 async def test_unknown_path_is_404_and_other_methods_405() -> None:
     async with endpoint(Metrics()) as port:
         assert (await get(port, "/"))[0] == 404
@@ -111,6 +116,7 @@ async def test_unknown_path_is_404_and_other_methods_405() -> None:
         assert status == 200 and body == b"" and int(headers["content-length"]) > 0
 
 
+@pytest.mark.anyio
 async def test_garbage_requests_get_4xx_and_never_crash_the_server() -> None:
     async with endpoint(Metrics()) as port:
         for junk in (
@@ -129,6 +135,7 @@ async def test_garbage_requests_get_4xx_and_never_crash_the_server() -> None:
         assert (await get(port, "/metrics"))[0] == 200
 
 
+@pytest.mark.anyio
 async def test_a_slow_client_is_cut_off_without_blocking_others() -> None:
     async with endpoint(Metrics(), read_timeout_s=0.3) as port:
         async with await anyio.connect_tcp("127.0.0.1", port) as slow:
@@ -139,6 +146,7 @@ async def test_a_slow_client_is_cut_off_without_blocking_others() -> None:
                     await slow.receive()
 
 
+@pytest.mark.anyio
 async def test_connections_beyond_the_limit_are_closed() -> None:
     async with endpoint(Metrics(), max_connections=1, read_timeout_s=2) as port:
         async with await anyio.connect_tcp("127.0.0.1", port) as first:
@@ -150,7 +158,15 @@ async def test_connections_beyond_the_limit_are_closed() -> None:
         assert (await get(port, "/healthz"))[0] == 200
 
 
+@pytest.mark.anyio
 async def test_port_in_use_raises_before_started() -> None:
     async with endpoint(Metrics()) as port:
         with pytest.raises(OSError):
             await serve_http(Metrics().registry, port=port, health=dict)
+
+
+def test_every_metric_is_documented_in_operating_md() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "operating.md").read_text()
+    for family in Metrics().registry.collect():
+        shown = family.name + ("_total" if family.type == "counter" else "")
+        assert f"`{shown}`" in doc, f"docs/operating.md does not list the metric {shown}"

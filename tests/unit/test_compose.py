@@ -68,6 +68,12 @@ def test_three_nats_servers_form_one_routed_cluster_with_jetstream() -> None:
         assert any(store.startswith(v.split(":", 1)[1]) for v in service.get("volumes", [])), (
             f"{name}: the JetStream store is not on a volume"
         )
+        config = opts.get("config") or opts.get("c")
+        if config is not None:  # a mounted config file may only hold limits
+            mounted = {c["target"]: c["source"] for c in service.get("configs", [])}
+            assert config in mounted, f"{name}: {config} is not mounted"
+            content = COMPOSE["configs"][mounted[config]]["content"]
+            assert re.search(r"max_payload:\s*\d+MB", content), "assignments carry payloads"
     assert len(cluster_names) == 1 and None not in cluster_names
     assert len(server_names) == 3 and None not in server_names  # JetStream needs unique names
 

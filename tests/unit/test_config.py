@@ -77,10 +77,15 @@ def test_prices_merge_per_capability_across_layers(tmp_path: Path) -> None:
     assert s.price_for("echo") == 3000 and s.price_for("other") == s.price
 
 
-def test_state_dir_moves_the_default_key(tmp_path: Path) -> None:
+def test_state_dir_and_key_default_to_each_other(tmp_path: Path) -> None:
     s = load(env={"CRANKMESH_STATE_DIR": str(tmp_path)})
     assert s.key_file == tmp_path / "node.key"
-    assert load(flags={"key": str(tmp_path / "k")}).key_file == tmp_path / "k"
+    # only a key: the state lives next to it (one directory per node on a shared machine)
+    s = load(flags={"key": str(tmp_path / "a" / "node.key")})
+    assert s.key_file == tmp_path / "a" / "node.key" and s.state_dir == tmp_path / "a"
+    # both given: both kept
+    s = load(flags={"key": str(tmp_path / "k")}, env={"CRANKMESH_STATE_DIR": "/srv/state"})
+    assert s.key_file == tmp_path / "k" and s.state_dir == Path("/srv/state")
 
 
 # ----------------------------------------------------------------------------- env parsing
@@ -451,3 +456,11 @@ def test_settings_are_immutable_and_validated_on_construction() -> None:
     with pytest.raises(ConfigError, match="capabilities"):
         NodeSettings(capabilities=("Bad Cap",))
     assert dataclasses.replace(s, name="x").name == "x"
+
+
+def test_every_setting_is_documented_in_operating_md() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "operating.md").read_text()
+    for name, info in SETTINGS.items():
+        assert f"`{name}`" in doc, f"docs/operating.md does not mention the setting {name}"
+        assert f"`{info.env}`" in doc, f"docs/operating.md does not mention {info.env}"
+        assert f"`{info.flags[0]}" in doc, f"docs/operating.md does not mention {info.flags[0]}"

@@ -72,46 +72,17 @@ import msgpack
 # --------------------------------------------------------------------------- constants
 
 #: Modules each env profile pre-imports in its fork-server.
+# fmt: off
 PROFILES: dict[str, tuple[str, ...]] = {
     "python-core": (
-        "array",
-        "base64",
-        "bisect",
-        "collections",
-        "copy",
-        "csv",
-        "dataclasses",
-        "datetime",
-        "decimal",
-        "enum",
-        "fractions",
-        "functools",
-        "hashlib",
-        "heapq",
-        "io",
-        "itertools",
-        "json",
-        "math",
-        "operator",
-        "pathlib",
-        "random",
-        "re",
-        "shutil",
-        "statistics",
-        "string",
-        "struct",
-        "subprocess",
-        "tempfile",
-        "textwrap",
-        "threading",
-        "time",
-        "typing",
-        "uuid",
-        "zlib",
-        "msgpack",
-        "pydantic",
+        "array", "base64", "bisect", "collections", "copy", "csv", "dataclasses", "datetime",
+        "decimal", "enum", "fractions", "functools", "hashlib", "heapq", "io", "itertools",
+        "json", "math", "operator", "pathlib", "random", "re", "shutil", "statistics",
+        "string", "struct", "subprocess", "tempfile", "textwrap", "threading", "time",
+        "typing", "uuid", "zlib", "msgpack", "pydantic",
     ),
 }
+# fmt: on
 PROFILES["python-ml"] = (*PROFILES["python-core"], "numpy", "torch")
 
 LEVEL_NONE, LEVEL_BASIC, LEVEL_STANDARD, LEVEL_STRICT = 0, 1, 2, 3

@@ -62,6 +62,14 @@ class Sandbox:
     ``async with Sandbox() as sandbox: result = await sandbox.run(code="print(42)")``.
     See the package docstring for the job code contract.
 
+    ``profiles``: env profiles to start (``python-ml`` is skipped, with a reason in
+    :attr:`unavailable_profiles`, when torch/numpy do not import). ``max_concurrency``:
+    jobs running at once (1..64; each profile pre-forks that many slots).
+    ``workdir_root``: where per-job working directories live (default: a fresh directory
+    under the system temp dir, removed at close); below ``STRICT`` its path must be
+    searchable by other uids. ``isolation``: ``None`` = the best the host allows, else
+    exactly that level (:class:`SandboxError` at start when the host cannot provide it).
+
     Resource handling: entering starts one fork-server process per available profile
     (each pre-forks one sandboxed child per concurrency slot) and reserves a block of
     per-slot uids; :meth:`aclose` (idempotent; also on exit of the ``async with``) stops
@@ -105,6 +113,7 @@ class Sandbox:
         self._limiter = anyio.Semaphore(max_concurrency)
         self._root: str | None = None
         self._own_root = False
+        self._accelerators: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         level = self._report.level.token if self._report else "?"
@@ -131,6 +140,12 @@ class Sandbox:
     def unavailable_profiles(self) -> Mapping[str, str]:
         """Profiles asked for but not available, with the reason."""
         return dict(self._unavailable)
+
+    @property
+    def accelerators(self) -> tuple[str, ...]:
+        """Hardware accelerators a ``python-ml`` job can use: ``("cuda",)``, ``("mps",)``
+        or ``()`` (CPU only). Probed at start by a job, never in the node or fork-server."""
+        return self._accelerators
 
     @property
     def restarts(self) -> int:
@@ -179,10 +194,11 @@ class Sandbox:
                 f"{host.level.token!r}: {why}"
             )
         self._report = report_for_level(level, host)
-        self._root = self._make_root(level)
+        self._root = await anyio.to_thread.run_sync(self._make_root, level)
         servers: list[_ForkServer] = []
         for index, profile in enumerate(self._wanted):
-            block = UidBlock.acquire(self._max_concurrency) if level >= 2 else None
+            uid = level >= IsolationLevel.STANDARD
+            block = UidBlock.acquire(self._max_concurrency) if uid else None
             server = _ForkServer(
                 profile=profile,
                 level=level,
@@ -222,16 +238,22 @@ class Sandbox:
             )
         if not self._servers:
             raise SandboxError(f"no env profile could start: {failures}")
+        ml = self._servers.get("python-ml")
+        if ml is not None:
+            self._accelerators = await _probe_accelerators(ml)
         logger.debug("sandbox started: %s; profiles %s", self._report, self.profiles)
 
     def _make_root(self, level: IsolationLevel) -> str:
         if self._workdir_arg is None:
-            root = tempfile.mkdtemp(prefix="crankmesh-sandbox-")
+            _remove_stale_roots()
+            root = tempfile.mkdtemp(prefix=ROOT_PREFIX)
+            with open(os.path.join(root, OWNER_FILE), "w") as fh:
+                fh.write(_process_identity(os.getpid()))
+            os.chmod(root, 0o711)  # job uids may pass through, not list
             self._own_root = True
         else:
             root = os.path.abspath(self._workdir_arg)
-            os.makedirs(root, exist_ok=True)
-        os.chmod(root, 0o711)
+            os.makedirs(root, mode=0o711, exist_ok=True)
         if level is IsolationLevel.STANDARD:
             check_traversable(root)
         return root
@@ -279,6 +301,61 @@ class Sandbox:
         request = encode_request(code=code, args=args, accelerator=accelerator, limits=limits)
         async with self._limiter:
             return await server.submit(request, limits)
+
+
+ROOT_PREFIX = "crankmesh-sandbox-"
+OWNER_FILE = "owner"
+
+
+def _process_identity(pid: int) -> str:
+    """``pid start-time``: tells a live process from a later one that reused its pid."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            start = fh.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+    return f"{pid} {start}"
+
+
+def _remove_stale_roots() -> None:
+    """Remove default work roots left by sandboxes whose node died without closing them."""
+    base = tempfile.gettempdir()
+    try:
+        names = [n for n in os.listdir(base) if n.startswith(ROOT_PREFIX)]
+    except OSError:
+        return
+    for name in names:
+        path = os.path.join(base, name)
+        try:
+            if os.lstat(path).st_uid != os.geteuid():
+                continue
+            with open(os.path.join(path, OWNER_FILE)) as fh:
+                owner = fh.read().strip()
+        except OSError:
+            continue
+        pid = owner.split(" ", 1)[0]
+        if pid.isdigit() and _process_identity(int(pid)) != owner:
+            logger.info("removing the work directory %s of a sandbox that is gone", path)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+_ACCELERATOR_PROBE = """
+import torch
+mps = getattr(torch.backends, "mps", None)
+result = [bool(torch.cuda.is_available()), bool(mps is not None and mps.is_available())]
+"""
+
+
+async def _probe_accelerators(server: _ForkServer) -> tuple[str, ...]:
+    """Ask a forked python-ml job (CUDA may be initialised there, never in the server)."""
+    limits = SandboxLimits(timeout_s=60)
+    request = encode_request(code=_ACCELERATOR_PROBE, args=None, accelerator="cpu", limits=limits)
+    result = await server.submit(request, limits, ensure=False)
+    if result.status is not ExecStatus.OK or result.return_value is None:
+        logger.info("sandbox accelerator probe failed: %s %s", result.status, result.detail)
+        return ()
+    cuda, mps = msgpack.unpackb(result.return_value)
+    return (("cuda",) if cuda else ()) + (("mps",) if mps else ())
 
 
 def encode_request(

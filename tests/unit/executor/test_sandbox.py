@@ -104,6 +104,18 @@ def processes_with_arg(marker: str) -> list[int]:
     return found
 
 
+def make_stale_root() -> Path:
+    """A default work root whose owner file names a process that cannot exist."""
+    stale = Path(tempfile.mkdtemp(prefix="crankmesh-sandbox-"))
+    (stale / "owner").write_text("999999999 1")
+    (stale / "leftover").write_text("x")
+    return stale
+
+
+def is_dir(path: Path) -> bool:
+    return path.is_dir()
+
+
 def files_under(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file()]
 
@@ -227,6 +239,7 @@ async def test_sandbox_lifecycle_misuse_is_reported(workdir_root: Path) -> None:
         await sb.run(code="pass")
     async with sb:
         assert sb.profiles == ("python-core",)
+        assert sb.accelerators == ()
         with pytest.raises(ValueError, match="accelerator"):
             await sb.run(code="pass", accelerator="tpu")
         with pytest.raises(ValueError, match="msgpack"):
@@ -242,6 +255,14 @@ async def test_sandbox_lifecycle_misuse_is_reported(workdir_root: Path) -> None:
 
 
 # --------------------------------------------------------------------------- the contract
+
+
+@pytest.mark.anyio
+async def test_work_root_of_a_dead_node_is_removed() -> None:
+    stale = make_stale_root()
+    async with Sandbox(max_concurrency=1) as sb:
+        assert files_under(stale) == [] and not is_dir(stale)
+        assert sb.profiles == ("python-core",)
 
 
 @pytest.mark.anyio

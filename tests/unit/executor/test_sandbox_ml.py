@@ -29,6 +29,7 @@ async def ml_sandbox() -> AsyncIterator[Sandbox]:
 @pytest.mark.anyio
 async def test_python_ml_profile_is_available(ml_sandbox: Sandbox) -> None:
     assert ml_sandbox.profiles == ("python-core", "python-ml")
+    assert ml_sandbox.accelerators == (("cuda",) if torch.cuda.is_available() else ())
 
 
 @pytest.mark.anyio

@@ -355,3 +355,24 @@ def test_every_finding_kind_is_specified_in_rfc_0002() -> None:
     text = RFC.read_text(encoding="utf-8")
     for kind in FINDING_KINDS:
         assert re.search(rf"`{kind}`", text), f"RFC 0002 does not specify {kind!r}"
+
+
+def test_a_huge_signed_seq_is_one_gap_not_a_hang() -> None:
+    h, people = clean_history(2)
+    h.job(people["orig-1"], people["ex-a"], seq=2**63 - 1)
+    report = run(h.records)
+    assert kinds(report) == ["gap"], report.render()
+    assert f"seqs 3..{2**63 - 2}" in report.findings[0].message
+
+
+def test_gap_next_to_a_tampered_receipt_is_not_reported_twice() -> None:
+    h, people = clean_history(1)
+    a, orig = people["ex-a"], people["orig-1"]
+    victim = h.job(orig, a)
+    h.job(orig, a)
+    records = h.records
+    i = next(i for i, r in enumerate(records) if r.data == victim.receipt.raw)
+    r = records[i]
+    records[i] = Record(r.subject, b"\x00" + r.data[1:], r.seq, r.msg_id)  # undecodable
+    report = run(records)
+    assert kinds(report) == ["malformed_envelope"], report.render()
