@@ -63,6 +63,9 @@ log = logging.getLogger("crankmesh.executor")
 
 MAX_ANNOUNCE_BYTES = 256 * 1024
 _GPU_ACCELERATORS = frozenset({"gpu", "cuda", "rocm", "mps"})
+#: Room a receipt delivery needs beyond the result: signed receipt, sealed-box
+#: overhead, msgpack framing.
+_DELIVERY_OVERHEAD = 4096
 MAX_ASSIGNMENT_BYTES = 8 * 1024 * 1024
 
 
@@ -551,24 +554,16 @@ class Executor:
         job_rec: _JobRecord,
         arrived_ns: int,
     ) -> None:
+        """Run one accepted job and publish its receipt.
+
+        Error handling: a crashing capability becomes an ``error`` receipt; a receipt
+        that cannot be published is logged and counted (the signed delivery stays in
+        the idempotency record, so a repeated assignment re-publishes it). Nothing
+        raised here reaches the executor's task group.
+        """
         job = rec.job
-        handler = self.handlers[job.capability]
         try:
-            async with self._exec_slots:
-                self._queued -= 1
-                self._running += 1
-                self.peak_running = max(self.peak_running, self._running)
-                self.metrics.running.set(self._running)
-                self.metrics.execution_start.labels(capability=job.capability).inc()
-                start = time.perf_counter_ns()
-                try:
-                    outcome = await handler.execute(job, payload)
-                except Exception as exc:
-                    log.exception("capability %s crashed on job %s", job.capability, rec.job_cid)
-                    outcome = Outcome("error", None, f"{type(exc).__name__}: {exc}"[:1000])
-                wall_us = (time.perf_counter_ns() - start) // 1000
-                self._running -= 1
-                self.metrics.running.set(self._running)
+            outcome, wall_us = await self._run_handler(job, payload, rec.job_cid)
             service_us = (time.perf_counter_ns() - arrived_ns) // 1000
             self.bench.record(
                 job.capability,
@@ -579,10 +574,39 @@ class Executor:
             )
             self.metrics.execution_seconds.labels(capability=job.capability).observe(wall_us / 1e6)
             with anyio.CancelScope(shield=True):
-                await self._publish_receipt(rec, asg, asg_cid, outcome, wall_us, job_rec)
+                try:
+                    await self._publish_receipt(rec, asg, asg_cid, outcome, wall_us, job_rec)
+                except Exception:
+                    self.metrics.reject("receipt", "publish_failed")
+                    log.exception("receipt for job %s could not be published", rec.job_cid)
         finally:
             if self._running == 0 and self._queued == 0:
                 self._idle.set()
+
+    async def _run_handler(self, job: JobSpec, payload: bytes, job_cid: str) -> tuple[Outcome, int]:
+        handler = self.handlers[job.capability]
+        dequeued = False
+        try:
+            async with self._exec_slots:
+                self._queued -= 1
+                dequeued = True
+                self._running += 1
+                self.peak_running = max(self.peak_running, self._running)
+                self.metrics.running.set(self._running)
+                self.metrics.execution_start.labels(capability=job.capability).inc()
+                start = time.perf_counter_ns()
+                try:
+                    outcome = await handler.execute(job, payload)
+                except Exception as exc:
+                    log.exception("capability %s crashed on job %s", job.capability, job_cid)
+                    outcome = Outcome("error", None, f"{type(exc).__name__}: {exc}"[:1000])
+                finally:
+                    self._running -= 1
+                    self.metrics.running.set(self._running)
+                return outcome, (time.perf_counter_ns() - start) // 1000
+        finally:
+            if not dequeued:
+                self._queued -= 1
 
     async def _publish_receipt(
         self,
@@ -595,6 +619,18 @@ class Executor:
     ) -> None:
         job = rec.job
         result = outcome.result
+        limit = int(getattr(self._nc, "max_payload", 0) or (1 << 20))
+        if result is not None and len(result) + _DELIVERY_OVERHEAD > limit:
+            outcome = Outcome(
+                "output_limit",
+                None,
+                f"result of {len(result)} bytes does not fit the NATS max_payload of {limit} "
+                "bytes; lower max_output_bytes or raise the server's max_payload",
+                outcome.wall_us,
+                outcome.cpu_us,
+                outcome.peak_rss_kb,
+            )
+            result = None
         async with self._receipt_lock:
             seq, prev = self.chain.next_links()
             receipt = Receipt.build(

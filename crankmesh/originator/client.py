@@ -67,6 +67,7 @@ from ..protocol.errors import (
     ExecutorsExhausted,
     NoBids,
     NoCapacity,
+    OversizedMessage,
     ProtocolError,
     SelectionError,
     TokenInvalid,
@@ -401,6 +402,9 @@ class Client:
         :meth:`JobResult.raise_for_status`).
         """
         self._check_open()
+        limit = int(getattr(self._nc, "max_payload", 0) or (1 << 20))
+        if len(job.payload) + 8192 > limit:
+            raise OversizedMessage(len(job.payload) + 8192, limit)
         if not job.fallback:
             return await self._run_one(job, policy)
         variants = [job] + [
