@@ -328,8 +328,8 @@ class NodeSettings:
         )
 
     def node_config(self) -> NodeConfig:
-        """The :class:`~crankmesh.node.NodeConfig` for these settings (not the trust list,
-        metrics endpoint, logging or minimum isolation: the daemon applies those)."""
+        """The :class:`~crankmesh.node.NodeConfig` for these settings (logging and the
+        NATS connection are applied by the daemon)."""
         from .node import NodeConfig
 
         return NodeConfig(
@@ -343,6 +343,10 @@ class NodeSettings:
             drain_grace_s=self.drain_grace_s,
             state_dir=str(self.state_dir),
             sandbox_profiles=self.sandbox_profiles,
+            trusted=trusted_dids(self) or None,
+            metrics_host=self.metrics_host,
+            metrics_port=self.metrics_port if self.metrics_enabled else None,
+            isolation_min=self.isolation_min,
         )
 
 

@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +28,11 @@ from .directory import PeerDirectory
 from .executor.agent import Executor, ExecutorConfig
 from .executor.handlers import CapabilityHandler, EchoCapability, InProcessCapability
 from .executor.hardware import HardwareMonitor
+from .http import serve_http
 from .observability import Metrics
 from .originator.client import Client, ClientConfig
 from .protocol import subjects
-from .protocol.errors import ClientStateError, TransportError
+from .protocol.errors import ClientStateError, SandboxError, TransportError
 from .protocol.identity import Identity
 from .protocol.messages import Advert, AdvertCapability
 from .receipts.chain import ChainHead
@@ -66,6 +68,14 @@ class NodeConfig:
     #: Hardware re-detection period; GPUs are detected through torch when installed.
     hardware_interval_s: float = 30.0
     detect_gpu: bool = True
+    #: Production trust list: only these DIDs' adverts, announcements, assignments and
+    #: bids are accepted (this node's own DID always is). None = accept any signer.
+    trusted: frozenset[str] | None = None
+    #: Serve /metrics and /healthz here (port 0 = any free port; None = no HTTP server).
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = None
+    #: Refuse to start unless the sandbox achieves at least this isolation level.
+    isolation_min: str | None = None
 
 
 class Node:
@@ -89,7 +99,10 @@ class Node:
         self._nats_target = nats
         self.nc: Any = connection
         self._services = dict(services or {})
-        self.directory = PeerDirectory(federation=self.config.federation, metrics=self.metrics)
+        self.directory = PeerDirectory(
+            federation=self.config.federation, metrics=self.metrics, trusted=self.trusts
+        )
+        self.metrics_port: int | None = None
         self.executor: Executor | None = None
         self.client: Client | None = None
         self.sandbox: Any = None
@@ -103,6 +116,32 @@ class Node:
     @property
     def did(self) -> str:
         return self.identity.did
+
+    def trusts(self, did: str) -> bool:
+        """Whether messages signed by ``did`` are accepted (production trust list)."""
+        trusted = self.config.trusted
+        return trusted is None or did == self.identity.did or did in trusted
+
+    def health(self) -> dict[str, Any]:
+        """What /healthz reports: 200 when ``status`` is ``ok``."""
+        ex = self.executor
+        connected = bool(self.nc is not None and self.nc.is_connected)
+        status = "ok"
+        if ex is not None and ex._draining:
+            status = "draining"
+        elif not connected:
+            status = "disconnected"
+        return {
+            "status": status,
+            "did": self.did,
+            "federation": self.config.federation,
+            "name": self.config.name,
+            "peers": len(self.directory),
+            "running": ex.load.running if ex else 0,
+            "queued": ex.load.queued if ex else 0,
+            "capacity": ex.capacity if ex else 0,
+            "records_pending": self.record_store.pending if self.record_store else 0,
+        }
 
     async def _handlers(self, stack: AsyncExitStack) -> list[CapabilityHandler]:
         handlers: list[CapabilityHandler] = []
@@ -176,6 +215,14 @@ class Node:
             isolation = "none"
             if self.sandbox is not None:
                 isolation = self.sandbox.isolation.level.token
+            if self.config.isolation_min and IsolationLevel.parse(isolation) < IsolationLevel.parse(
+                self.config.isolation_min
+            ):
+                notes = "; ".join(self.sandbox.isolation.notes) if self.sandbox else "no sandbox"
+                raise SandboxError(
+                    f"the sandbox achieves isolation {isolation!r} on this host, below the "
+                    f"required minimum {self.config.isolation_min!r} ({notes})"
+                )
             exec_cfg = self.config.executor
             if exec_cfg.isolation != isolation:
                 exec_cfg = ExecutorConfig(**{**exec_cfg.__dict__, "isolation": isolation})
@@ -186,6 +233,7 @@ class Node:
                 config=exec_cfg,
                 metrics=self.metrics,
                 chain=ChainHead(chain_path),
+                trusted=self.trusts if self.config.trusted is not None else None,
                 offer=self._merge_declared(CapabilityOffer(), isolation),
             )
             self.client = Client(
@@ -195,6 +243,7 @@ class Node:
                 directory=self.directory,
                 metrics=self.metrics,
                 local_executor=self.identity.did,
+                trusted=self.trusts if self.config.trusted is not None else None,
             )
             self.record_store = RecordStore(
                 self.nc,
@@ -229,6 +278,16 @@ class Node:
                 await tg.start(self.directory.serve, self.nc)
                 await tg.start(self.executor.serve, self.nc)
                 await tg.start(self._advertise)
+                if self.config.metrics_port is not None:
+                    self.metrics_port = await tg.start(
+                        partial(
+                            serve_http,
+                            self.metrics.registry,
+                            host=self.config.metrics_host,
+                            port=self.config.metrics_port,
+                            health=self.health,
+                        )
+                    )
                 async with self.client:
                     try:
                         yield

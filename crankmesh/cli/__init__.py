@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import sys
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
@@ -87,65 +87,82 @@ def _cmd_identity_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_node(args: argparse.Namespace) -> int:
-    from ..executor.agent import ExecutorConfig
-    from ..keystore import default_key_path, load_or_create_identity
-    from ..node import Node, NodeConfig
+    """Run a node until SIGINT/SIGTERM (drain, exit 0; a second signal exits at once)."""
+    from ..config import ConfigError, flags_from_args, load_settings, validate_for_mode
+    from ..keystore import load_identity, load_or_create_identity
+    from ..node import Node
     from ..observability import configure_logging
+    from ..protocol.errors import CrankmeshError, KeystoreError
 
-    configure_logging(json=args.log_json, level=args.log_level)
-    key = Path(args.key) if args.key else default_key_path()
-    identity = load_or_create_identity(key)
-    prices = {}
-    for item in args.capability_price or []:
-        name, _, price = item.partition("=")
-        prices[name] = _parse_price(price)
-    config = NodeConfig(
-        federation=args.federation,
-        name=args.name,
-        region=args.region,
-        capabilities=tuple(args.capabilities.split(",")),
-        executor=ExecutorConfig(
-            default_price=args.price,
-            prices=prices,
-            max_concurrency=args.max_concurrency,
-            queue_depth=args.queue_depth,
-        ),
-        state_dir=str(key.parent),
-        drain_grace_s=args.grace,
-    )
+    try:
+        settings = load_settings(flags=flags_from_args(args), file=args.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    problems = validate_for_mode(settings)
+    if args.print_config:
+        print(settings.to_toml())
+        for problem in problems:
+            print(f"# problem ({settings.mode} mode): {problem}")
+        return 1 if problems else 0
+    if problems:
+        print(f"error: refusing to start in {settings.mode} mode:", file=sys.stderr)
+        for problem in problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 2
+    configure_logging(json=settings.log_format == "json", level=settings.log_level)
     log = logging.getLogger("crankmesh.node")
+    for warning in settings.warnings:
+        log.warning("%s", warning)
+    try:
+        identity = (
+            load_identity(settings.key_file)
+            if settings.is_production
+            else load_or_create_identity(settings.key_file)
+        )
+    except KeystoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
     async def run() -> None:
         from ..testing import NatsServer
 
-        server = None
-        nats_url = args.nats
-        if not nats_url:
-            server = NatsServer()
-            await server.__aenter__()
-            nats_url = server.url
-            log.info("no --nats given: started an embedded nats-server at %s", nats_url)
-        try:
-            async with Node(identity=identity, nats=nats_url, config=config) as node:
-                log.info(
-                    "node %s serving %s on %s (federation %s)",
-                    node.did,
-                    ",".join(config.capabilities),
-                    nats_url,
-                    config.federation,
-                )
-                print(json.dumps({"event": "ready", "did": node.did, "nats": nats_url}), flush=True)
-                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                    async for _sig in signals:
-                        log.info("signal received: draining (a second signal exits at once)")
-                        signal.signal(signal.SIGINT, signal.SIG_DFL)
-                        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                        break
-        finally:
-            if server is not None:
-                await server.__aexit__(None, None, None)
+        async with AsyncExitStack() as stack:
+            servers = None
+            if settings.embedded_nats:
+                server = await stack.enter_async_context(NatsServer())
+                servers = [server.url]
+                log.info("no NATS URL given: started an embedded nats-server at %s", server.url)
+            options = settings.nats_options(servers)
+            node = await stack.enter_async_context(
+                Node(identity=identity, nats=options, config=settings.node_config())
+            )
+            ready = {
+                "event": "ready",
+                "did": node.did,
+                "mode": settings.mode,
+                "nats": ",".join(options.redacted_servers),
+                "federation": settings.federation,
+                "metrics": (
+                    f"http://{settings.metrics_host}:{node.metrics_port}/metrics"
+                    if node.metrics_port is not None
+                    else None
+                ),
+            }
+            print(json.dumps(ready), flush=True)
+            log.info("node %s ready (%s mode)", node.did, settings.mode)
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _sig in signals:
+                    log.info("signal received: draining (a second signal exits at once)")
+                    signal.signal(signal.SIGINT, signal.SIG_DFL)
+                    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                    break
 
-    anyio.run(run)
+    try:
+        anyio.run(run)
+    except CrankmeshError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -273,38 +290,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=_cmd_identity_show)
 
-    nd = sub.add_parser("node", help="run a node (executor + originator) until SIGINT/SIGTERM")
-    nd.add_argument(
-        "--nats",
-        default=os.environ.get("CRANKMESH_NATS"),
-        help="NATS URL(s), comma-separated (default: start an embedded server)",
+    nd = sub.add_parser(
+        "node",
+        help="run a node (executor + originator) until SIGINT/SIGTERM",
+        description="Run a crankmesh node. Settings come from flags > CRANKMESH_* environment "
+        "variables > a TOML file (--config) > defaults; see docs/operating.md. Development mode "
+        "(the default outside CI) needs nothing: it generates an identity and starts an "
+        "embedded nats-server; production mode (CRANKMESH_ENV=production) requires a key "
+        "file, a NATS URL with TLS and/or credentials, and a trust list.",
     )
-    nd.add_argument("--key", help="key file (created if missing)")
-    nd.add_argument("--federation", default=os.environ.get("CRANKMESH_FEDERATION", "default"))
-    nd.add_argument("--name")
-    nd.add_argument("--region")
-    nd.add_argument(
-        "--capabilities",
-        default="echo,python.run",
-        help="comma-separated capabilities to offer (default: echo,python.run)",
-    )
-    nd.add_argument(
-        "--price",
-        type=_parse_price,
-        default=1000,
-        help="price per job in micro-units (1000) or units (0.001)",
-    )
-    nd.add_argument(
-        "--capability-price",
-        action="append",
-        metavar="CAP=PRICE",
-        help="price for one capability, e.g. python.run=5000 (repeatable)",
-    )
-    nd.add_argument("--max-concurrency", type=int, default=2)
-    nd.add_argument("--queue-depth", type=int, default=8)
-    nd.add_argument("--grace", type=float, default=30.0, help="drain grace period (s)")
-    nd.add_argument("--log-json", action="store_true", help="JSON log lines")
-    nd.add_argument("--log-level", default="INFO")
+    from ..config import add_node_arguments
+
+    add_node_arguments(nd)
     nd.set_defaults(fn=_cmd_node)
 
     sb = sub.add_parser("submit", help="submit a job to a mesh and print the verified result")

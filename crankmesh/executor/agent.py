@@ -132,6 +132,7 @@ class Executor:
         chain: ChainHead | None = None,
         offer: CapabilityOffer | None = None,
         bench: SelfBenchmark | None = None,
+        trusted: Callable[[str], bool] | None = None,
     ) -> None:
         self.identity = identity
         self.federation = subjects.check_federation(federation)
@@ -140,6 +141,7 @@ class Executor:
         self.metrics = metrics or Metrics()
         self.chain = chain or ChainHead()
         self.offer = offer or CapabilityOffer()
+        self._trusted = trusted
         self._match_cache: dict[bytes, tuple[CapabilityOffer, MatchResult]] = {}
         self._buckets = _TokenBuckets(self.config.originator_rate, self.config.originator_burst)
         #: Persists bids and receipts in JetStream (set by the node); None = plain publish.
@@ -337,6 +339,8 @@ class Executor:
         )
         if ann.signer != ann.job.originator:
             raise _Reject("not_originator")
+        if self._trusted is not None and not self._trusted(ann.signer):
+            raise _Reject("untrusted")
         job_cid = job_cid_of(env.body["job"])
         # Key on the signature: unique per (key, body), and free (no hashing).
         self._announce_replay.remember(env.signature, ann.exp + 60_000, now)
@@ -467,6 +471,8 @@ class Executor:
             raise _Reject("not_for_us")
         if info.job_cid != asg.job:
             raise _Reject("subject_mismatch")
+        if self._trusted is not None and not self._trusted(asg.signer):
+            raise _Reject("untrusted")
         env.verify()
         # Idempotency first: a repeated assignment for a job we accepted never runs twice.
         known = self._jobs.get(asg.job)

@@ -35,7 +35,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
@@ -161,6 +161,7 @@ class Client:
         directory: PeerDirectory | None = None,
         metrics: Metrics | None = None,
         local_executor: str | None = None,
+        trusted: Callable[[str], bool] | None = None,
         **overrides: Any,
     ) -> None:
         if (nats is None) == (connection is None):
@@ -177,6 +178,7 @@ class Client:
         self._owns_directory = directory is None
         self.directory = directory or PeerDirectory(federation=cfg.federation, metrics=self.metrics)
         self.local_executor = local_executor
+        self._trusted = trusted
         self._state = _State.NEW
         self._stack: AsyncExitStack | None = None
         self._tracks: dict[str, _JobTrack] = {}
@@ -471,6 +473,9 @@ class Client:
                     env, bid = decode_message(msg.data, Bid, max_len=64 * 1024)
                     if bid.job != job_cid:
                         raise ProtocolError("bid for another job")
+                    if self._trusted is not None and not self._trusted(bid.signer):
+                        self.metrics.reject("bid", "untrusted")
+                        return
                 except ProtocolError as exc:
                     self.metrics.reject("bid", exc.reason)
                     return

@@ -25,15 +25,23 @@ pytestmark = [pytest.mark.integration]
 CLI = [sys.executable, "-m", "crankmesh.cli"]
 
 
+#: Subprocess nodes run in development mode: CI sets CI=true, which would otherwise
+#: select production mode (and its TLS/credentials/trust-list requirements).
+DEV_ENV = {**os.environ, "CRANKMESH_ENV": "development"}
+
+
 def run_cli(*args: str, timeout: float = 60, **kw) -> subprocess.CompletedProcess[str]:
+    kw.setdefault("env", DEV_ENV)
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, **kw)
 
 
 @contextmanager
-def node_process(url: str, key: Path, *extra: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+def node_process(
+    url: str, key: Path, *extra: str, env: dict[str, str] | None = None
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
     proc = subprocess.Popen(
         [*CLI, "node", "--nats", url, "--key", str(key), "--log-level", "WARNING", *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env or DEV_ENV,
     )
     try:
         assert proc.stdout is not None
