@@ -425,14 +425,17 @@ class Executor:
         self.metrics.job_bids.labels(capability=capability).inc()
 
     async def _on_close(self, msg: Any) -> None:
-        # Cheap pre-filter: only closes for jobs we hold a reservation for matter.
+        # Every executor hears every Close: validate it (garbage is counted), then
+        # ignore it unless it releases a reservation this executor holds.
+        _, close = decode_message(msg.data, Close, max_len=4096)
         info = subjects.parse_subject(msg.subject)
-        bid_cid = self._bids_by_job.get(info.job_cid or "")
+        if info.job_cid != close.job:
+            raise _Reject("subject_mismatch")
+        bid_cid = self._bids_by_job.get(close.job)
         rec = self._bids.get(bid_cid) if bid_cid is not None else None
         if rec is None or not rec.reserved:
-            raise _Reject("unsolicited")  # not a job we hold capacity for
-        _, close = decode_message(msg.data, Close, max_len=4096)
-        if close.job != rec.job_cid or close.signer != rec.job.originator:
+            return  # not a job we hold capacity for (or we won it)
+        if close.signer != rec.job.originator:
             raise _Reject("not_originator")
         # Not signature-checked on purpose (RFC 0001 §8.7): a Close can only release
         # a soft reservation, and an assignment is still accepted only with capacity

@@ -68,7 +68,7 @@ def test_metrics_match_jobs_and_sigterm_drains_a_running_job(nats_server, tmp_pa
                 await client.wait_for_peers("python.run", 1)
                 done = [await client.run(Job.echo(b"%d" % i)) for i in range(5)]
                 done += [await client.run(Job.python("print(1)")) for _ in range(3)]
-                m = _metrics(ready["metrics"])
+                m = await anyio.to_thread.run_sync(_metrics, ready["metrics"])
                 assert _sum(m, "job_bids_total") == 8
                 assert _sum(m, "assignments_total", outcome="accepted") == 8
                 assert _sum(m, "execution_start_total", capability="echo") == 5
@@ -76,14 +76,16 @@ def test_metrics_match_jobs_and_sigterm_drains_a_running_job(nats_server, tmp_pa
                 assert _sum(m, "receipts_total", status="ok") == 8
                 assert ("directory_peers", ()) in m
                 assert _sum(m, "rejections_total") == 0
-                health = json.loads(urllib.request.urlopen(
-                    ready["metrics"].replace("/metrics", "/healthz"), timeout=5).read())
+                health_url = ready["metrics"].replace("/metrics", "/healthz")
+                health = json.loads(await anyio.to_thread.run_sync(
+                    lambda: urllib.request.urlopen(health_url, timeout=5).read()))
                 assert health["status"] == "ok" and health["did"] == ready["did"]
                 # SIGTERM while a 2 s job runs: the job's receipt still arrives.
                 handle = client.submit(Job.python("import time\ntime.sleep(2)\nprint('done')",
                                                   timeout_sec=10))
-                while handle.status not in ("accepted", "completed", "failed"):
-                    await anyio.sleep(0.05)
+                async for event in handle.watch():
+                    if event.kind in ("accepted", "completed", "failed"):
+                        break
                 t0 = time.monotonic()
                 proc.send_signal(signal.SIGTERM)
                 r = await handle.result()
