@@ -31,12 +31,15 @@ from .executor.hardware import HardwareMonitor
 from .http import serve_http
 from .observability import Metrics
 from .originator.client import Client, ClientConfig
+from .originator.explain_service import serve_explanations
 from .protocol import subjects
 from .protocol.errors import ClientStateError, SandboxError, TransportError
 from .protocol.identity import Identity
 from .protocol.messages import Advert, AdvertCapability
 from .receipts.chain import ChainHead
+from .receipts.reputation import ReputationBook
 from .receipts.store import RecordStore
+from .verification import CanaryProber
 
 __all__ = ["Node", "NodeConfig"]
 
@@ -76,6 +79,10 @@ class NodeConfig:
     metrics_port: int | None = None
     #: Refuse to start unless the sandbox achieves at least this isolation level.
     isolation_min: str | None = None
+    #: Canary probes of peers (seed 003 "Capability Verification"); 0 disables.
+    probe_interval_s: float = 60.0
+    #: Follow the audit records on the stream into a shared reputation book.
+    follow_reputation: bool = True
 
 
 class Node:
@@ -108,6 +115,9 @@ class Node:
         self.sandbox: Any = None
         self.record_store: RecordStore | None = None
         self.hardware: HardwareMonitor | None = None
+        self.prober: CanaryProber | None = None
+        #: Reputation derived from audited records on the stream (RFC 0002 §7).
+        self.reputation = ReputationBook()
         self._stack: AsyncExitStack | None = None
         self._opened = False
         self._advert_seq = 0
@@ -278,6 +288,24 @@ class Node:
                 await tg.start(self.directory.serve, self.nc)
                 await tg.start(self.executor.serve, self.nc)
                 await tg.start(self._advertise)
+                await tg.start(
+                    partial(
+                        serve_explanations,
+                        self.nc,
+                        federation=self.config.federation,
+                        client=self.client,
+                    )
+                )
+                if self.config.follow_reputation:
+                    await tg.start(self._follow_reputation)
+                if self.config.probe_interval_s > 0:
+                    self.prober = CanaryProber(
+                        self.client,
+                        self.directory,
+                        interval_s=self.config.probe_interval_s,
+                        own_did=self.did,
+                    )
+                    await tg.start(self.prober.run)
                 if self.config.metrics_port is not None:
                     self.metrics_port = await tg.start(
                         partial(
@@ -345,6 +373,34 @@ class Node:
                 prof.p95_us,
                 prof.p99_us,
             )
+
+    async def _follow_reputation(
+        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Feed every audit record published on the federation (receipts, winning bids,
+        settlements) into the shared reputation book used by selection."""
+        assert self.client is not None
+        book = self.reputation
+        self.client.reputation_book = book
+
+        async def cb(msg: Any) -> None:
+            book.ingest(msg.data)  # never raises; bad records are counted in the book
+
+        fed = self.config.federation
+        subs = [
+            await self.nc.subscribe(f"{subjects.ROOT}.{fed}.{area}.*", cb=cb)
+            for area in ("receipts", "bids", "settlements")
+        ]
+        try:
+            task_status.started()
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                for sub in subs:
+                    try:
+                        await sub.unsubscribe()
+                    except Exception:
+                        pass
 
     async def _shutdown(self) -> None:
         assert self.executor is not None

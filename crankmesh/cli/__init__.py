@@ -333,7 +333,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_token_parsers(sub)
     _add_executor_parsers(sub)
     _add_audit_parsers(sub)
+    _add_ops_parsers(sub)
     return p
+
+
+def _add_ops_parsers(sub: Any) -> None:
+    from . import _ops_cmds as ops
+
+    pe = sub.add_parser(
+        "peers",
+        help="discover peers by capability, GPU, price and region",
+        description="Follow the signed adverts for --listen-s seconds and list matching peers: "
+        "closest region first, then most available, then cheapest.",
+    )
+    ops.add_peers_arguments(pe)
+    tp = sub.add_parser("top", help="live view of peers and message rates on the federation")
+    ops.add_top_arguments(tp)
+    ex = sub.add_parser(
+        "explain", help="why a job went to its executor (asks the node that ran it)"
+    )
+    ops.add_explain_arguments(ex)
 
 
 def _add_token_parsers(sub: Any) -> None:

@@ -115,6 +115,10 @@ class ClientConfig:
     #: When peers offer the capability but none bids (all full), keep re-announcing
     #: with backoff for up to this long before raising NoCapacity (0 = fail fast).
     busy_wait_s: float = 10.0
+    #: Executors whose reputation (shared, audited records combined with this
+    #: originator's own observations and canary probes) is below this are not used.
+    #: Unknown executors count as the prior (2/3); banned ones (equivocation) as 0.
+    min_reputation: float = 0.05
     announce_ttl_ms: int = 30_000
     liveness_check_ms: int = 250
 
@@ -176,7 +180,12 @@ class Client:
         self._nats_target = nats
         self._nc: Any = connection
         self._owns_directory = directory is None
-        self.directory = directory or PeerDirectory(federation=cfg.federation, metrics=self.metrics)
+        # `is None`, not `or`: an empty directory is falsy (it has a __len__).
+        self.directory = (
+            directory
+            if directory is not None
+            else PeerDirectory(federation=cfg.federation, metrics=self.metrics)
+        )
         self.local_executor = local_executor
         self._trusted = trusted
         self._state = _State.NEW
@@ -190,6 +199,10 @@ class Client:
         # Observed vs promised, per executor: a local reputation used in scoring.
         self._observed: dict[str, LatencyWindow] = {}
         self._reputation: dict[str, market.LocalReputation] = {}
+        #: Shared reputation from audited records on the stream (set by a node).
+        self.reputation_book: Any = None
+        #: (executor, capability) -> (reason, until_ms): set by canary probes.
+        self._excluded: dict[tuple[str, str], tuple[str, int]] = {}
         self._tg: anyio.abc.TaskGroup | None = None
         #: Set by a node: persists settlements in JetStream (buffered when it is down).
         self.record_store: Any = None
@@ -308,6 +321,7 @@ class Client:
 
     def _terms(self, job: Job) -> market.Terms:
         return market.Terms(
+            min_reputation=self.config.min_reputation,
             currency=job.currency,
             max_price_micros=job.max_price,
             slo_p95_us=job.slo.p95_us if job.slo else None,
@@ -387,7 +401,13 @@ class Client:
         """This originator's own record of ``executor`` (observed vs promised)."""
         return self._reputation.get(executor)
 
-    async def run(self, job: Job, *, policy: str | market.Policy | None = None) -> JobResult:
+    async def run(
+        self,
+        job: Job,
+        *,
+        policy: str | market.Policy | None = None,
+        executor: str | None = None,
+    ) -> JobResult:
         """Run ``job`` on the mesh and return its verified result.
 
         With a fallback chain (``Job.python(..., accelerator="gpu", fallback=["cpu"])``)
@@ -407,6 +427,8 @@ class Client:
         limit = int(getattr(self._nc, "max_payload", 0) or (1 << 20))
         if len(job.payload) + 8192 > limit:
             raise OversizedMessage(len(job.payload) + 8192, limit)
+        if executor is not None:
+            job = dataclasses.replace(job, only_executor=executor)
         if not job.fallback:
             return await self._run_one(job, policy)
         variants = [job] + [
@@ -459,6 +481,10 @@ class Client:
         self._tracks[job_cid] = track
         pol = policy or job.policy or self.config.policy
         terms = self._terms(job)
+        if job.only_executor is not None:
+            # A pinned job (a canary probe) must reach its executor even when its
+            # reputation is low: that is how an excluded executor gets re-tested.
+            terms = dataclasses.replace(terms, min_reputation=None)
         if grant is not None:
             terms = dataclasses.replace(
                 terms, budget_remaining_micros=self.budgets.remaining(grant)
@@ -500,6 +526,12 @@ class Client:
             raise TransportError(f"cannot subscribe for job {job_cid}: {exc}") from exc
         try:
             return await self._run_rounds(job, spec, job_cid, track, pol, terms, started)
+        except BaseException:
+            if track.bids:
+                # Abandoned with bids outstanding: release every bidder's reservation.
+                with anyio.CancelScope(shield=True):
+                    await self._close(job_cid, None, None)
+            raise
         finally:
             if track.grant is not None:
                 self.budgets.release_if_reserved(job_cid)
@@ -534,6 +566,7 @@ class Client:
         policy_name: str,
         terms: market.Terms,
         tried: set[str],
+        only: str | None = None,
     ) -> None:
         """Wait for bids until every expected bidder answered or the window ends."""
         cfg = self.config
@@ -544,6 +577,8 @@ class Client:
         while True:
             now = time.perf_counter()
             fresh = [b for _, b in track.bids if b.signer not in tried]  # tried = failed DIDs
+            if only is not None and only in track.bidders:
+                break
             if fresh and now >= min_deadline:
                 if expected and expected <= track.bidders:
                     break
@@ -569,7 +604,7 @@ class Client:
         waiting = [self.directory.get(d) for d in expected - track.bidders]
         prices = [p.price_of(spec.capability) for p in waiting if p is not None]
         floor_price = min((p for p in prices if p is not None), default=None)
-        cands = self._candidates([(e, b) for e, b in track.bids if b in fresh])
+        cands = self._candidates([(e, b) for e, b in track.bids if b in fresh], spec.capability)
         ranking = market.select(cands, terms, policy_name, _now_ms())
         best = ranking.winner
         if best is None or floor_price is None:
@@ -578,7 +613,9 @@ class Client:
             best, terms, policy_name, floor_price_micros=floor_price, floor_latency_us=None
         )
 
-    def _candidates(self, bids: Sequence[tuple[Envelope, Bid]]) -> list[market.Candidate]:
+    def _candidates(
+        self, bids: Sequence[tuple[Envelope, Bid]], capability: str = ""
+    ) -> list[market.Candidate]:
         out = []
         for i, (env, b) in enumerate(bids):
             out.append(
@@ -601,7 +638,7 @@ class Client:
                     expires_ms=b.exp,
                     arrival=i,
                     observed_p95_us=self._observed_p95(b.signer),
-                    reputation=self._reputation_score(b.signer),
+                    reputation=self._reputation_score(b.signer, capability),
                 )
             )
         return out
@@ -626,15 +663,21 @@ class Client:
         for round_no in itertools.count(1):
             bids_before = len(track.bids)
             await self._announce(spec)
-            await self._collect(spec, track, policy_name, terms, failed)
+            await self._collect(spec, track, policy_name, terms, failed, job.only_executor)
             got_bids = len(track.bids) > bids_before
             while len(attempts) < self.config.max_attempts:
                 usable = [
-                    (e, b) for e, b in track.bids if e.cid not in tried and b.signer not in failed
+                    (e, b)
+                    for e, b in track.bids
+                    if e.cid not in tried
+                    and b.signer not in failed
+                    and (job.only_executor is None or b.signer == job.only_executor)
                 ]
                 if not usable:
                     break
-                ranking = market.select(self._candidates(usable), terms, policy, _now_ms())
+                ranking = market.select(
+                    self._candidates(usable, spec.capability), terms, policy, _now_ms()
+                )
                 by_cid = {e.cid: (e, b) for e, b in usable}
                 chosen: tuple[Envelope, Bid] | None = None
                 for scored in list(ranking.eligible):
@@ -766,9 +809,37 @@ class Client:
         w = self._observed.get(executor)
         return w.quantile(0.95) if w is not None and len(w) >= 5 else None
 
-    def _reputation_score(self, executor: str) -> float | None:
+    def _reputation_score(self, executor: str, capability: str = "") -> float | None:
+        """The worst of what this originator knows about ``executor``: excluded by a
+        canary probe (0), the shared book from audited records, its own observations."""
+        excluded = self._excluded.get((executor, capability))
+        if excluded is not None:
+            if excluded[1] > _now_ms():
+                return 0.0
+            del self._excluded[(executor, capability)]
+        scores = []
         rep = self._reputation.get(executor)
-        return None if rep is None else rep.score
+        if rep is not None:
+            scores.append(rep.score)
+        book = self.reputation_book
+        if book is not None and (book.banned(executor) or executor in book.scores()):
+            scores.append(book.score(executor))
+        return min(scores) if scores else None
+
+    def exclude(self, executor: str, capability: str, reason: str, for_ms: int = 600_000) -> None:
+        """Stop routing ``capability`` work to ``executor`` (e.g. it failed a canary);
+        lifted after ``for_ms`` or by :meth:`readmit`."""
+        self._excluded[(executor, capability)] = (reason, _now_ms() + for_ms)
+        log.warning("excluding %s from %s work: %s", executor, capability, reason)
+
+    def readmit(self, executor: str, capability: str) -> None:
+        if self._excluded.pop((executor, capability), None) is not None:
+            log.info("readmitting %s for %s work", executor, capability)
+
+    def excluded(self, executor: str, capability: str) -> str | None:
+        """Why ``executor`` is excluded from ``capability`` work, or None."""
+        item = self._excluded.get((executor, capability))
+        return item[0] if item is not None and item[1] > _now_ms() else None
 
     def _record_outcome(
         self, executor: str, *, success: bool, observed_us: int | None, bid: Bid
@@ -857,14 +928,7 @@ class Client:
             self.metrics.reject("accept", exc.reason)
             return None, f"bad_accept: {exc}"
         # Winner accepted: release every other bidder's reservation.
-        close = Close.build(
-            signer=self.identity.did,
-            ts=_now_ms(),
-            job=job_cid,
-            winner=executor,
-            bid=bid_env.cid,
-        ).sign(self.identity)
-        await self._nc.publish(subjects.closed(cfg.federation, job_cid), close.raw)
+        await self._close(job_cid, executor, bid_env.cid)
         _emit("accepted", job_cid, executor=executor, attempt=attempt)
         return await self._await_receipt(job, spec, job_cid, track, asg, bid_env, bid, attempt)
 
@@ -908,6 +972,17 @@ class Client:
             wait_s = min(deadline_ms - now, self.config.liveness_check_ms) / 1000
             with anyio.move_on_after(wait_s):
                 await track.changed.wait()
+
+    async def _close(self, job_cid: str, winner: str | None, bid_cid: str | None) -> None:
+        """Publish a Close (RFC 0001 §8.7): bidding is over (a winner accepted, or the
+        job was abandoned); bidders other than the winner release their reservation."""
+        close = Close.build(
+            signer=self.identity.did, ts=_now_ms(), job=job_cid, winner=winner, bid=bid_cid
+        ).sign(self.identity)
+        try:
+            await self._nc.publish(subjects.closed(self.config.federation, job_cid), close.raw)
+        except Exception as exc:  # best effort: reservations also expire with the bids
+            log.debug("close for job %s not published: %s", job_cid, exc)
 
     async def _settle(
         self, spec: JobSpec, result: JobResult, asg: Envelope, bid: Bid, observed_us: int

@@ -34,6 +34,8 @@ class Job:
     fallback: tuple[str, ...] = ()
     #: A budget token chain (root first) this job is paid from; see :meth:`with_budget`.
     budget: tuple[bytes, ...] = ()
+    #: Run only on this executor (canary probes, pinning); set via ``Client.run(executor=)``.
+    only_executor: str | None = None
 
     def with_budget(self, chain: Any) -> Job:
         """This job, paid from ``chain`` (envelopes or raw bytes, root first, or the

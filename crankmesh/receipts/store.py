@@ -25,6 +25,7 @@ answers again. Typical use, inside a node's task group::
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import re
 import struct
@@ -260,16 +261,15 @@ class RecordStore:
                 info = await self._js.add_stream(self._config(wanted))
                 logger.info("created JetStream stream %s for %s", self.stream, wanted)
                 return info
+            # An existing stream belongs to whoever created it (an operator may run it
+            # replicated, with their own limits): only bind subjects it lacks, and keep
+            # its replicas and limits as they are.
             have = list(info.config.subjects or [])
             merged = have + [s for s in wanted if s not in have]
-            cfg = info.config
-            if (
-                merged != have
-                or cfg.max_age != self._max_age_s
-                or cfg.max_bytes != self._max_bytes
-                or cfg.duplicate_window != self._duplicate_window_s
-            ):
-                info = await self._js.update_stream(self._config(merged))
+            if merged != have:
+                info = await self._js.update_stream(
+                    dataclasses.replace(info.config, subjects=merged)
+                )
                 logger.info("updated JetStream stream %s (subjects %s)", self.stream, merged)
             return info
         except (nats.errors.Error, OSError, TimeoutError) as exc:

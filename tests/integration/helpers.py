@@ -28,6 +28,7 @@ def node_config(
     # detection (tests of those features turn them back on).
     extra.setdefault("calibration_runs", 0)
     extra.setdefault("detect_gpu", False)
+    extra.setdefault("probe_interval_s", 0)
     return NodeConfig(
         name=f"node-{i}",
         capabilities=tuple(capabilities),

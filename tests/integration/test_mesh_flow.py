@@ -211,3 +211,13 @@ async def test_executor_gone_before_accept_fails_over_at_once(nats_server):
                 assert r.attempts and r.attempts[0].executor == victim.did
                 assert r.attempts[0].outcome.startswith("unreachable")
                 assert time.perf_counter() - t < 2.0
+
+
+async def test_a_nodes_client_uses_the_nodes_live_directory(nats_server):
+    """Regression: an empty directory is falsy (it has __len__); the node's client once
+    got a fresh, never-served one, so it never knew whom to expect bids from."""
+    async with mesh(nats_server.url, [node_config(0), node_config(1)]) as (a, b):
+        assert a.client.directory is a.directory
+        assert await a.client.wait_for_peers("echo", 2, wait_s=5) == 2
+        r = await a.client.run(Job.echo(b"local or remote"))
+        assert r.ok and r.executor == a.did  # cheapest, and local
