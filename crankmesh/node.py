@@ -297,7 +297,12 @@ class Node:
                     )
                 )
                 if self.config.follow_reputation:
-                    await tg.start(self._follow_reputation)
+                    # Only selection uses reputation: start following the records when
+                    # this node first originates a job (an executor-only node never pays).
+                    async def follow() -> None:
+                        await tg.start(self._follow_reputation)
+
+                    self.client._first_run_hooks.append(follow)
                 if self.config.probe_interval_s > 0:
                     self.prober = CanaryProber(
                         self.client,

@@ -35,7 +35,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
@@ -207,6 +207,8 @@ class Client:
         #: Set by a node: persists settlements in JetStream (buffered when it is down).
         self.record_store: Any = None
         self._published_tokens: set[str] = set()
+        #: Run once before the first job (a node starts following reputation then).
+        self._first_run_hooks: list[Callable[[], Awaitable[None]]] = []
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -424,6 +426,8 @@ class Client:
         :meth:`JobResult.raise_for_status`).
         """
         self._check_open()
+        while self._first_run_hooks:
+            await self._first_run_hooks.pop()()
         limit = int(getattr(self._nc, "max_payload", 0) or (1 << 20))
         if len(job.payload) + 8192 > limit:
             raise OversizedMessage(len(job.payload) + 8192, limit)
@@ -1031,7 +1035,7 @@ class Client:
         there is one, else a plain publish)."""
         store = self.record_store
         if store is not None:
-            await store.publish(subject, raw, cid)
+            await store.submit(subject, raw, cid)
         else:
             await self._nc.publish(subject, raw, headers={"Nats-Msg-Id": cid})
 

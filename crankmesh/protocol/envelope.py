@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import heapq
 import re
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -55,6 +56,19 @@ DOMAIN: Final = b"crankmesh/v1/"
 MAX_ENVELOPE_BYTES: Final = 8 * 1024 * 1024
 _ENVELOPE_KEYS: Final = frozenset({"b", "s", "t", "v"})
 _TYPE_RE: Final = re.compile(r"[a-z][a-z0-9_]{0,31}\Z")
+
+
+#: Envelope bytes whose signature verified, most recent last (bounded).
+_VERIFIED: OrderedDict[bytes, None] = OrderedDict()
+_VERIFIED_MAX = 4096
+
+
+def _remember_verified(raw: bytes) -> None:
+    if len(raw) > 16384:  # big envelopes (assignments with payloads) are not worth it
+        return
+    _VERIFIED[raw] = None
+    if len(_VERIFIED) > _VERIFIED_MAX:
+        _VERIFIED.popitem(last=False)
 
 
 def signing_input(mtype: str, body_bytes: bytes) -> bytes:
@@ -101,11 +115,20 @@ class Envelope:
         return self._verified
 
     def verify(self) -> None:
-        """Check the signature against the ``signer`` DID; raise :class:`SignatureInvalid`."""
+        """Check the signature against the ``signer`` DID; raise :class:`SignatureInvalid`.
+
+        Results are remembered process-wide by the exact envelope bytes (identical bytes
+        always verify the same way), so a message reaching several subscribers of one
+        process -- a node's executor, client and reputation book -- is checked once.
+        """
         if self._verified:
+            return
+        if self.raw in _VERIFIED:
+            self._verified = True
             return
         verify_signature(self.signer, signing_input(self.type, self.body_bytes), self.signature)
         self._verified = True
+        _remember_verified(self.raw)
 
 
 def sign_envelope(identity: Identity, mtype: str, body: dict[str, Any]) -> Envelope:
@@ -125,6 +148,7 @@ def sign_envelope(identity: Identity, mtype: str, body: dict[str, Any]) -> Envel
     raw = canonical_encode({"b": body_bytes, "s": signature, "t": mtype, "v": PROTOCOL_VERSION})
     env = Envelope(mtype, canonical_body, body_bytes, signature, raw)
     env._verified = True
+    _remember_verified(raw)
     return env
 
 

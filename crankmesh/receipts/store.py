@@ -323,6 +323,15 @@ class RecordStore:
         self.stored += 1
         return "duplicate" if ack.duplicate else "stored"
 
+    async def submit(self, subject: str, raw: bytes, msg_id: str) -> PublishOutcome:
+        """Queue one record for the background loop (:meth:`run`) and return at once.
+
+        For hot paths (an executor's receipts): the JetStream ack is awaited by the
+        loop, not by the caller; ordering, deduplication, buffering while JetStream is
+        away and the spill file work exactly as for :meth:`publish`.
+        """
+        return await self._enqueue(_Pending(subject, bytes(raw), msg_id))
+
     async def _enqueue(self, record: _Pending) -> PublishOutcome:
         self._wake.set()
         if self._idle.is_set():
