@@ -17,7 +17,20 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["Metrics", "configure_logging", "log_enabled"]
+__all__ = ["TRACE_HEADER", "Metrics", "configure_logging", "log_enabled", "trace_of"]
+
+#: NATS header carrying a job's trace id from the originator to every node it touches.
+TRACE_HEADER = "Crank-Trace"
+
+
+def trace_of(msg: Any) -> str:
+    """The trace id a NATS message carries (empty when none, or malformed)."""
+    headers = getattr(msg, "headers", None)
+    if not headers:
+        return ""
+    value = headers.get(TRACE_HEADER, "")
+    return value if isinstance(value, str) and len(value) <= 64 and value.isalnum() else ""
+
 
 _LATENCY_BUCKETS = (
     0.0005,

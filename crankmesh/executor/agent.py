@@ -24,12 +24,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import structlog
 from anyio.abc import TaskStatus
 
 from ..capabilities import CapabilityOffer, CapabilitySpecError, MatchResult, Requirements
 from ..capabilities import match as match_requirements
 from ..market import BudgetLedger
-from ..observability import Metrics
+from ..observability import TRACE_HEADER, Metrics, trace_of
 from ..protocol import subjects
 from ..protocol.cid import cid_for_blob, verify_blob
 from ..protocol.encoding import canonical_encode
@@ -106,6 +107,7 @@ class _BidRecord:
     exp: int
     bid_raw: bytes = b""
     reserved: bool = True
+    trace: str = ""
 
 
 @dataclass(slots=True)
@@ -424,14 +426,19 @@ class Executor:
             warnings=list(warnings),
         )
         bid_env = bid.sign(self.identity)
-        rec = _BidRecord(bid_env.cid, job_cid, ann.job, bid.exp, bid_env.raw)
+        trace = trace_of(msg)
+        rec = _BidRecord(bid_env.cid, job_cid, ann.job, bid.exp, bid_env.raw, trace=trace)
         self._bids[rec.bid_cid] = rec
         self._bids_by_job[job_cid] = rec.bid_cid
         heapq.heappush(self._bid_expiry, (rec.exp, rec.bid_cid))
         self._reserved += 1
         self.metrics.reserved.set(self._reserved)
         self.peak_outstanding = max(self.peak_outstanding, self.outstanding)
-        await self._nc.publish(subjects.bids(self.federation, job_cid), bid_env.raw)
+        await self._nc.publish(
+            subjects.bids(self.federation, job_cid),
+            bid_env.raw,
+            headers={TRACE_HEADER: trace} if trace else None,
+        )
         self.metrics.job_bids.labels(capability=capability).inc()
 
     async def _on_close(self, msg: Any) -> None:
@@ -581,7 +588,10 @@ class Executor:
         raised here reaches the executor's task group.
         """
         job = rec.job
+        ctx = structlog.contextvars.bound_contextvars(job_cid=rec.job_cid, trace_id=rec.trace)
+        ctx.__enter__()
         try:
+            log.info("job %s started (%s, attempt %d)", rec.job_cid, job.capability, asg.attempt)
             outcome, wall_us = await self._run_handler(job, payload, rec.job_cid)
             service_us = (time.perf_counter_ns() - arrived_ns) // 1000
             self.bench.record(
@@ -599,6 +609,7 @@ class Executor:
                     self.metrics.reject("receipt", "publish_failed")
                     log.exception("receipt for job %s could not be published", rec.job_cid)
         finally:
+            ctx.__exit__(None, None, None)
             if self._running == 0 and self._queued == 0:
                 self._idle.set()
 
@@ -686,7 +697,11 @@ class Executor:
         ).encode()
         job_rec.delivery = delivery
         job_rec.done.set()
-        await self._nc.publish(subjects.receipt_delivery(self.federation, rec.job_cid), delivery)
+        await self._nc.publish(
+            subjects.receipt_delivery(self.federation, rec.job_cid),
+            delivery,
+            headers={TRACE_HEADER: rec.trace} if rec.trace else None,
+        )
         # Audit records (RFC 0002): the winning bid, then the receipt, deduplicated by CID.
         store = self.record_store
         if store is not None:

@@ -43,6 +43,7 @@ from typing import Any
 
 import anyio
 import nats.errors
+import structlog
 
 from .. import market
 from ..capabilities import (
@@ -55,7 +56,7 @@ from ..capabilities import (
 from ..capabilities import match as match_capabilities
 from ..directory import Peer, PeerDirectory
 from ..executor.stats import LatencyWindow
-from ..observability import Metrics
+from ..observability import TRACE_HEADER, Metrics
 from ..protocol import subjects
 from ..protocol.cid import cid_for_blob, verify_blob
 from ..protocol.envelope import Envelope, open_envelope
@@ -141,6 +142,7 @@ class _JobTrack:
     late_receipts: list[str] = field(default_factory=list)
     assigned_at: float = 0.0
     grant: TokenGrant | None = None
+    trace: str = ""
 
     def poke(self) -> None:
         self.changed.set()
@@ -495,6 +497,9 @@ class Client:
             )
             await self._publish_tokens(job, grant)
         self.metrics.jobs_submitted.labels(capability=job.capability).inc()
+        track.trace = os.urandom(8).hex()
+        trace_ctx = structlog.contextvars.bound_contextvars(job_cid=job_cid, trace_id=track.trace)
+        trace_ctx.__enter__()
 
         async def on_msg(msg: Any) -> None:
             kind = msg.subject.rsplit(".", 1)[-1]
@@ -537,6 +542,7 @@ class Client:
                     await self._close(job_cid, None, None)
             raise
         finally:
+            trace_ctx.__exit__(None, None, None)
             if track.grant is not None:
                 self.budgets.release_if_reserved(job_cid)
             self._tracks.pop(job_cid, None)
@@ -546,7 +552,7 @@ class Client:
                 except Exception:
                     pass
 
-    async def _announce(self, spec: JobSpec) -> int:
+    async def _announce(self, spec: JobSpec, trace: str = "") -> int:
         now = _now_ms()
         _emit("announced", job_cid_of(spec.to_wire()), capability=spec.capability)
         env = Announce.build(
@@ -557,7 +563,9 @@ class Client:
         ).sign(self.identity)
         try:
             await self._nc.publish(
-                subjects.announce(self.config.federation, spec.capability), env.raw
+                subjects.announce(self.config.federation, spec.capability),
+                env.raw,
+                headers={TRACE_HEADER: trace} if trace else None,
             )
         except Exception as exc:
             raise TransportError(f"cannot publish announcement: {exc}") from exc
@@ -666,7 +674,7 @@ class Client:
         backoff = 0.02
         for round_no in itertools.count(1):
             bids_before = len(track.bids)
-            await self._announce(spec)
+            await self._announce(spec, track.trace)
             await self._collect(spec, track, policy_name, terms, failed, job.only_executor)
             got_bids = len(track.bids) > bids_before
             while len(attempts) < self.config.max_attempts:
@@ -743,6 +751,7 @@ class Client:
                         latency_ms=elapsed * 1000,
                         attempts=tuple(attempts),
                         warnings=tuple(bid.warnings),
+                        trace_id=track.trace,
                         explanation=_LazyExplanation(ranking, job_cid, spec.requirements),
                     )
                 failed.add(bid.signer)
@@ -909,6 +918,7 @@ class Client:
                 subjects.assignment(cfg.federation, job_cid, executor),
                 asg.raw,
                 timeout=cfg.accept_timeout_ms / 1000,
+                headers={TRACE_HEADER: track.trace},
             )
         except nats.errors.NoRespondersError:
             return None, "unreachable: no responders on its assignment subject"

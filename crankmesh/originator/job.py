@@ -149,6 +149,8 @@ class JobResult:
     attempts: tuple[Attempt, ...] = ()
     verified: bool = True
     warnings: tuple[str, ...] = ()
+    #: Correlates this job's log lines across nodes (NATS header ``Crank-Trace``).
+    trace_id: str = ""
     explanation: Any = None  # crankmesh.market.Explanation (built lazily on first access)
 
     @property

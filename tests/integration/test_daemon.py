@@ -166,3 +166,27 @@ def test_print_config_shows_precedence(tmp_path: Path):
     assert "price = 2500" in r.stdout  # flag beats file
     assert 'federation = "env-fed"' in r.stdout  # env beats file
     assert 'name = "from-file"' in r.stdout  # file beats default
+
+
+def test_json_logs_carry_job_cid_and_the_originators_trace_id(nats_server, tmp_path: Path):
+    proc, ready = _start(
+        ["--nats", nats_server.url, "--key", str(tmp_path / "n.key"), "--capabilities",
+         "echo", "--log-format", "json", "--log-level", "INFO"],
+        DEV_ENV,
+    )
+    try:
+        async def drive():
+            async with Client(nats=nats_server.url) as client:
+                await client.wait_for_peers("echo", 1)
+                return await client.run(Job.echo(b"traced"))
+
+        r = anyio.run(drive)
+        assert r.ok and len(r.trace_id) == 16
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    lines = [json.loads(x) for x in err.splitlines() if x.startswith("{")]
+    about_job = [x for x in lines if x.get("job_cid") == r.job_cid]
+    assert about_job, err[-2000:]
+    assert all(x.get("trace_id") == r.trace_id for x in about_job)
+    assert {"timestamp", "level", "logger", "event"} <= set(about_job[0])

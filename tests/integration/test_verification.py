@@ -43,10 +43,11 @@ async def test_executor_with_wrong_canary_answers_is_excluded_within_two_interva
         # Before any probe the liar (cheapest) wins, and nothing on the wire shows it lies.
         first = await me.client.run(Job.echo(b"abc"))
         assert first.executor == liar.did and first.output == b"cba!" and first.verified
-        with anyio.fail_after(interval * 2 * 1.2 + 5):  # two probe intervals (+ jitter)
-            while me.client.excluded(liar.did, "echo") is None:
-                await anyio.sleep(0.05)
-        assert "failed canary" in me.client.excluded(liar.did, "echo")
+        # Within two probe intervals (each jittered by up to +20 %, plus the canary's
+        # own run time) the liar is excluded.
+        await anyio.sleep(interval * 2 * 1.2 + 0.5)
+        reason = me.client.excluded(liar.did, "echo")
+        assert reason is not None and "failed canary" in reason
         assert me.client.excluded(honest.did, "echo") is None
         for _ in range(5):
             r = await me.client.run(Job.echo(b"xyz"))
