@@ -29,8 +29,8 @@ def node_config(
     extra.setdefault("calibration_runs", 0)
     extra.setdefault("detect_gpu", False)
     extra.setdefault("probe_interval_s", 0)
+    extra.setdefault("name", f"node-{i}")
     return NodeConfig(
-        name=f"node-{i}",
         capabilities=tuple(capabilities),
         executor=ExecutorConfig(
             default_price=price if price is not None else 1000 * (i + 1), **executor
