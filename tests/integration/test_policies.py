@@ -44,6 +44,7 @@ async def five(nats_server):
         finally:
             for node in by_name.values():
                 node.executor._queued = 0  # the fake load must not hold up the drain
+                node.executor._idle.set()
 
 
 def _job(p95_ms: float | None = None, accuracy_ppm: int | None = None) -> Job:
