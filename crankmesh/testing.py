@@ -16,6 +16,7 @@ Neither class is thread-safe: drive one from one thread (or one task) at a time.
 
 from __future__ import annotations
 
+import abc
 import collections
 import enum
 import importlib.util
@@ -209,7 +210,49 @@ def _quote(value: str) -> str:
     return json.dumps(value)
 
 
-class NatsServer:
+class _Lifecycle(abc.ABC):
+    """Sync and async context-manager plumbing shared by :class:`NatsServer` and
+    :class:`NatsCluster`: subclasses provide blocking ``start()``/``stop()`` and
+    ``astart()``."""
+
+    @abc.abstractmethod
+    def start(self) -> Self: ...
+
+    @abc.abstractmethod
+    def stop(self) -> None: ...
+
+    @abc.abstractmethod
+    async def astart(self) -> Self: ...
+
+    async def aclose(self) -> None:
+        """:meth:`stop` in a worker thread, shielded from cancellation; idempotent."""
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self.stop)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> Self:
+        return await self.astart()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+class NatsServer(_Lifecycle):
     """One ``nats-server`` subprocess with its own temporary config and JetStream store.
 
     By default the server listens on ``127.0.0.1`` on a client port it picks itself
@@ -442,33 +485,6 @@ class NatsServer:
         await anyio.to_thread.run_sync(self.restart)
         return self
 
-    async def aclose(self) -> None:
-        """:meth:`stop` in a worker thread, shielded from cancellation; idempotent."""
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(self.stop)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    async def __aenter__(self) -> Self:
-        return await self.astart()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
     # ------------------------------------------------------------------ internals
 
     def _launch(self) -> None:
@@ -590,7 +606,7 @@ def _fetch_json(url: str) -> dict[str, Any]:
     return data
 
 
-class NatsCluster:
+class NatsCluster(_Lifecycle):
     """``size`` routed ``nats-server`` processes (default 3) with clustered JetStream.
 
     Each server gets a unique ``server_name`` (``n0``, ``n1``, ...), a client port it picks
@@ -720,33 +736,6 @@ class NatsCluster:
         """:meth:`restart` in a worker thread."""
         await anyio.to_thread.run_sync(self.restart, i)
         return self
-
-    async def aclose(self) -> None:
-        """:meth:`stop` in a worker thread, shielded from cancellation; idempotent."""
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(self.stop)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    async def __aenter__(self) -> Self:
-        return await self.astart()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     # ------------------------------------------------------------------ internals
 
