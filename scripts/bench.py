@@ -147,7 +147,11 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         async with Client(nats=server.url) as client:
             for cap in caps:
                 await client.wait_for_peers(cap, args.executors)
+            cpu0 = time.process_time()
             lat, secs = await _jobs(client, lambda: Job.echo(b"bench"), args.jobs, 30)
+            # CPU of this whole process (originator + executors in-process) per job:
+            # steadier than wall time on a shared machine.
+            cpu_per_job = (time.process_time() - cpu0) / (args.jobs + 30) * 1000
             result.update(
                 jobs=args.jobs,
                 echo_p50_ms=_q(lat, 0.5),
@@ -155,6 +159,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 echo_p99_ms=_q(lat, 0.99),
                 echo_mean_ms=round(statistics.fmean(lat), 3),
                 echo_sequential_jobs_s=round(args.jobs / secs, 1),
+                echo_cpu_ms_per_job=round(cpu_per_job, 3),
             )
             result["echo_throughput_jobs_s"] = round(
                 await _throughput(client, args.jobs, args.concurrency), 1
