@@ -369,8 +369,20 @@ class Executor:
         if handler is None:
             self.metrics.bids_declined.labels(reason="no_handler").inc()
             return
-        if job_cid in self._bids_by_job or job_cid in self._jobs:
+        self._expire_bids(now)
+        if job_cid in self._jobs:
             self.metrics.bids_declined.labels(reason="duplicate").inc()
+            return
+        live_bid = self._bids.get(self._bids_by_job.get(job_cid, ""))
+        if live_bid is not None:
+            # A re-announce (the originator lost our bid, or runs a new round): send the
+            # same signed bid again -- it is still valid and still holds our reservation.
+            await self._nc.publish(
+                subjects.bids(self.federation, job_cid),
+                live_bid.bid_raw,
+                headers={TRACE_HEADER: live_bid.trace} if live_bid.trace else None,
+            )
+            self.metrics.bids_declined.labels(reason="rebid").inc()
             return
         reason = handler.check(ann.job)
         if reason is not None:

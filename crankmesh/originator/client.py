@@ -913,19 +913,30 @@ class Client:
         ).sign(self.identity)
         self.metrics.assignments_sent.inc()
         track.assigned_at = time.perf_counter()
-        try:
-            reply = await self._nc.request(
-                subjects.assignment(cfg.federation, job_cid, executor),
-                asg.raw,
-                timeout=cfg.accept_timeout_ms / 1000,
-                headers={TRACE_HEADER: track.trace},
-            )
-        except nats.errors.NoRespondersError:
-            return None, "unreachable: no responders on its assignment subject"
-        except nats.errors.TimeoutError:
-            return None, f"no_accept: no reply within {cfg.accept_timeout_ms} ms"
-        except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError) as exc:
-            raise TransportError(f"NATS connection unusable: {exc}") from exc
+        subject = subjects.assignment(cfg.federation, job_cid, executor)
+        for send in (1, 2):
+            try:
+                reply = await self._nc.request(
+                    subject,
+                    asg.raw,
+                    timeout=cfg.accept_timeout_ms / 1000,
+                    headers={TRACE_HEADER: track.trace},
+                )
+                break
+            except nats.errors.NoRespondersError:
+                return None, "unreachable: no responders on its assignment subject"
+            except nats.errors.TimeoutError:
+                # The request or its reply may have been lost (a server died): an
+                # executor that still advertises gets the same assignment once more;
+                # if it accepted already it answers with the same Accept (RFC 0001 §10.4).
+                if send == 1 and self.directory.get(executor) is not None:
+                    continue
+                return None, f"no_accept: no reply within {cfg.accept_timeout_ms} ms"
+            except (
+                nats.errors.ConnectionClosedError,
+                nats.errors.ConnectionDrainingError,
+            ) as exc:
+                raise TransportError(f"NATS connection unusable: {exc}") from exc
         try:
             renv = open_envelope(reply.data, max_len=64 * 1024)
             if renv.type == "reject":
@@ -961,6 +972,7 @@ class Client:
         deadline_ms = asg.body["deadline"]
         # Executor death shows as its adverts stopping: only usable if it advertised.
         watch_liveness = self.directory.get(executor) is not None
+        resent = False
         seen = 0
         while True:
             while seen < len(track.deliveries):
@@ -976,6 +988,19 @@ class Client:
                         self._tg.start_soon(self._settle, spec, result, asg, bid, observed_us)
                     return result, ""
             now = _now_ms()
+            if now >= deadline_ms and not resent and self.directory.get(executor) is not None:
+                # The delivery may have been lost while the executor lives on: send it
+                # the same assignment again; if it finished, it re-publishes the very
+                # same receipt (idempotency), if not, the receipt still comes.
+                resent = True
+                deadline_ms = now + self.config.receipt_grace_ms
+                try:
+                    await self._nc.publish(
+                        subjects.assignment(self.config.federation, job_cid, executor), asg.raw
+                    )
+                except Exception as exc:
+                    log.info("re-sending the assignment of job %s failed: %s", job_cid, exc)
+                continue
             if now >= deadline_ms:
                 return None, (
                     f"no_receipt: none within {job.constraints.timeout_ms} ms + "
