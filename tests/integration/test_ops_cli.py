@@ -19,7 +19,7 @@ import pytest
 
 from crankmesh.cli import build_parser
 from crankmesh.node import Node
-from crankmesh.originator import Job
+from crankmesh.originator import ClientConfig, Job
 from crankmesh.originator.explain_service import serve_explanations
 from crankmesh.protocol.cid import cid_for_document
 
@@ -176,7 +176,10 @@ async def test_peers_lists_filters_and_ranks_by_region_gpu_and_price(nats_server
 
 async def test_explain_shows_every_bid_from_the_node_that_ran_the_job(nats_server):
     url = nats_server.url
-    async with mesh(url, [node_config(i) for i in range(3)]) as nodes:
+    # A minimum window so every bid is in the explanation (otherwise the window closes
+    # as soon as no outstanding bidder could beat the cheapest bid).
+    window = ClientConfig(min_bid_window_ms=200, max_bid_window_ms=400)
+    async with mesh(url, [node_config(i, client=window) for i in range(3)]) as nodes:
         async with explaining(nodes):
             origin = nodes[1]
             assert origin.client is not None
