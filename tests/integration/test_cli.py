@@ -154,3 +154,21 @@ def test_demo_then_audit_on_the_stream_reports_50_verified_receipts(nats_server)
     for e in executors:  # per-executor SLO figures are there
         assert e["promised_p95_us"] is not None and e["observed_p95_us"] is not None
         assert e["slo_jobs"] == e["receipts"]
+
+
+@pytest.mark.anyio
+async def test_sigkilled_executor_vanishes_from_every_peers_directory_within_its_ttl(
+    nats_server, tmp_path: Path
+) -> None:
+    async with mesh(nats_server.url, [node_config(0), node_config(1)]) as peers:
+        with node_process(nats_server.url, tmp_path / "gone.key", "--capabilities", "echo",
+                          "--advert-ttl", "2") as (proc, victim):
+            with anyio.fail_after(10):
+                while not all(p.directory.get(victim) for p in peers):
+                    await peers[0].directory.wait_changed()
+            os.kill(proc.pid, signal.SIGKILL)
+            # Its last advert expires at most one TTL (2 s) after it was sent: by then the
+            # victim is gone from every peer's directory (no goodbye was ever sent).
+            await anyio.sleep(2 + 0.3)
+            assert all(p.directory.get(victim) is None for p in peers)
+            assert all(victim not in {x.did for x in p.directory.peers()} for p in peers)
