@@ -173,10 +173,6 @@ class PeerDirectory:
                 except Exception:
                     pass
 
-    def expected_bidders(self, capability: str, exclude: Iterable[str] = ()) -> set[str]:
-        skip = set(exclude)
-        return {p.did for p in self.offering(capability) if p.did not in skip}
-
 
 class _Drop(ProtocolError):
     def __init__(self, reason: str) -> None:
