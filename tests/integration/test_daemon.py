@@ -190,3 +190,38 @@ def test_json_logs_carry_job_cid_and_the_originators_trace_id(nats_server, tmp_p
     assert about_job, err[-2000:]
     assert all(x.get("trace_id") == r.trace_id for x in about_job)
     assert {"timestamp", "level", "logger", "event"} <= set(about_job[0])
+
+
+@pytest.mark.anyio
+async def test_production_node_with_nkey_credentials_serves_jobs(tmp_path: Path):
+    nkeys = pytest.importorskip("nkeys")
+    seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
+    public = nkeys.from_seed(bytearray(seed)).public_key.decode()
+    seed_file = tmp_path / "user.nk"
+    seed_file.write_bytes(seed)
+    seed_file.chmod(0o600)
+    key = tmp_path / "node.key"
+    node_identity = Identity.generate()
+    save_identity(node_identity, key)
+    me = Identity.generate()
+    async with NatsServer(authorization=f'users = [ {{ nkey: "{public}" }} ]') as server:
+        env = {**os.environ, "CRANKMESH_ENV": "production"}
+        proc, ready = await anyio.to_thread.run_sync(lambda: _start(
+            ["--nats", server.url, "--nats-nkey-seed-file", str(seed_file), "--key", str(key),
+             "--trust", me.did, "--capabilities", "echo", "--state-dir", str(tmp_path),
+             "--log-level", "WARNING", "--metrics-port", "0"],
+            env,
+        ))
+        try:
+            assert ready["mode"] == "production" and ready["did"] == node_identity.did
+            from crankmesh.transport import NatsOptions
+
+            opts = NatsOptions(servers=(server.url,), nkeys_seed=str(seed_file))
+            async with Client(nats=opts, identity=me) as client:
+                await client.wait_for_peers("echo", 1)
+                r = await client.run(Job.echo(b"authenticated"))
+                assert r.ok and r.executor == node_identity.did
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            await anyio.to_thread.run_sync(lambda: proc.communicate(timeout=20))
+        assert proc.returncode == 0
