@@ -12,7 +12,7 @@ CID over the ``job`` map inside an announce), never over a re-serialised model.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, ClassVar, Final, Literal, Self, TypeVar, cast
+from typing import Annotated, Any, ClassVar, Final, Literal, Self, TypeVar, cast, get_args
 
 import pydantic
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
@@ -100,17 +100,6 @@ Currency = Annotated[str, Field(pattern=r"^[A-Z][A-Z0-9]{2,7}$")]
 ShortText = Annotated[str, Field(max_length=1024)]
 Token = Annotated[str, Field(pattern=r"^[a-z0-9_.-]{1,64}$")]
 
-RECEIPT_STATUSES: Final = (
-    "ok",
-    "error",
-    "timeout",
-    "output_limit",
-    "memory_limit",
-    "killed",
-    "sandbox_error",
-    "invalid_input",
-    "cancelled",
-)
 ReceiptStatus = Literal[
     "ok",
     "error",
@@ -122,6 +111,9 @@ ReceiptStatus = Literal[
     "invalid_input",
     "cancelled",
 ]
+RECEIPT_STATUSES: Final[tuple[str, ...]] = get_args(ReceiptStatus)
+#: Sandbox isolation levels, weakest first (the executor advertises what it achieves).
+IsolationToken = Literal["none", "basic", "standard", "strict"]
 
 
 class _Model(BaseModel):
@@ -143,7 +135,7 @@ class Constraints(_Model):
     accelerator: Literal["cpu", "gpu", "cuda", "rocm", "mps"] | None = None
     env_profile: Token | None = None
     runtime: Token | None = None
-    isolation: Literal["none", "basic", "standard", "strict"] | None = None
+    isolation: IsolationToken | None = None
 
 
 class JobSlo(_Model):
@@ -242,7 +234,7 @@ class Bid(SignedMessage):
     slo: BidSlo = BidSlo()
     load: Load = Load()
     est_us: UInt | None = None
-    isolation: Literal["none", "basic", "standard", "strict"] = "none"
+    isolation: IsolationToken = "none"
     match: Literal["compatible", "degraded"] = "compatible"
     warnings: Annotated[list[ShortText], Field(max_length=16)] = Field(default_factory=list)
 
@@ -344,7 +336,7 @@ class Advert(SignedMessage):
     capabilities: Annotated[list[AdvertCapability], Field(max_length=256)]
     hardware: dict[str, Any] = Field(default_factory=dict)
     load: Load = Load()
-    isolation: Literal["none", "basic", "standard", "strict"] = "none"
+    isolation: IsolationToken = "none"
     draining: bool = False
 
 
