@@ -51,7 +51,7 @@ from ..protocol.messages import (
     ReceiptDelivery,
     Reject,
     decode_message,
-    job_cid_of,
+    job_cid_of_canonical,
 )
 from ..protocol.tokens import decode_chain, verify_chain
 from ..receipts.chain import ChainHead
@@ -353,7 +353,7 @@ class Executor:
             raise _Reject("not_originator")
         if self._trusted is not None and not self._trusted(ann.signer):
             raise _Reject("untrusted")
-        job_cid = job_cid_of(env.body["job"])
+        job_cid = job_cid_of_canonical(env.body["job"])
         # Key on the signature: unique per (key, body), and free (no hashing).
         self._announce_replay.remember(env.signature, ann.exp + 60_000, now)
         # The announce signature is not checked before bidding (RFC 0001 §6.3): a bid

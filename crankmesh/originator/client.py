@@ -87,7 +87,7 @@ from ..protocol.messages import (
     Reject,
     Settlement,
     decode_message,
-    job_cid_of,
+    job_cid_of_canonical,
 )
 from ..protocol.tokens import TokenGrant, encode_chain, verify_chain
 from .job import Job, JobResult
@@ -481,7 +481,7 @@ class Client:
         spec = self._build_spec(job, now)
         if grant is not None:
             spec = spec.model_copy(update={"budget": grant.leaf_cid})
-        job_cid = job_cid_of(spec.to_wire())
+        job_cid = job_cid_of_canonical(spec.to_wire())
         track = _JobTrack(job_cid)
         track.grant = grant
         self._tracks[job_cid] = track
@@ -552,9 +552,9 @@ class Client:
                 except Exception:
                     pass
 
-    async def _announce(self, spec: JobSpec, trace: str = "") -> int:
+    async def _announce(self, spec: JobSpec, job_cid: str, trace: str = "") -> int:
         now = _now_ms()
-        _emit("announced", job_cid_of(spec.to_wire()), capability=spec.capability)
+        _emit("announced", job_cid, capability=spec.capability)
         env = Announce.build(
             signer=self.identity.did,
             ts=now,
@@ -674,7 +674,7 @@ class Client:
         backoff = 0.02
         for round_no in itertools.count(1):
             bids_before = len(track.bids)
-            await self._announce(spec, track.trace)
+            await self._announce(spec, job_cid, track.trace)
             await self._collect(spec, track, policy_name, terms, failed, job.only_executor)
             got_bids = len(track.bids) > bids_before
             while len(attempts) < self.config.max_attempts:

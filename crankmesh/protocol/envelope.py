@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from .cid import cid_for_document
-from .encoding import canonical_decode, canonical_encode, canonicalize, encode_canonicalized
+from .encoding import canonical_decode, canonicalize, encode_canonicalized
 from .errors import (
     DecodeError,
     OversizedMessage,
@@ -131,21 +131,33 @@ class Envelope:
         _remember_verified(self.raw)
 
 
-def sign_envelope(identity: Identity, mtype: str, body: dict[str, Any]) -> Envelope:
+def sign_envelope(
+    identity: Identity, mtype: str, body: dict[str, Any], *, canonical: bool = False
+) -> Envelope:
     """Sign ``body`` as a message of type ``mtype``.
 
     ``body["signer"]`` is set to the identity's DID (a different value is a bug
-    and raises :class:`ValueError`); ``ts`` must be present.
+    and raises :class:`ValueError`); ``ts`` must be present.  ``canonical=True``
+    promises that ``body`` is already in canonical form (what ``to_wire()`` of a
+    message model returns) and skips re-sorting it; it must then hold ``signer``.
     """
-    signer = body.setdefault("signer", identity.did)
-    if signer != identity.did:
-        raise ValueError(f"body signer {signer!r} is not the signing identity {identity.did!r}")
+    if canonical:
+        if body.get("signer") != identity.did:
+            raise ValueError(f"a canonical body must be signed by its signer {identity.did!r}")
+        canonical_body = body
+    else:
+        signer = body.setdefault("signer", identity.did)
+        if signer != identity.did:
+            raise ValueError(f"body signer {signer!r} is not the signing identity {identity.did!r}")
+        canonical_body = canonicalize(body)
     if not isinstance(body.get("ts"), int):
         raise ValueError("a signed body needs an integer 'ts' (ms since the epoch)")
-    canonical_body = canonicalize(body)
     body_bytes = encode_canonicalized(canonical_body)
+    if mtype.__class__ is not str or not _TYPE_RE.match(mtype):
+        raise ValueError(f"message type {mtype!r} must match [a-z][a-z0-9_]{{0,31}}")
     signature = identity.sign(signing_input(mtype, body_bytes))
-    raw = canonical_encode({"b": body_bytes, "s": signature, "t": mtype, "v": PROTOCOL_VERSION})
+    # The outer map's keys are already in canonical order.
+    raw = encode_canonicalized({"b": body_bytes, "s": signature, "t": mtype, "v": PROTOCOL_VERSION})
     env = Envelope(mtype, canonical_body, body_bytes, signature, raw)
     env._verified = True
     _remember_verified(raw)
@@ -166,6 +178,13 @@ def open_envelope(
     """
     if len(data) > max_len:
         raise OversizedMessage(len(data), max_len)
+    split = _split_canonical_outer(data) if type(data) is bytes else None
+    if split is not None:
+        mtype, body_bytes, signature = split
+        if expected_type is not None and mtype != expected_type:
+            raise WrongMessageType(mtype, expected_type)
+        return _open_body(data, mtype, body_bytes, signature)
+    # Anything but the one canonical layout: the general decoder says what is wrong.
     outer = canonical_decode(data)
     if not isinstance(outer, dict):
         raise DecodeError("an envelope is a map")
@@ -184,6 +203,60 @@ def open_envelope(
         raise SignatureInvalid(f"signature must be 64 bytes, got {len(signature)}")
     if expected_type is not None and mtype != expected_type:
         raise WrongMessageType(mtype, expected_type)
+    return _open_body(data, mtype, body_bytes, signature)
+
+
+def _split_canonical_outer(data: bytes) -> tuple[str, bytes, bytes] | None:
+    """``(type, body, signature)`` when ``data`` is exactly the canonical envelope
+    layout (RFC 0001 §5.1), else None.
+
+    A canonical envelope is a fixed byte pattern: ``84 a1 'b' <bin> a1 's' c4 40
+    <64 bytes> a1 't' <str> a1 'v' 01`` with the shortest bin and str headers.
+    Matching it directly skips a general decode, a tree walk and a re-encode on
+    every inbound message; anything else takes the general path.
+    """
+    if data[:3] != b"\x84\xa1b":
+        return None
+    n = len(data)
+    tag = data[3] if n > 3 else 0
+    if tag == 0xC4:
+        start, blen = 5, data[4] if n > 4 else 0
+    elif tag == 0xC5:
+        start, blen = 6, int.from_bytes(data[4:6], "big")
+        if blen < 0x100:
+            return None
+    elif tag == 0xC6:
+        start, blen = 8, int.from_bytes(data[4:8], "big")
+        if blen < 0x10000:
+            return None
+    else:
+        return None
+    i = start + blen
+    if data[i : i + 4] != b"\xa1s\xc4\x40":
+        return None
+    signature = data[i + 4 : i + 68]
+    i += 68
+    if data[i : i + 2] != b"\xa1t":
+        return None
+    tag = data[i + 2] if n > i + 2 else 0
+    if 0xA1 <= tag <= 0xBF:
+        tlen, i = tag - 0xA0, i + 3
+    elif tag == 0xD9 and n > i + 3 and data[i + 3] == 32:  # str8: only a 32-char type
+        tlen, i = 32, i + 4
+    else:
+        return None
+    if i + tlen + 3 != n or data[i + tlen :] != b"\xa1v\x01":
+        return None
+    try:
+        mtype = data[i : i + tlen].decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    if not _TYPE_RE.match(mtype):
+        return None
+    return mtype, data[start : start + blen], signature
+
+
+def _open_body(data: bytes, mtype: str, body_bytes: bytes, signature: bytes) -> Envelope:
     body = canonical_decode(body_bytes)
     if not isinstance(body, dict):
         raise DecodeError("a message body is a map")

@@ -18,7 +18,7 @@ import pydantic
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from .cid import CODEC_MESSAGEPACK, CODEC_RAW, cid_for_document, parse_cid
-from .encoding import canonical_encode
+from .encoding import canonical_encode, canonicalize, encode_canonicalized
 from .envelope import Envelope, open_envelope, sign_envelope
 from .errors import (
     DecodeError,
@@ -54,6 +54,7 @@ __all__ = [
     "SignedMessage",
     "decode_message",
     "job_cid_of",
+    "job_cid_of_canonical",
 ]
 
 CAPABILITY_RE: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}(\.[a-z0-9][a-z0-9_-]{0,31}){0,7}\Z")
@@ -116,11 +117,40 @@ RECEIPT_STATUSES: Final[tuple[str, ...]] = get_args(ReceiptStatus)
 IsolationToken = Literal["none", "basic", "standard", "strict"]
 
 
+#: Field names of each model in canonical (sorted) order, filled on first use.
+_WIRE_ORDER: dict[type, tuple[str, ...]] = {}
+_PLAIN: Final = frozenset({str, bytes, int, bool})
+
+
+def _wire_value(value: Any) -> Any:
+    if isinstance(value, _Model):
+        return value.to_wire()
+    if type(value) is list:
+        return [v if type(v) in _PLAIN else _wire_value(v) for v in value]
+    # Maps (sorted), tuples, str/int subclasses; TypeError for floats and the like.
+    return canonicalize(value)
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
     def to_wire(self) -> dict[str, Any]:
-        return self.model_dump(exclude_none=True)
+        """The body map, ``None`` fields omitted, already in canonical form (keys
+        sorted at every level, only canonical types): ``encode_canonicalized`` can
+        encode it as is.  Equal to ``canonicalize(model_dump(exclude_none=True))``,
+        which the tests check, at a fraction of the cost."""
+        cls = type(self)
+        order = _WIRE_ORDER.get(cls)
+        if order is None:
+            order = _WIRE_ORDER[cls] = tuple(sorted(cls.model_fields))
+        fields = self.__dict__
+        out: dict[str, Any] = {}
+        for name in order:
+            value = fields[name]
+            if value is None:
+                continue
+            out[name] = value if type(value) in _PLAIN else _wire_value(value)
+        return out
 
 
 # --------------------------------------------------------------------------- job
@@ -179,6 +209,12 @@ def job_cid_of(job_wire: dict[str, Any]) -> str:
     return cid_for_document(canonical_encode(job_wire))
 
 
+def job_cid_of_canonical(job_wire: dict[str, Any]) -> str:
+    """:func:`job_cid_of` for a map already in canonical form: one decoded by
+    :func:`~crankmesh.protocol.encoding.canonical_decode` or made by ``to_wire()``."""
+    return cid_for_document(encode_canonicalized(job_wire))
+
+
 # --------------------------------------------------------------------------- signed
 
 
@@ -191,7 +227,7 @@ class SignedMessage(_Model):
     ts: UInt
 
     def sign(self, identity: Identity) -> Envelope:
-        return sign_envelope(identity, self.TYPE, self.to_wire())
+        return sign_envelope(identity, self.TYPE, self.to_wire(), canonical=True)
 
     @classmethod
     def build(cls, **fields: Any) -> Self:
@@ -380,4 +416,4 @@ class ReceiptDelivery(_Model):
     result: bytes | None = None
 
     def encode(self) -> bytes:
-        return canonical_encode(self.to_wire())
+        return encode_canonicalized(self.to_wire())

@@ -75,8 +75,9 @@ async def test_burst_with_fail_fast_policy_gets_clear_no_capacity(nats_server):
 async def test_per_originator_rate_limit_declines_and_counts(nats_server):
     cfg = node_config(0, originator_rate=1.0, originator_burst=3)
     async with mesh(nats_server.url, [cfg]) as (node,):
-        async with client_for(nats_server.url, "echo", 1, busy_wait_s=0,
-                              max_bid_window_ms=50) as client:
+        async with client_for(
+            nats_server.url, "echo", 1, busy_wait_s=0, max_bid_window_ms=50
+        ) as client:
             results = []
             for _ in range(5):
                 try:

@@ -27,8 +27,15 @@ def now_ms() -> int:
 
 async def test_delegated_budget_pays_and_halts_with_budget_exceeded(nats_server):
     treasury, team, me = Identity.generate(), Identity.generate(), Identity.generate()
-    root = issue(treasury, audience=team.did, scope="*", amount=10_000, currency="USD",
-                 now_ms=now_ms(), ttl_ms=600_000)
+    root = issue(
+        treasury,
+        audience=team.did,
+        scope="*",
+        amount=10_000,
+        currency="USD",
+        now_ms=now_ms(),
+        ttl_ms=600_000,
+    )
     child = delegate(root, team, audience=me.did, amount=3_500, scope="echo", now_ms=now_ms())
     async with mesh(nats_server.url, [node_config(0, price=1000)]) as (node,):
         async with client_for(nats_server.url, "echo", 1, identity=me) as client:
@@ -45,10 +52,24 @@ async def test_delegated_budget_pays_and_halts_with_budget_exceeded(nats_server)
 
 async def test_over_scoped_or_expired_tokens_are_refused_by_the_client(nats_server):
     treasury, me = Identity.generate(), Identity.generate()
-    narrow = issue(treasury, audience=me.did, scope="python.*", amount=10_000,
-                   currency="USD", now_ms=now_ms(), ttl_ms=600_000)
-    expired = issue(treasury, audience=me.did, scope="*", amount=10_000, currency="USD",
-                    now_ms=now_ms() - 120_000, ttl_ms=60_000)
+    narrow = issue(
+        treasury,
+        audience=me.did,
+        scope="python.*",
+        amount=10_000,
+        currency="USD",
+        now_ms=now_ms(),
+        ttl_ms=600_000,
+    )
+    expired = issue(
+        treasury,
+        audience=me.did,
+        scope="*",
+        amount=10_000,
+        currency="USD",
+        now_ms=now_ms() - 120_000,
+        ttl_ms=60_000,
+    )
     async with mesh(nats_server.url, [node_config(0)]):
         async with client_for(nats_server.url, "echo", 1, identity=me) as client:
             with pytest.raises(TokenInvalid, match="scope"):
@@ -61,11 +82,19 @@ async def test_executor_refuses_forged_or_foreign_budget_chains(nats_server):
     """A rogue originator sends assignments with chains it does not hold or that were
     tampered with; the executor rejects each with budget_invalid before running."""
     treasury, rogue, other = Identity.generate(), Identity.generate(), Identity.generate()
-    others_token = issue(treasury, audience=other.did, scope="*", amount=10_000,
-                         currency="USD", now_ms=now_ms(), ttl_ms=600_000)
+    others_token = issue(
+        treasury,
+        audience=other.did,
+        scope="*",
+        amount=10_000,
+        currency="USD",
+        now_ms=now_ms(),
+        ttl_ms=600_000,
+    )
     async with mesh(nats_server.url, [node_config(0)]) as (node,):
-        async with client_for(nats_server.url, "echo", 1, identity=rogue,
-                              max_attempts=1, max_rounds=1, busy_wait_s=0) as client:
+        async with client_for(
+            nats_server.url, "echo", 1, identity=rogue, max_attempts=1, max_rounds=1, busy_wait_s=0
+        ) as client:
             job = Job.echo(b"steal")
             # the client itself refuses a token whose audience is not its own DID ...
             with pytest.raises(TokenInvalid):
@@ -76,13 +105,21 @@ async def test_executor_refuses_forged_or_foreign_budget_chains(nats_server):
                 now = now_ms()
                 job_cid = cid_for_document(os.urandom(8))
                 asg = Assignment(
-                    signer=rogue.did, ts=now, exp=now + 5000, job=job_cid,
-                    bid=cid_for_document(b"nope"), executor=node.did, attempt=1,
-                    nonce=os.urandom(16), payload=seal(b"x", node.did), deadline=now + 9000,
+                    signer=rogue.did,
+                    ts=now,
+                    exp=now + 5000,
+                    job=job_cid,
+                    bid=cid_for_document(b"nope"),
+                    executor=node.did,
+                    attempt=1,
+                    nonce=os.urandom(16),
+                    payload=seal(b"x", node.did),
+                    deadline=now + 9000,
                     budget_chain=chain,
                 ).sign(rogue)
-                reply = await nc.request(subjects.assignment("default", job_cid, node.did),
-                                         asg.raw, timeout=2)
+                reply = await nc.request(
+                    subjects.assignment("default", job_cid, node.did), asg.raw, timeout=2
+                )
                 _, rej = decode_message(reply.data, Reject)
                 assert rej.reason in ("unknown_bid", "budget_invalid")
     assert node.metrics.execution_start.collect()[0].samples == [] or all(

@@ -41,7 +41,10 @@ def node_process(
 ) -> Iterator[tuple[subprocess.Popen[str], str]]:
     proc = subprocess.Popen(
         [*CLI, "node", "--nats", url, "--key", str(key), "--log-level", "WARNING", *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env or DEV_ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env or DEV_ENV,
     )
     try:
         assert proc.stdout is not None
@@ -58,8 +61,15 @@ def node_process(
 
 
 def test_every_command_has_help() -> None:
-    for cmd in ([], ["demo"], ["identity"], ["identity", "new"], ["identity", "show"], ["node"],
-                ["submit"]):
+    for cmd in (
+        [],
+        ["demo"],
+        ["identity"],
+        ["identity", "new"],
+        ["identity", "show"],
+        ["node"],
+        ["submit"],
+    ):
         r = run_cli(*cmd, "--help", timeout=30)
         assert r.returncode == 0, r.stderr
         assert "usage:" in r.stdout
@@ -83,10 +93,19 @@ def test_identity_new_and_show(tmp_path: Path) -> None:
 
 
 def test_node_subprocess_serves_submit_and_exits_0_on_sigterm(nats_server, tmp_path: Path) -> None:
-    with node_process(nats_server.url, tmp_path / "n.key", "--capabilities", "echo",
-                      "--price", "0.002") as (proc, did):
-        r = run_cli("submit", "--nats", nats_server.url, "--capability", "echo",
-                    "--payload", "hello mesh", "--json")
+    with node_process(
+        nats_server.url, tmp_path / "n.key", "--capabilities", "echo", "--price", "0.002"
+    ) as (proc, did):
+        r = run_cli(
+            "submit",
+            "--nats",
+            nats_server.url,
+            "--capability",
+            "echo",
+            "--payload",
+            "hello mesh",
+            "--json",
+        )
         assert r.returncode == 0, r.stderr
         out = json.loads(r.stdout.strip().splitlines()[-1])
         assert out["status"] == "ok" and out["output"] == "hello mesh"
@@ -100,8 +119,17 @@ def test_node_subprocess_serves_submit_and_exits_0_on_sigterm(nats_server, tmp_p
 
 
 def test_submit_with_no_executor_fails_with_a_clear_error(nats_server) -> None:
-    r = run_cli("submit", "--nats", nats_server.url, "--capability", "nobody.serves.this",
-                "--payload", "x", "--wait-peers", "0.2")
+    r = run_cli(
+        "submit",
+        "--nats",
+        nats_server.url,
+        "--capability",
+        "nobody.serves.this",
+        "--payload",
+        "x",
+        "--wait-peers",
+        "0.2",
+    )
     assert r.returncode == 1
     assert "no executor bid" in r.stdout + r.stderr
 
@@ -117,8 +145,9 @@ async def test_executor_killed_after_winning_is_reassigned_and_job_completes(
     pytest.importorskip("crankmesh.executor.sandbox")
     cfg = node_config(1, capabilities=("python.run",), price=50_000)
     async with mesh(nats_server.url, [cfg]) as (honest,):
-        with node_process(nats_server.url, tmp_path / "victim.key", "--capabilities",
-                          "python.run", "--price", "1") as (proc, victim_did):
+        with node_process(
+            nats_server.url, tmp_path / "victim.key", "--capabilities", "python.run", "--price", "1"
+        ) as (proc, victim_did):
             async with client_for(nats_server.url, "python.run", 2) as client:
                 job = Job.python("import time\ntime.sleep(1.5)\nprint('done')", timeout_sec=5)
                 result: dict = {}
@@ -161,8 +190,9 @@ async def test_sigkilled_executor_vanishes_from_every_peers_directory_within_its
     nats_server, tmp_path: Path
 ) -> None:
     async with mesh(nats_server.url, [node_config(0), node_config(1)]) as peers:
-        with node_process(nats_server.url, tmp_path / "gone.key", "--capabilities", "echo",
-                          "--advert-ttl", "2") as (proc, victim):
+        with node_process(
+            nats_server.url, tmp_path / "gone.key", "--capabilities", "echo", "--advert-ttl", "2"
+        ) as (proc, victim):
             with anyio.fail_after(10):
                 while not all(p.directory.get(victim) for p in peers):
                     await peers[0].directory.wait_changed()

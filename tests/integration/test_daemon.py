@@ -29,8 +29,9 @@ pytestmark = [pytest.mark.integration]
 
 
 def _start(args: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[str], dict]:
-    proc = subprocess.Popen([*CLI, "node", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [*CLI, "node", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if not line:
@@ -49,15 +50,29 @@ def _metrics(url: str) -> dict[tuple[str, tuple], float]:
 
 
 def _sum(metrics: dict, name: str, **labels: str) -> float:
-    return sum(v for (n, lab), v in metrics.items()
-               if n == name and all(dict(lab).get(k) == x for k, x in labels.items()))
+    return sum(
+        v
+        for (n, lab), v in metrics.items()
+        if n == name and all(dict(lab).get(k) == x for k, x in labels.items())
+    )
 
 
 def test_metrics_match_jobs_and_sigterm_drains_a_running_job(nats_server, tmp_path: Path):
     proc, ready = _start(
-        ["--nats", nats_server.url, "--key", str(tmp_path / "n.key"), "--capabilities",
-         "echo,python.run", "--metrics-port", "0", "--log-level", "WARNING",
-         "--drain-grace", "20"],
+        [
+            "--nats",
+            nats_server.url,
+            "--key",
+            str(tmp_path / "n.key"),
+            "--capabilities",
+            "echo,python.run",
+            "--metrics-port",
+            "0",
+            "--log-level",
+            "WARNING",
+            "--drain-grace",
+            "20",
+        ],
         DEV_ENV,
     )
     try:
@@ -77,12 +92,16 @@ def test_metrics_match_jobs_and_sigterm_drains_a_running_job(nats_server, tmp_pa
                 assert ("directory_peers", ()) in m
                 assert _sum(m, "rejections_total") == 0
                 health_url = ready["metrics"].replace("/metrics", "/healthz")
-                health = json.loads(await anyio.to_thread.run_sync(
-                    lambda: urllib.request.urlopen(health_url, timeout=5).read()))
+                health = json.loads(
+                    await anyio.to_thread.run_sync(
+                        lambda: urllib.request.urlopen(health_url, timeout=5).read()
+                    )
+                )
                 assert health["status"] == "ok" and health["did"] == ready["did"]
                 # SIGTERM while a 2 s job runs: the job's receipt still arrives.
-                handle = client.submit(Job.python("import time\ntime.sleep(2)\nprint('done')",
-                                                  timeout_sec=10))
+                handle = client.submit(
+                    Job.python("import time\ntime.sleep(2)\nprint('done')", timeout_sec=10)
+                )
                 async for event in handle.watch():
                     if event.kind in ("accepted", "completed", "failed"):
                         break
@@ -116,8 +135,9 @@ def test_production_mode_refuses_to_start_naming_what_is_missing(tmp_path: Path)
 def test_ci_without_crankmesh_env_means_production(tmp_path: Path):
     env = {k: v for k, v in os.environ.items() if k != "CRANKMESH_ENV"}
     env.update(CI="true", CRANKMESH_HOME=str(tmp_path))
-    r = subprocess.run([*CLI, "node", "--print-config"], capture_output=True, text=True,
-                       timeout=60, env=env)
+    r = subprocess.run(
+        [*CLI, "node", "--print-config"], capture_output=True, text=True, timeout=60, env=env
+    )
     assert r.returncode == 1 and 'mode = "production"' in r.stdout
 
 
@@ -128,22 +148,46 @@ async def test_production_node_rejects_and_counts_untrusted_signers(tmp_path: Pa
     save_identity(Identity.generate(), key)
     async with NatsServer(token="s3cret-token") as server:
         env = {**os.environ, "CRANKMESH_ENV": "production"}
-        proc, ready = await anyio.to_thread.run_sync(lambda: _start(
-            ["--nats", server.url, "--nats-token", "s3cret-token", "--key", str(key),
-             "--trust", member.did, "--capabilities", "echo", "--metrics-port", "0",
-             "--state-dir", str(tmp_path), "--log-level", "WARNING"],
-            env,
-        ))
+        proc, ready = await anyio.to_thread.run_sync(
+            lambda: _start(
+                [
+                    "--nats",
+                    server.url,
+                    "--nats-token",
+                    "s3cret-token",
+                    "--key",
+                    str(key),
+                    "--trust",
+                    member.did,
+                    "--capabilities",
+                    "echo",
+                    "--metrics-port",
+                    "0",
+                    "--state-dir",
+                    str(tmp_path),
+                    "--log-level",
+                    "WARNING",
+                ],
+                env,
+            )
+        )
         try:
             assert ready["mode"] == "production"
             async with raw_connection(f"nats://s3cret-token@127.0.0.1:{server.port}") as nc:
                 now = time.time_ns() // 1_000_000
                 for signer in (outsider, member):
-                    job = JobSpec(capability="echo", originator=signer.did, created=now,
-                                  nonce=os.urandom(16), payload=cid_for_blob(b"x"),
-                                  payload_size=1, deadline=now + 60_000)
-                    env_ = Announce(signer=signer.did, ts=now, exp=now + 30_000,
-                                    job=job).sign(signer)
+                    job = JobSpec(
+                        capability="echo",
+                        originator=signer.did,
+                        created=now,
+                        nonce=os.urandom(16),
+                        payload=cid_for_blob(b"x"),
+                        payload_size=1,
+                        deadline=now + 60_000,
+                    )
+                    env_ = Announce(signer=signer.did, ts=now, exp=now + 30_000, job=job).sign(
+                        signer
+                    )
                     await nc.publish(subjects.announce("default", "echo"), env_.raw)
                 await nc.flush()
                 await anyio.sleep(0.5)
@@ -160,8 +204,13 @@ def test_print_config_shows_precedence(tmp_path: Path):
     cfg = tmp_path / "node.toml"
     cfg.write_text('price = 1500\nname = "from-file"\nfederation = "file-fed"\n')
     env = {**DEV_ENV, "CRANKMESH_FEDERATION": "env-fed", "CRANKMESH_HOME": str(tmp_path)}
-    r = subprocess.run([*CLI, "node", "--config", str(cfg), "--price", "2500",
-                        "--print-config"], capture_output=True, text=True, timeout=60, env=env)
+    r = subprocess.run(
+        [*CLI, "node", "--config", str(cfg), "--price", "2500", "--print-config"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "price = 2500" in r.stdout  # flag beats file
     assert 'federation = "env-fed"' in r.stdout  # env beats file
@@ -170,11 +219,22 @@ def test_print_config_shows_precedence(tmp_path: Path):
 
 def test_json_logs_carry_job_cid_and_the_originators_trace_id(nats_server, tmp_path: Path):
     proc, ready = _start(
-        ["--nats", nats_server.url, "--key", str(tmp_path / "n.key"), "--capabilities",
-         "echo", "--log-format", "json", "--log-level", "INFO"],
+        [
+            "--nats",
+            nats_server.url,
+            "--key",
+            str(tmp_path / "n.key"),
+            "--capabilities",
+            "echo",
+            "--log-format",
+            "json",
+            "--log-level",
+            "INFO",
+        ],
         DEV_ENV,
     )
     try:
+
         async def drive():
             async with Client(nats=nats_server.url) as client:
                 await client.wait_for_peers("echo", 1)
@@ -206,12 +266,29 @@ async def test_production_node_with_nkey_credentials_serves_jobs(tmp_path: Path)
     me = Identity.generate()
     async with NatsServer(authorization=f'users = [ {{ nkey: "{public}" }} ]') as server:
         env = {**os.environ, "CRANKMESH_ENV": "production"}
-        proc, ready = await anyio.to_thread.run_sync(lambda: _start(
-            ["--nats", server.url, "--nats-nkey-seed-file", str(seed_file), "--key", str(key),
-             "--trust", me.did, "--capabilities", "echo", "--state-dir", str(tmp_path),
-             "--log-level", "WARNING", "--metrics-port", "0"],
-            env,
-        ))
+        proc, ready = await anyio.to_thread.run_sync(
+            lambda: _start(
+                [
+                    "--nats",
+                    server.url,
+                    "--nats-nkey-seed-file",
+                    str(seed_file),
+                    "--key",
+                    str(key),
+                    "--trust",
+                    me.did,
+                    "--capabilities",
+                    "echo",
+                    "--state-dir",
+                    str(tmp_path),
+                    "--log-level",
+                    "WARNING",
+                    "--metrics-port",
+                    "0",
+                ],
+                env,
+            )
+        )
         try:
             assert ready["mode"] == "production" and ready["did"] == node_identity.did
             from crankmesh.transport import NatsOptions

@@ -31,8 +31,9 @@ def _executions(node) -> float:
 async def test_200_jobs_with_one_executor_killed_midway(nats_server, tmp_path: Path):
     cfgs = [node_config(i, capabilities=("python.run",), price=5000 + i) for i in range(2)]
     async with mesh(nats_server.url, cfgs) as survivors:
-        with node_process(nats_server.url, tmp_path / "victim.key", "--capabilities",
-                          "python.run", "--price", "1") as (proc, victim):
+        with node_process(
+            nats_server.url, tmp_path / "victim.key", "--capabilities", "python.run", "--price", "1"
+        ) as (proc, victim):
             async with client_for(nats_server.url, "python.run", 3, busy_wait_s=60) as client:
                 results: dict[int, object] = {}
                 killed = anyio.Event()
@@ -40,8 +41,11 @@ async def test_200_jobs_with_one_executor_killed_midway(nats_server, tmp_path: P
                 async def one(i: int, limit: anyio.Semaphore) -> None:
                     async with limit:
                         r = await client.run(
-                            Job.python("import time\ntime.sleep(0.02)\nprint(args['i'])",
-                                       {"i": i}, timeout_sec=5)
+                            Job.python(
+                                "import time\ntime.sleep(0.02)\nprint(args['i'])",
+                                {"i": i},
+                                timeout_sec=5,
+                            )
                         )
                     assert r.ok and r.stdout == f"{i}\n", (r.status, r.stderr)
                     results[i] = r

@@ -91,8 +91,7 @@ async def test_cannot_read_the_node_environment(one_node):
 async def test_fork_bomb_is_contained(one_node):
     node, client, _ = one_node
     code = (
-        "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n"
-        "        pass\n"
+        "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
     )
     r = await client.run(Job.python(code, timeout_sec=2))
     assert r.status in ("timeout", "killed", "error") and r.verified

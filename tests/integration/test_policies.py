@@ -28,8 +28,9 @@ async def five(nats_server):
     cfgs = [node_config(i, price=p[0], name=name) for i, (name, p) in enumerate(PROFILES.items())]
     async with mesh(nats_server.url, cfgs) as nodes:
         by_name = {}
-        for node, (name, (_price, p50, p95, acc, queued)) in zip(nodes, PROFILES.items(),
-                                                                 strict=True):
+        for node, (name, (_price, p50, p95, acc, queued)) in zip(
+            nodes, PROFILES.items(), strict=True
+        ):
             node.executor.slo_for = (  # type: ignore[method-assign]
                 lambda cap, p50=p50, p95=p95, acc=acc: BidSlo(
                     p50_us=p50, p95_us=p95, p99_us=p95 * 2, accuracy_ppm=acc, samples=100
@@ -38,8 +39,9 @@ async def five(nats_server):
             node.executor._queued = queued  # advertised and bid load
             by_name[name] = node
         try:
-            async with client_for(nats_server.url, "echo", 5, max_bid_window_ms=400,
-                                  min_bid_window_ms=150) as client:
+            async with client_for(
+                nats_server.url, "echo", 5, max_bid_window_ms=400, min_bid_window_ms=150
+            ) as client:
                 yield by_name, client
         finally:
             for node in by_name.values():

@@ -36,8 +36,9 @@ async def test_wildcard_subscriber_never_sees_payload_or_result_plaintext(nats_s
                 assert e.output == secret_in.encode()
             await anyio.sleep(0.2)
     assert len(seen) > 10  # the spy really saw the traffic: announces, bids, receipts ...
-    kinds = {subject.split(".")[3] if subject.startswith("crank.") else "inbox"
-             for subject, _ in seen}
+    kinds = {
+        subject.split(".")[3] if subject.startswith("crank.") else "inbox" for subject, _ in seen
+    }
     assert {"announce", "inbox"} <= kinds
     for subject, data in seen:
         assert secret_in.encode() not in data, f"payload plaintext leaked on {subject}"

@@ -22,16 +22,18 @@ result = {'device': str(c.device), 'trace': float(torch.trace(c)), 'sum': float(
 
 
 def _ml_node():
-    return node_config(0, capabilities=("python.run",),
-                       sandbox_profiles=("python-core", "python-ml"))
+    return node_config(
+        0, capabilities=("python.run",), sandbox_profiles=("python-core", "python-ml")
+    )
 
 
 async def test_python_ml_matrix_multiply_on_cpu(nats_server):
     async with mesh(nats_server.url, [_ml_node()]):
         async with client_for(nats_server.url, "python.run", 1) as client:
             r = await client.run(
-                Job.python(MATMUL, {"n": 64}, env_profile="python-ml", accelerator="cpu",
-                           timeout_sec=60)
+                Job.python(
+                    MATMUL, {"n": 64}, env_profile="python-ml", accelerator="cpu", timeout_sec=60
+                )
             )
             assert r.ok, (r.status, r.stderr)
             n = 64
@@ -46,7 +48,8 @@ async def test_python_ml_matrix_multiply_on_cuda(nats_server):  # pragma: no cov
     async with mesh(nats_server.url, [_ml_node()]):
         async with client_for(nats_server.url, "python.run", 1) as client:
             r = await client.run(
-                Job.python(MATMUL, {"n": 256}, env_profile="python-ml", accelerator="cuda",
-                           timeout_sec=120)
+                Job.python(
+                    MATMUL, {"n": 256}, env_profile="python-ml", accelerator="cuda", timeout_sec=120
+                )
             )
             assert r.ok and r.return_value["device"].startswith("cuda")

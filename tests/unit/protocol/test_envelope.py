@@ -16,6 +16,7 @@ from crankmesh.protocol.envelope import (
     PROTOCOL_VERSION,
     Envelope,
     ReplayGuard,
+    _split_canonical_outer,
     check_fresh,
     open_envelope,
     sign_envelope,
@@ -153,6 +154,49 @@ def test_random_byte_changes_are_rejected(data: st.DataObject) -> None:
 def test_random_bytes_raise_only_protocol_errors(data: bytes) -> None:
     with pytest.raises(ProtocolError):
         open_and_verify(data)
+
+
+def _general_split(raw: bytes) -> tuple[str, bytes, bytes] | None:
+    """What the general decoder makes of ``raw``: the triple, or None if it refuses it."""
+    try:
+        value = canonical_decode(raw)
+    except ProtocolError:
+        return None
+    if not isinstance(value, dict) or set(value) != {"b", "s", "t", "v"}:
+        return None
+    if type(value["v"]) is not int or value["v"] != 1:
+        return None
+    if not isinstance(value["t"], str) or not isinstance(value["b"], bytes):
+        return None
+    if not isinstance(value["s"], bytes) or len(value["s"]) != 64:
+        return None
+    return value["t"], value["b"], value["s"]
+
+
+@pytest.mark.parametrize("body_len", [0, 1, 200, 255, 256, 70_000])
+@pytest.mark.parametrize("mtype", ["a", "bid", "x" * 31, "y" * 32])
+def test_fast_outer_split_matches_the_general_decoder(body_len: int, mtype: str) -> None:
+    body = {"ts": T0, "pad": b"\x07" * body_len}
+    raw = sign_envelope(ALICE, mtype, body).raw
+    split = _split_canonical_outer(raw)
+    assert split is not None
+    assert split == _general_split(raw)
+
+
+@settings(max_examples=300)
+@given(st.data())
+def test_fast_outer_split_never_accepts_what_the_general_decoder_refuses(
+    data: st.DataObject,
+) -> None:
+    raw = bytearray(small_envelope().raw)
+    for _ in range(data.draw(st.integers(1, 3))):
+        i = data.draw(st.integers(0, len(raw) - 1))
+        raw[i] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, 3))
+    mutated = bytes(raw[: len(raw) - cut])
+    split = _split_canonical_outer(mutated)
+    if split is not None:
+        assert split == _general_split(mutated)
 
 
 def test_expected_type_mismatch() -> None:
