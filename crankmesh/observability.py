@@ -15,7 +15,10 @@ import logging
 import sys
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
+from prometheus_client import Counter as _Counter
+from prometheus_client import Gauge as _Gauge
+from prometheus_client import Histogram as _Histogram
 
 __all__ = ["TRACE_HEADER", "Metrics", "configure_logging", "log_enabled", "trace_of"]
 
@@ -53,6 +56,38 @@ _LATENCY_BUCKETS = (
     30.0,
     60.0,
 )
+
+
+class _MemoLabels:
+    """``labels()`` memoised per label values: prometheus_client validates the
+    values and takes a lock on every call, a cost paid several times per job."""
+
+    _memo: dict[tuple[tuple[Any, ...], tuple[tuple[str, Any], ...]], Any]
+
+    def labels(self, *values: Any, **kwargs: Any) -> Any:
+        key = (values, tuple(kwargs.items()))
+        try:
+            return self._memo[key]
+        except AttributeError:
+            self._memo = {}
+        except KeyError:
+            pass
+        child = super().labels(*values, **kwargs)  # type: ignore[misc]
+        if len(self._memo) < 4096:  # label values are bounded tokens; stay bounded anyway
+            self._memo[key] = child
+        return child
+
+
+class Counter(_MemoLabels, _Counter):
+    pass
+
+
+class Gauge(_MemoLabels, _Gauge):
+    pass
+
+
+class Histogram(_MemoLabels, _Histogram):
+    pass
 
 
 class Metrics:

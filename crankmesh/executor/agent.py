@@ -32,7 +32,7 @@ from ..capabilities import match as match_requirements
 from ..market import BudgetLedger
 from ..observability import TRACE_HEADER, Metrics, trace_of
 from ..protocol import subjects
-from ..protocol.cid import cid_for_blob, verify_blob
+from ..protocol.cid import cid_for_blob, cid_for_document, verify_blob
 from ..protocol.encoding import canonical_encode
 from ..protocol.envelope import ReplayGuard, check_fresh
 from ..protocol.errors import BudgetExceeded, ProtocolError, TokenInvalid
@@ -101,13 +101,20 @@ class ExecutorConfig:
 
 @dataclass(slots=True)
 class _BidRecord:
-    bid_cid: str
     job_cid: str
     job: JobSpec
     exp: int
     bid_raw: bytes = b""
     reserved: bool = True
     trace: str = ""
+    _bid_cid: str = ""
+
+    @property
+    def bid_cid(self) -> str:
+        """The bid's CID, computed on first use: only a bid that wins needs it."""
+        if not self._bid_cid:
+            self._bid_cid = cid_for_document(self.bid_raw)
+        return self._bid_cid
 
 
 @dataclass(slots=True)
@@ -157,9 +164,8 @@ class Executor:
         #: then updated from every real execution): what bids and adverts promise.
         self.bench = bench or SelfBenchmark(slots=self.config.max_concurrency)
         self._slo_cache: dict[str, tuple[float, BidSlo]] = {}
-        self._bids: dict[str, _BidRecord] = {}  # bid_cid -> record
-        self._bids_by_job: dict[str, str] = {}  # job_cid -> bid_cid
-        self._bid_expiry: list[tuple[int, str]] = []
+        self._bids: dict[str, _BidRecord] = {}  # job_cid -> this executor's live bid
+        self._bid_expiry: list[tuple[int, str]] = []  # (exp, job_cid)
         self._reserved = 0
         self._running = 0
         self._queued = 0
@@ -181,7 +187,7 @@ class Executor:
 
     @property
     def load(self) -> Load:
-        return Load(
+        return Load.model_construct(  # own non-negative ints: no validation needed
             running=self._running,
             queued=self._queued + self._reserved,
             capacity=self.config.max_concurrency,
@@ -253,10 +259,10 @@ class Executor:
     def _expire_bids(self, now: int) -> None:
         heap = self._bid_expiry
         while heap and heap[0][0] < now:
-            _, bid_cid = heapq.heappop(heap)
-            rec = self._bids.pop(bid_cid, None)
-            if rec is not None:
-                self._bids_by_job.pop(rec.job_cid, None)
+            exp, job_cid = heapq.heappop(heap)
+            rec = self._bids.get(job_cid)
+            if rec is not None and rec.exp == exp:
+                del self._bids[job_cid]
                 self._release(rec)
 
     def _release(self, rec: _BidRecord) -> None:
@@ -373,7 +379,7 @@ class Executor:
         if job_cid in self._jobs:
             self.metrics.bids_declined.labels(reason="duplicate").inc()
             return
-        live_bid = self._bids.get(self._bids_by_job.get(job_cid, ""))
+        live_bid = self._bids.get(job_cid)
         if live_bid is not None:
             # A re-announce (the originator lost our bid, or runs a new round): send the
             # same signed bid again -- it is still valid and still holds our reservation.
@@ -439,10 +445,9 @@ class Executor:
         )
         bid_env = bid.sign(self.identity)
         trace = trace_of(msg)
-        rec = _BidRecord(bid_env.cid, job_cid, ann.job, bid.exp, bid_env.raw, trace=trace)
-        self._bids[rec.bid_cid] = rec
-        self._bids_by_job[job_cid] = rec.bid_cid
-        heapq.heappush(self._bid_expiry, (rec.exp, rec.bid_cid))
+        rec = _BidRecord(job_cid, ann.job, bid.exp, bid_env.raw, trace=trace)
+        self._bids[job_cid] = rec
+        heapq.heappush(self._bid_expiry, (rec.exp, job_cid))
         self._reserved += 1
         self.metrics.reserved.set(self._reserved)
         self.peak_outstanding = max(self.peak_outstanding, self.outstanding)
@@ -460,8 +465,7 @@ class Executor:
         info = subjects.parse_subject(msg.subject)
         if info.job_cid != close.job:
             raise _Reject("subject_mismatch")
-        bid_cid = self._bids_by_job.get(close.job)
-        rec = self._bids.get(bid_cid) if bid_cid is not None else None
+        rec = self._bids.get(close.job)
         if rec is None or not rec.reserved:
             return  # not a job we hold capacity for (or we won it)
         if close.signer != rec.job.originator:
@@ -517,8 +521,8 @@ class Executor:
                     subjects.receipt_delivery(self.federation, asg.job), job_rec.delivery
                 )
             return
-        rec = self._bids.get(asg.bid)
-        if rec is None or rec.job_cid != asg.job:
+        rec = self._bids.get(asg.job)
+        if rec is None or rec.bid_cid != asg.bid:
             await self._reject(
                 msg, asg, env.cid, "unknown_bid", "this executor made no such bid for this job"
             )
@@ -561,8 +565,7 @@ class Executor:
             await self._reject(msg, asg, env.cid, "payload_mismatch", str(exc))
             return
         # Consume the bid: its reservation turns into a queued job.
-        self._bids.pop(rec.bid_cid, None)
-        self._bids_by_job.pop(rec.job_cid, None)
+        self._bids.pop(rec.job_cid, None)
         self._release(rec)
         self._queued += 1
         self.peak_outstanding = max(self.peak_outstanding, self.outstanding)

@@ -24,8 +24,11 @@ answers again. Typical use, inside a node's task group::
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import dataclasses
+import itertools
+import json
 import logging
 import re
 import struct
@@ -82,6 +85,8 @@ _HEADER: Final = "Nats-Msg-Id"
 _SPILL_HEAD: Final = struct.Struct(">HHI")  # subject length, msg id length, data length
 _BACKOFF_MIN_S: Final = 0.05
 _BACKOFF_MAX_S: Final = 2.0
+#: Records the flush loop publishes before it waits for their acks (pipelining).
+_WINDOW: Final = 64
 
 
 def stream_name(federation: str) -> str:
@@ -121,6 +126,8 @@ class _Transient(Exception):
         super().__init__(repr(cause))
         #: no stream answered: JetStream is off, or the stream is missing
         self.no_stream = isinstance(cause, nats.js.errors.NoStreamResponseError)
+        #: records of a pipelined window answered before this one
+        self.done = 0
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -203,6 +210,11 @@ class RecordStore:
         self._wake = anyio.Event()
         self._idle = anyio.Event()  # set while nothing is pending
         self._last_warning = ""
+        # Pipelined acks of the flush loop: reply subject -> future of the ack message.
+        self._ack_prefix = ""
+        self._ack_sub: Any = None
+        self._ack_waiting: dict[str, asyncio.Future[Any]] = {}
+        self._ack_seq = itertools.count()
         self.stored = 0
         self.dropped = 0
         self.rejected = 0
@@ -323,6 +335,81 @@ class RecordStore:
         self.stored += 1
         return "duplicate" if ack.duplicate else "stored"
 
+    async def _on_ack(self, msg: Any) -> None:
+        fut = self._ack_waiting.pop(msg.subject, None)
+        if fut is not None and not fut.done():
+            fut.set_result(msg)
+
+    async def _send_window(self, window: list[_Pending]) -> int:
+        """Publish ``window`` back to back, then take the acks in order.
+
+        Returns how many records from the start of ``window`` JetStream answered for
+        (stored, duplicate or refused for good).  Raises :class:`_Transient` (after
+        counting those) when a record got a transient answer or none in time; the
+        caller re-sends from there, and the message ids make re-sent copies of
+        records that did land duplicates.
+        """
+        nc = self._nc
+        if self._ack_sub is None:
+            self._ack_prefix = nc.new_inbox()
+            self._ack_sub = await nc.subscribe(self._ack_prefix + ".*", cb=self._on_ack)
+        loop = asyncio.get_running_loop()
+        futures: list[tuple[str, asyncio.Future[Any]]] = []
+        done = 0
+        try:
+            try:
+                for record in window:
+                    reply = f"{self._ack_prefix}.{next(self._ack_seq)}"
+                    fut = loop.create_future()
+                    self._ack_waiting[reply] = fut
+                    futures.append((reply, fut))
+                    await nc.publish(
+                        record.subject, record.data, reply=reply, headers={_HEADER: record.msg_id}
+                    )
+            except Exception as exc:
+                if _is_transient(exc):
+                    raise _Transient(exc) from exc
+                raise
+            with anyio.move_on_after(self._timeout_s):
+                for record, (_, fut) in zip(window, futures, strict=False):
+                    self._take_ack(record, await fut)
+                    done += 1
+            if done < len(futures):
+                raise _Transient(nats.errors.TimeoutError())
+            return done
+        except _Transient as exc:
+            exc.done = done
+            raise
+        finally:
+            for reply, fut in futures:
+                if self._ack_waiting.pop(reply, None) is not None:
+                    fut.cancel()
+
+    def _take_ack(self, record: _Pending, msg: Any) -> None:
+        """Account for one JetStream ack; :class:`_Transient` when it says "later"."""
+        headers = msg.headers or {}
+        status = headers.get(api.Header.STATUS)
+        try:
+            if status == "503" and not msg.data:
+                raise nats.js.errors.NoStreamResponseError  # no responders: no stream
+            if status is not None and not msg.data:
+                nats.js.errors.APIError.from_msg(msg)
+            resp = json.loads(msg.data)
+            if "error" in resp:
+                nats.js.errors.APIError.from_error(resp["error"])
+        except Exception as exc:
+            if _is_transient(exc):
+                raise _Transient(exc) from exc
+            self.rejected += 1
+            logger.error(
+                "JetStream refused record %s on %s for good: %r; it is not stored",
+                record.msg_id,
+                record.subject,
+                exc,
+            )
+            return
+        self.stored += 1
+
     async def submit(self, subject: str, raw: bytes, msg_id: str) -> PublishOutcome:
         """Queue one record for the background loop (:meth:`run`) and return at once.
 
@@ -441,15 +528,18 @@ class RecordStore:
                     return True
                 if not self._nc.is_connected:
                     return False
-                record = self._buffer[0]
+                window = list(itertools.islice(self._buffer, _WINDOW))
                 try:
-                    await self._send(record)
+                    done = await self._send_window(window)
                 except _Transient as exc:
+                    for _ in range(exc.done):
+                        self._buffer.popleft()
                     if exc.no_stream:
                         await self._recreate_stream()
                     self._warn(f"JetStream still unavailable ({exc}); {self.pending} pending")
                     return False
-                self._buffer.popleft()
+                for _ in range(done):
+                    self._buffer.popleft()
                 if not self._buffer and not self._spill_count:
                     self._last_warning = ""
                     logger.info("record buffer flushed to JetStream stream %s", self.stream)

@@ -19,7 +19,7 @@ from crankmesh.receipts.export import (
     read_stream,
     write_export,
 )
-from crankmesh.receipts.store import RecordStore, open_record_store, stream_name
+from crankmesh.receipts.store import RecordStore, open_record_store, record_subject, stream_name
 from crankmesh.testing import NatsServer
 from crankmesh.transport import connect
 
@@ -145,6 +145,36 @@ async def test_missing_stream_is_created_by_the_flush_and_overflow_spills_in_ord
         assert not spill.exists()
         records = await read_stream(nc, store.stream)
         assert [r.data for r in records] == [e.raw for e in h.envelopes]  # in order
+    finally:
+        await nc.close()
+
+
+async def test_the_flush_loop_pipelines_many_records_in_order_and_counts_refusals(
+    nats_server: NatsServer,
+) -> None:
+    """Records submitted faster than acks come back are published in windows, stored
+    in order, and one JetStream refuses for good (too large) is counted, not retried."""
+    h, _ = clean_history(40)
+    envs = h.envelopes
+    nc = await connect(nats_server.client_options())
+    try:
+        store = RecordStore(nc, federation=FED, max_msg_size=4096)
+        await store.ensure_stream()
+        big = envs[5]
+        oversized = (f"crank.{FED}.receipts.x", b"\x00" * 8192, "oversized-record")
+        async with anyio.create_task_group() as tg:
+            await tg.start(store.run)
+            for i, env in enumerate(envs):
+                if i == 5:
+                    assert await store.submit(*oversized) == "buffered"
+                assert await store.submit(record_subject(FED, env), env.raw, env.cid) == "buffered"
+            await store.submit(record_subject(FED, big), big.raw, big.cid)  # a re-send
+            with anyio.fail_after(10):
+                await store.wait_flushed()
+            tg.cancel_scope.cancel()
+        assert store.rejected == 1 and store.pending == 0
+        records = await read_stream(nc, store.stream)
+        assert [r.data for r in records] == [e.raw for e in envs]  # in order, deduplicated
     finally:
         await nc.close()
 
