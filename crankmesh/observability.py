@@ -20,10 +20,29 @@ from prometheus_client import Counter as _Counter
 from prometheus_client import Gauge as _Gauge
 from prometheus_client import Histogram as _Histogram
 
-__all__ = ["TRACE_HEADER", "Metrics", "configure_logging", "log_enabled", "trace_of"]
+__all__ = [
+    "TRACE_HEADER",
+    "Metrics",
+    "configure_logging",
+    "default_trace",
+    "log_enabled",
+    "trace_headers",
+    "trace_of",
+]
 
 #: NATS header carrying a job's trace id from the originator to every node it touches.
 TRACE_HEADER = "Crank-Trace"
+
+
+def default_trace(job_cid: str) -> str:
+    """A job's trace id when its originator chose none: the last 16 characters of
+    the job CID (RFC 0001 §9.1).  Every node can compute it, so it needs no header."""
+    return job_cid[-16:]
+
+
+def trace_headers(trace: str, job_cid: str) -> dict[str, str] | None:
+    """The NATS headers that carry ``trace``: none for the default trace id."""
+    return None if not trace or trace == job_cid[-16:] else {TRACE_HEADER: trace}
 
 
 def trace_of(msg: Any) -> str:

@@ -27,10 +27,11 @@ import anyio
 import structlog
 from anyio.abc import TaskStatus
 
+from .._tasks import TaskSet
 from ..capabilities import CapabilityOffer, CapabilitySpecError, MatchResult, Requirements
 from ..capabilities import match as match_requirements
 from ..market import BudgetLedger
-from ..observability import TRACE_HEADER, Metrics, trace_of
+from ..observability import Metrics, default_trace, trace_headers, trace_of
 from ..protocol import subjects
 from ..protocol.cid import cid_for_blob, cid_for_document, verify_blob
 from ..protocol.encoding import canonical_encode
@@ -175,6 +176,7 @@ class Executor:
         self._receipt_lock = anyio.Lock()
         self._nc: Any = None
         self._tg: anyio.abc.TaskGroup | None = None
+        self._jobs_running = TaskSet()  # one task per accepted job (see _tasks.py)
         self._draining = False
         self._idle = anyio.Event()
         self._idle.set()
@@ -291,6 +293,7 @@ class Executor:
         """Subscribe and serve until cancelled (see module docstring)."""
         self._nc = nc
         subs = []
+        self._jobs_running = TaskSet()
         async with anyio.create_task_group() as tg:
             self._tg = tg
             try:
@@ -323,6 +326,7 @@ class Executor:
                             await sub.unsubscribe()
                         except Exception:  # connection already gone
                             pass
+                    await self._jobs_running.aclose()
 
     def _guard(self, kind: str, handler: Any) -> Any:
         async def cb(msg: Any) -> None:
@@ -386,7 +390,7 @@ class Executor:
             await self._nc.publish(
                 subjects.bids(self.federation, job_cid),
                 live_bid.bid_raw,
-                headers={TRACE_HEADER: live_bid.trace} if live_bid.trace else None,
+                headers=trace_headers(live_bid.trace, job_cid),
             )
             self.metrics.bids_declined.labels(reason="rebid").inc()
             return
@@ -444,7 +448,7 @@ class Executor:
             warnings=list(warnings),
         )
         bid_env = bid.sign(self.identity)
-        trace = trace_of(msg)
+        trace = trace_of(msg) or default_trace(job_cid)
         rec = _BidRecord(job_cid, ann.job, bid.exp, bid_env.raw, trace=trace)
         self._bids[job_cid] = rec
         heapq.heappush(self._bid_expiry, (rec.exp, job_cid))
@@ -454,7 +458,7 @@ class Executor:
         await self._nc.publish(
             subjects.bids(self.federation, job_cid),
             bid_env.raw,
-            headers={TRACE_HEADER: trace} if trace else None,
+            headers=trace_headers(trace, job_cid),
         )
         self.metrics.job_bids.labels(capability=capability).inc()
 
@@ -581,8 +585,7 @@ class Executor:
         self._remember_job(job_rec, now)
         self.metrics.assignments.labels(outcome="accepted").inc()
         await self._reply(msg, accept.raw)
-        assert self._tg is not None
-        self._tg.start_soon(self._execute, rec, asg, env.cid, payload, job_rec, arrived)
+        self._jobs_running.spawn(self._execute, rec, asg, env.cid, payload, job_rec, arrived)
 
     # ------------------------------------------------------------------ execute
 
@@ -715,7 +718,7 @@ class Executor:
         await self._nc.publish(
             subjects.receipt_delivery(self.federation, rec.job_cid),
             delivery,
-            headers={TRACE_HEADER: rec.trace} if rec.trace else None,
+            headers=trace_headers(rec.trace, rec.job_cid),
         )
         # Audit records (RFC 0002): the winning bid, then the receipt, deduplicated by CID.
         store = self.record_store

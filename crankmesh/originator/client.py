@@ -46,6 +46,7 @@ import nats.errors
 import structlog
 
 from .. import market
+from .._tasks import TaskSet
 from ..capabilities import (
     CapabilityOffer,
     MatchOutcome,
@@ -56,7 +57,7 @@ from ..capabilities import (
 from ..capabilities import match as match_capabilities
 from ..directory import Peer, PeerDirectory
 from ..executor.stats import LatencyWindow
-from ..observability import TRACE_HEADER, Metrics
+from ..observability import Metrics, default_trace, trace_headers
 from ..protocol import subjects
 from ..protocol.cid import cid_for_blob, verify_blob
 from ..protocol.envelope import Envelope, open_envelope
@@ -206,6 +207,8 @@ class Client:
         #: (executor, capability) -> (reason, until_ms): set by canary probes.
         self._excluded: dict[tuple[str, str], tuple[str, int]] = {}
         self._tg: anyio.abc.TaskGroup | None = None
+        #: Settlements being signed and published, off the job's path (see _tasks.py).
+        self._settling = TaskSet()
         #: Set by a node: persists settlements in JetStream (buffered when it is down).
         self.record_store: Any = None
         self._published_tokens: set[str] = set()
@@ -238,6 +241,8 @@ class Client:
                 try:
                     yield
                 finally:
+                    # Settlements of jobs already returned get a moment to go out.
+                    await self._settling.aclose(grace_s=2.0)
                     tg.cancel_scope.cancel()
         finally:
             if owns_connection:
@@ -497,7 +502,7 @@ class Client:
             )
             await self._publish_tokens(job, grant)
         self.metrics.jobs_submitted.labels(capability=job.capability).inc()
-        track.trace = os.urandom(8).hex()
+        track.trace = default_trace(job_cid)
         trace_ctx = structlog.contextvars.bound_contextvars(job_cid=job_cid, trace_id=track.trace)
         trace_ctx.__enter__()
 
@@ -552,9 +557,9 @@ class Client:
                 except Exception:
                     pass
 
-    async def _announce(self, spec: JobSpec, job_cid: str, trace: str = "") -> int:
+    async def _announce(self, spec: JobSpec, spec_cid: str, trace: str = "") -> int:
         now = _now_ms()
-        _emit("announced", job_cid, capability=spec.capability)
+        _emit("announced", spec_cid, capability=spec.capability)
         env = Announce.build(
             signer=self.identity.did,
             ts=now,
@@ -565,7 +570,7 @@ class Client:
             await self._nc.publish(
                 subjects.announce(self.config.federation, spec.capability),
                 env.raw,
-                headers={TRACE_HEADER: trace} if trace else None,
+                headers=trace_headers(trace, spec_cid),
             )
         except Exception as exc:
             raise TransportError(f"cannot publish announcement: {exc}") from exc
@@ -586,19 +591,20 @@ class Client:
         deadline = start + cfg.max_bid_window_ms / 1000
         min_deadline = start + cfg.min_bid_window_ms / 1000
         expected = {p.did for p in self._raise_if_mismatched(spec) if p.did not in tried}
-        while True:
-            now = time.perf_counter()
-            fresh = [b for _, b in track.bids if b.signer not in tried]  # tried = failed DIDs
-            if only is not None and only in track.bidders:
-                break
-            if fresh and now >= min_deadline:
-                if expected and expected <= track.bidders:
+        # One cancel scope for the whole window (one per wake-up costs ~8 µs each).
+        with anyio.move_on_after(deadline - start):
+            while True:
+                now = time.perf_counter()
+                fresh = [b for _, b in track.bids if b.signer not in tried]  # failed DIDs
+                if only is not None and only in track.bidders:
                     break
-                if self._unbeatable(spec, track, fresh, expected, policy_name, terms):
+                if fresh and now >= min_deadline:
+                    if expected and expected <= track.bidders:
+                        break
+                    if self._unbeatable(spec, track, fresh, expected, policy_name, terms):
+                        break
+                if now >= deadline:
                     break
-            if now >= deadline:
-                break
-            with anyio.move_on_after(deadline - now):
                 await track.changed.wait()
         self.metrics.bid_window_seconds.observe(time.perf_counter() - start)
 
@@ -920,7 +926,7 @@ class Client:
                     subject,
                     asg.raw,
                     timeout=cfg.accept_timeout_ms / 1000,
-                    headers={TRACE_HEADER: track.trace},
+                    headers=trace_headers(track.trace, job_cid),
                 )
                 break
             except nats.errors.NoRespondersError:
@@ -985,7 +991,7 @@ class Client:
                         executor, success=result.status == "ok", observed_us=observed_us, bid=bid
                     )
                     if self._tg is not None:
-                        self._tg.start_soon(self._settle, spec, result, asg, bid, observed_us)
+                        self._settling.spawn(self._settle, spec, result, asg, bid, observed_us)
                     return result, ""
             now = _now_ms()
             if now >= deadline_ms and not resent and self.directory.get(executor) is not None:
