@@ -177,6 +177,9 @@ class Executor:
         self._nc: Any = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._jobs_running = TaskSet()  # one task per accepted job (see _tasks.py)
+        # Gauges read at scrape time: no metric call on the per-job path.
+        self.metrics.reserved.set_function(lambda: self._reserved)
+        self.metrics.running.set_function(lambda: self._running)
         self._draining = False
         self._idle = anyio.Event()
         self._idle.set()
@@ -271,7 +274,6 @@ class Executor:
         if rec.reserved:
             rec.reserved = False
             self._reserved -= 1
-            self.metrics.reserved.set(self._reserved)
 
     def _remember_job(self, rec: _JobRecord, now: int) -> None:
         jobs = self._jobs
@@ -453,7 +455,6 @@ class Executor:
         self._bids[job_cid] = rec
         heapq.heappush(self._bid_expiry, (rec.exp, job_cid))
         self._reserved += 1
-        self.metrics.reserved.set(self._reserved)
         self.peak_outstanding = max(self.peak_outstanding, self.outstanding)
         await self._nc.publish(
             subjects.bids(self.federation, job_cid),
@@ -640,7 +641,6 @@ class Executor:
                 dequeued = True
                 self._running += 1
                 self.peak_running = max(self.peak_running, self._running)
-                self.metrics.running.set(self._running)
                 self.metrics.execution_start.labels(capability=job.capability).inc()
                 start = time.perf_counter_ns()
                 try:
@@ -650,7 +650,6 @@ class Executor:
                     outcome = Outcome("error", None, f"{type(exc).__name__}: {exc}"[:1000])
                 finally:
                     self._running -= 1
-                    self.metrics.running.set(self._running)
                 return outcome, (time.perf_counter_ns() - start) // 1000
         finally:
             if not dequeued:
