@@ -322,18 +322,23 @@ class RecordStore:
                 headers={_HEADER: record.msg_id},
             )
         except Exception as exc:
-            if _is_transient(exc):
-                raise _Transient(exc) from exc
-            self.rejected += 1
-            logger.error(
-                "JetStream refused record %s on %s for good: %r; it is not stored",
-                record.msg_id,
-                record.subject,
-                exc,
-            )
+            self._refused(record, exc)
             return "rejected"
         self.stored += 1
         return "duplicate" if ack.duplicate else "stored"
+
+    def _refused(self, record: _Pending, exc: Exception) -> None:
+        """JetStream said no: raise :class:`_Transient` if it may say yes later, else
+        count and log a refusal for good."""
+        if _is_transient(exc):
+            raise _Transient(exc) from exc
+        self.rejected += 1
+        logger.error(
+            "JetStream refused record %s on %s for good: %r; it is not stored",
+            record.msg_id,
+            record.subject,
+            exc,
+        )
 
     async def _on_ack(self, msg: Any) -> None:
         fut = self._ack_waiting.pop(msg.subject, None)
@@ -398,15 +403,7 @@ class RecordStore:
             if "error" in resp:
                 nats.js.errors.APIError.from_error(resp["error"])
         except Exception as exc:
-            if _is_transient(exc):
-                raise _Transient(exc) from exc
-            self.rejected += 1
-            logger.error(
-                "JetStream refused record %s on %s for good: %r; it is not stored",
-                record.msg_id,
-                record.subject,
-                exc,
-            )
+            self._refused(record, exc)
             return
         self.stored += 1
 
