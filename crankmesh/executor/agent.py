@@ -175,7 +175,6 @@ class Executor:
         self._exec_slots = anyio.Semaphore(self.config.max_concurrency)
         self._receipt_lock = anyio.Lock()
         self._nc: Any = None
-        self._tg: anyio.abc.TaskGroup | None = None
         self._jobs_running = TaskSet()  # one task per accepted job (see _tasks.py)
         # Gauges read at scrape time: no metric call on the per-job path.
         self.metrics.reserved.set_function(lambda: self._reserved)
@@ -296,39 +295,37 @@ class Executor:
         self._nc = nc
         subs = []
         self._jobs_running = TaskSet()
-        async with anyio.create_task_group() as tg:
-            self._tg = tg
-            try:
-                for capability in self.handlers:
-                    subs.append(
-                        await nc.subscribe(
-                            subjects.announce(self.federation, capability),
-                            cb=self._guard("announce", self._on_announce),
-                        )
-                    )
+        try:
+            for capability in self.handlers:
                 subs.append(
                     await nc.subscribe(
-                        subjects.assignments_for(self.federation, self.identity.did),
-                        cb=self._guard("assignment", self._on_assignment),
+                        subjects.announce(self.federation, capability),
+                        cb=self._guard("announce", self._on_announce),
                     )
                 )
-                subs.append(
-                    await nc.subscribe(
-                        subjects.closed_all(self.federation),
-                        cb=self._guard("closed", self._on_close),
-                    )
+            subs.append(
+                await nc.subscribe(
+                    subjects.assignments_for(self.federation, self.identity.did),
+                    cb=self._guard("assignment", self._on_assignment),
                 )
-                await nc.flush()
-                task_status.started()
-                await anyio.sleep_forever()
-            finally:
-                with anyio.CancelScope(shield=True):
-                    for sub in subs:
-                        try:
-                            await sub.unsubscribe()
-                        except Exception:  # connection already gone
-                            pass
-                    await self._jobs_running.aclose()
+            )
+            subs.append(
+                await nc.subscribe(
+                    subjects.closed_all(self.federation),
+                    cb=self._guard("closed", self._on_close),
+                )
+            )
+            await nc.flush()
+            task_status.started()
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                for sub in subs:
+                    try:
+                        await sub.unsubscribe()
+                    except Exception:  # connection already gone
+                        pass
+                await self._jobs_running.aclose()
 
     def _guard(self, kind: str, handler: Any) -> Any:
         async def cb(msg: Any) -> None:
