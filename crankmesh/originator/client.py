@@ -682,7 +682,14 @@ class Client:
             bids_before = len(track.bids)
             await self._announce(spec, job_cid, track.trace)
             await self._collect(spec, track, policy_name, terms, failed, job.only_executor)
-            got_bids = len(track.bids) > bids_before
+            # Only a new bid this job could still use counts: an executor that already
+            # failed it (say one failing over to another server) bidding again is no reason
+            # to spend a round, and must not end the job while others are merely busy.
+            got_bids = any(
+                b.signer not in failed
+                and (job.only_executor is None or b.signer == job.only_executor)
+                for _, b in track.bids[bids_before:]
+            )
             while len(attempts) < self.config.max_attempts:
                 usable = [
                     (e, b)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from functools import partial
 
 import anyio
 import pytest
@@ -211,6 +212,34 @@ async def test_executor_gone_before_accept_fails_over_at_once(nats_server):
                 assert r.attempts and r.attempts[0].executor == victim.did
                 assert r.attempts[0].outcome.startswith("unreachable")
                 assert time.perf_counter() - t < 2.0
+
+
+async def test_a_failed_executor_that_keeps_bidding_does_not_end_the_job_while_others_are_busy(
+    nats_server,
+):
+    """Regression (CI, stop 8): an executor whose server died failed over and bid again on
+    every re-announce while the others were full; those bids counted as "got bids", so the
+    rounds ran out and the job ended in ExecutorsExhausted instead of waiting for a slot."""
+    py = ("python.run",)
+    cfgs = [
+        node_config(0, capabilities=py, price=1),  # cheapest, but unreachable for assignments
+        node_config(1, capabilities=py, price=1000, max_concurrency=1, queue_depth=0),
+    ]
+    async with mesh(nats_server.url, cfgs) as (ghost, busy):
+        assignments = subjects.assignments_for("default", ghost.did)
+        (sub,) = [s for s in ghost.nc._subs.values() if s.subject == assignments]
+        await sub.unsubscribe()
+        async with client_for(nats_server.url, "python.run", 2, busy_wait_s=10) as client:
+            async with anyio.create_task_group() as tg:
+                hold = Job.python("import time\ntime.sleep(0.8)\nprint('held')", timeout_sec=5)
+                tg.start_soon(partial(client.run, hold, executor=busy.did))
+                with anyio.fail_after(5):
+                    while busy.executor.peak_running < 1:  # noqa: ASYNC110
+                        await anyio.sleep(0.01)
+                r = await client.run(Job.python("print('after')", timeout_sec=5))
+            assert r.ok and r.executor == busy.did and r.stdout == "after\n"
+            assert [a.executor for a in r.attempts] == [ghost.did]
+            assert r.attempts[0].outcome.startswith("unreachable")
 
 
 async def test_a_nodes_client_uses_the_nodes_live_directory(nats_server):
