@@ -95,7 +95,7 @@ ENV_CONFIG: Final = "CRANKMESH_CONFIG"
 ENV_HOME: Final = "CRANKMESH_HOME"
 _ENV_PREFIX: Final = "CRANKMESH_"
 # CRANKMESH_* variables that are not settings but are known (no "unknown variable" warning).
-_ENV_OTHER: Final = frozenset({ENV_CONFIG, ENV_HOME})
+_ENV_OTHER: Final = frozenset({ENV_CONFIG, ENV_HOME, "CRANKMESH_EVENT_LOOP"})  # see _loop.py
 
 _MASK: Final = "***"
 _MICROS: Final = 1_000_000

@@ -8,6 +8,9 @@ announce → bids → assignment → accept → receipt, every message signed an
 verified.
 
     python scripts/bench.py [--executors 3] [--jobs 300] [--python-jobs 200]
+
+It runs on the event loop crankmesh's entry points use (uvloop when installed;
+``CRANKMESH_EVENT_LOOP=asyncio`` for the standard library loop), named in the output.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from typing import Any
 import anyio
 import nats
 
+from crankmesh._loop import event_loop_name
+from crankmesh._loop import run as run_loop
 from crankmesh.executor.agent import ExecutorConfig
 from crankmesh.node import Node, NodeConfig
 from crankmesh.originator import Client, Job
@@ -87,6 +92,7 @@ async def _throughput(client: Client, n: int, concurrency: int) -> float:
 
 _EXECUTORS_SCRIPT = """
 import json, sys, anyio
+from crankmesh._loop import run
 from contextlib import AsyncExitStack
 from crankmesh.executor.agent import ExecutorConfig
 from crankmesh.node import Node, NodeConfig
@@ -101,7 +107,7 @@ async def main(url, n, caps):
         print("ready", flush=True)
         await anyio.to_thread.run_sync(sys.stdin.read)  # until the parent closes stdin
 
-anyio.run(main, sys.argv[1], int(sys.argv[2]), tuple(sys.argv[3].split(",")))
+run(main, sys.argv[1], int(sys.argv[2]), tuple(sys.argv[3].split(",")))
 """
 
 
@@ -109,6 +115,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {
         "executors": args.executors,
         "layout": "in-process" if args.in_process else "originator process + executors process",
+        "event_loop": event_loop_name(),  # CRANKMESH_EVENT_LOOP=asyncio for the standard one
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}",
     }
@@ -187,6 +194,6 @@ if __name__ == "__main__":
                    help="run the executors in a second process (on 2 cores this adds "
                    "latency: the originator, executors and nats-server then compete)")
     logging.basicConfig(level=logging.ERROR)
-    out = anyio.run(main, p.parse_args())
+    out = run_loop(main, p.parse_args())
     json.dump(out, sys.stdout)
     print()

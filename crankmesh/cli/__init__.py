@@ -18,6 +18,9 @@ from typing import Any
 
 import anyio
 
+from .._loop import backend_options
+from .._loop import run as run_loop
+
 __all__ = ["main"]
 
 
@@ -159,7 +162,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
                     break
 
     try:
-        anyio.run(run)
+        run_loop(run)
     except CrankmeshError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -228,7 +231,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
                     failures += 1
         return 1 if failures else 0
 
-    return anyio.run(run)
+    return run_loop(run)
 
 
 # ----------------------------------------------------------------------------- demo
@@ -456,6 +459,11 @@ def _add_audit_parsers(sub: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        backend_options()  # a bad CRANKMESH_EVENT_LOOP is a usage error, not a traceback
+    except (ValueError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         return int(args.fn(args))
     except KeyboardInterrupt:

@@ -32,6 +32,7 @@ from typing import Any
 
 import anyio
 
+from .._loop import run as run_loop
 from ..protocol.errors import TransportError
 from ..receipts.audit import Record, audit
 from ..receipts.export import ExportError, ExportHeader, read_export, read_stream, write_export
@@ -132,7 +133,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
             assert url is not None
             stream, federation = _stream_and_federation(args)
             timeout = float(getattr(args, "connect_timeout", 5.0) or 5.0)
-            records = anyio.run(_fetch, url, stream, timeout)
+            records = run_loop(_fetch, url, stream, timeout)
             source = f"stream {stream!r} (federation {federation!r})"
         report = audit(records, now_ms=_now_ms(), trusted=trusted)
     except (ExportError, TransportError, ValueError) as exc:
@@ -156,7 +157,7 @@ def cmd_receipts_export(args: argparse.Namespace) -> int:
     try:
         stream, federation = _stream_and_federation(args)
         timeout = float(getattr(args, "connect_timeout", 5.0) or 5.0)
-        records = anyio.run(_fetch, url, stream, timeout)
+        records = run_loop(_fetch, url, stream, timeout)
         header = ExportHeader(federation=federation, stream=stream, exported_ms=_now_ms())
         write_export(out, records, header)
     except (ExportError, TransportError, ValueError) as exc:

@@ -32,7 +32,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-import anyio
+from .._loop import run as run_loop
 
 __all__ = ["cmd_bench", "cmd_capabilities"]
 
@@ -231,7 +231,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 problems.append(f"{name}: no job succeeded ({prof.failed} failed)")
         return bench.to_wire()
 
-    profiles = anyio.run(run)
+    profiles = run_loop(run)
     if args.json:
         print(json.dumps({"problems": problems, "profiles": profiles}, sort_keys=True))
     else:

@@ -39,6 +39,7 @@ from typing import Any, Final
 
 import anyio
 
+from .._loop import run as run_loop
 from ..capabilities import CapabilityOffer, CapabilitySpecError, GpuOffer, GpuType
 from ..directory import Peer, PeerDirectory
 from ..market._format import fmt_money, fmt_us, short_did
@@ -510,7 +511,7 @@ def cmd_peers(args: argparse.Namespace) -> int:
         only_region=bool(getattr(args, "only_region", False)),
     )
     try:
-        peers = anyio.run(_collect_peers, args, federation)
+        peers = run_loop(_collect_peers, args, federation)
     except (TransportError, ValueError) as exc:
         return _error(str(exc))
     rows = select_peers(peers, query)
@@ -686,7 +687,7 @@ def cmd_top(args: argparse.Namespace) -> int:
     if args.iterations is not None and args.iterations < 1:
         return _error("--iterations must be at least 1")
     try:
-        anyio.run(_run_top, args, federation)
+        run_loop(_run_top, args, federation)
     except KeyboardInterrupt:
         return 0
     except BrokenPipeError:  # `crankmesh top | head`: the reader is gone
@@ -772,7 +773,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     except ProtocolError as exc:
         return _error(f"{job_cid!r:.100} is not a job CID ({exc})")
     try:
-        reply = anyio.run(_ask, args, federation, job_cid)
+        reply = run_loop(_ask, args, federation, job_cid)
     except (TransportError, ValueError) as exc:
         return _error(str(exc))
     if reply is None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import anyio
 
+from .._loop import run as run_loop
 from ..executor.agent import ExecutorConfig
 from ..node import Node, NodeConfig
 from ..originator import Client, Job, JobResult
@@ -195,4 +196,4 @@ def run_demo(
         print("error: --nodes must be ≥ 1 and --jobs ≥ 0", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    return anyio.run(_demo, nodes, jobs, as_json, python, nats)
+    return run_loop(_demo, nodes, jobs, as_json, python, nats)

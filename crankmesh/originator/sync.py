@@ -13,6 +13,7 @@ from typing import Any
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
+from .._loop import backend_options
 from .client import Client, CostReport
 from .job import Job, JobResult
 
@@ -30,7 +31,9 @@ class SyncClient:
         self._client_cm: AbstractContextManager[Client] | None = None
 
     def __enter__(self) -> SyncClient:
-        self._portal_cm = start_blocking_portal(backend="asyncio")
+        self._portal_cm = start_blocking_portal(
+            backend="asyncio", backend_options=backend_options()
+        )
         self._portal = self._portal_cm.__enter__()
         try:
             client = Client(**self._kwargs)

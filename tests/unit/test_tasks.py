@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import anyio
 import anyio.lowlevel
 import pytest
 
+from crankmesh._loop import backend_options
 from crankmesh._tasks import TaskSet
 
 pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
+def anyio_backend() -> tuple[str, dict[str, Any]]:
+    return ("asyncio", backend_options())
 
 
 async def test_spawned_tasks_run_and_are_forgotten_when_done() -> None:

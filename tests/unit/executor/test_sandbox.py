@@ -22,6 +22,7 @@ import msgpack
 import pytest
 
 import crankmesh.executor.sandbox as sandbox_pkg
+from crankmesh._loop import backend_options
 from crankmesh.executor.sandbox import (
     ExecStatus,
     IsolationLevel,
@@ -59,8 +60,8 @@ LEVELS_WITH_CLEANUP = [
 
 
 @pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
+def anyio_backend() -> tuple[str, dict[str, Any]]:
+    return ("asyncio", backend_options())
 
 
 @pytest.fixture(scope="module")

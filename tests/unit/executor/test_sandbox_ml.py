@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import msgpack
 import pytest
 
+from crankmesh._loop import backend_options
 from crankmesh.executor.sandbox import ExecStatus, Sandbox, SandboxLimits
 
 pytestmark = pytest.mark.ml
@@ -16,8 +18,8 @@ pytest.importorskip("numpy")
 
 
 @pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
+def anyio_backend() -> tuple[str, dict[str, Any]]:
+    return ("asyncio", backend_options())
 
 
 @pytest.fixture(scope="module")
