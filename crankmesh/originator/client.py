@@ -102,6 +102,13 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+async def _unsubscribe(sub: Any) -> None:
+    try:
+        await sub.unsubscribe()
+    except Exception:  # the connection is gone, and the subscription with it
+        pass
+
+
 @dataclass(frozen=True, kw_only=True)
 class ClientConfig:
     """Timeouts and defaults of an originator."""
@@ -144,6 +151,9 @@ class _JobTrack:
     assigned_at: float = 0.0
     grant: TokenGrant | None = None
     trace: str = ""
+    #: The job's subscription; handed to the settlement task once a result is in,
+    #: so that its UNSUB and the settlement's PUB leave in one write.
+    sub: Any = None
 
     def poke(self) -> None:
         self.changed.set()
@@ -538,6 +548,7 @@ class Client:
             )
         except Exception as exc:
             raise TransportError(f"cannot subscribe for job {job_cid}: {exc}") from exc
+        track.sub = sub
         try:
             return await self._run_rounds(job, spec, job_cid, track, pol, terms, started)
         except BaseException:
@@ -551,11 +562,9 @@ class Client:
             if track.grant is not None:
                 self.budgets.release_if_reserved(job_cid)
             self._tracks.pop(job_cid, None)
-            with anyio.CancelScope(shield=True):
-                try:
-                    await sub.unsubscribe()
-                except Exception:
-                    pass
+            if track.sub is not None:  # else the settlement task unsubscribes
+                with anyio.CancelScope(shield=True):
+                    await _unsubscribe(track.sub)
 
     async def _announce(self, spec: JobSpec, spec_cid: str, trace: str = "") -> int:
         now = _now_ms()
@@ -998,7 +1007,8 @@ class Client:
                         executor, success=result.status == "ok", observed_us=observed_us, bid=bid
                     )
                     if self._tg is not None:
-                        self._settling.spawn(self._settle, spec, result, asg, bid, observed_us)
+                        sub, track.sub = track.sub, None
+                        self._settling.spawn(self._settle, spec, result, asg, bid, observed_us, sub)
                     return result, ""
             now = _now_ms()
             if now >= deadline_ms and not resent and self.directory.get(executor) is not None:
@@ -1037,10 +1047,20 @@ class Client:
             log.debug("close for job %s not published: %s", job_cid, exc)
 
     async def _settle(
-        self, spec: JobSpec, result: JobResult, asg: Envelope, bid: Bid, observed_us: int
+        self,
+        spec: JobSpec,
+        result: JobResult,
+        asg: Envelope,
+        bid: Bid,
+        observed_us: int,
+        sub: Any = None,
     ) -> None:
         """Countersign the accepted receipt (RFC 0001 §8.9): both sides have now signed
-        the outcome.  Runs after the result is handed back, off the critical path."""
+        the outcome.  Runs after the result is handed back, off the critical path; it
+        also ends the job's subscription, with no await in between, so that the UNSUB
+        and the settlement leave in one write."""
+        if sub is not None:
+            await _unsubscribe(sub)
         settlement = Settlement.build(
             signer=self.identity.did,
             ts=_now_ms(),

@@ -15,6 +15,7 @@ from crankmesh.protocol import subjects
 from crankmesh.protocol.cid import cid_for_document
 from crankmesh.protocol.encoding import canonical_encode
 from crankmesh.protocol.envelope import open_envelope, signing_input
+from crankmesh.protocol.errors import NoBids
 from crankmesh.protocol.identity import Identity
 from crankmesh.protocol.messages import (
     Announce,
@@ -240,6 +241,26 @@ async def test_a_failed_executor_that_keeps_bidding_does_not_end_the_job_while_o
             assert r.ok and r.executor == busy.did and r.stdout == "after\n"
             assert [a.executor for a in r.attempts] == [ghost.did]
             assert r.attempts[0].outcome.startswith("unreachable")
+
+
+async def test_a_jobs_subscription_ends_with_its_settlement_or_its_failure(nats_server):
+    """The per-job subscription (jobs.<cid>.*) is handed to the settlement task, which
+    ends it in the same write as the settlement; a failed job ends it at once."""
+
+    def job_subs(client) -> list[str]:
+        return [s.subject for s in client._nc._subs.values() if ".jobs." in s.subject]
+
+    async with mesh(nats_server.url, [node_config(0)]):
+        async with client_for(nats_server.url, "echo", 1, max_attempts=1) as client:
+            for i in range(5):
+                r = await client.run(Job.echo(b"%d" % i))
+                assert r.ok
+            with anyio.fail_after(5):
+                while job_subs(client):  # noqa: ASYNC110 (settlements run just after)
+                    await anyio.sleep(0.01)
+            with pytest.raises(NoBids):
+                await client.run(Job.call("no.such.capability", b"x"), policy="cost")
+            assert job_subs(client) == []
 
 
 async def test_a_nodes_client_uses_the_nodes_live_directory(nats_server):
