@@ -25,6 +25,7 @@ from .protocol import subjects
 from .protocol.envelope import check_fresh
 from .protocol.errors import ProtocolError
 from .protocol.messages import Advert, decode_message
+from .transport import unsubscribe_quietly
 
 __all__ = ["Peer", "PeerDirectory"]
 
@@ -167,11 +168,7 @@ class PeerDirectory:
                 await anyio.sleep(1.0)
                 self.sweep()
         finally:
-            with anyio.CancelScope(shield=True):
-                try:
-                    await sub.unsubscribe()
-                except Exception:
-                    pass
+            await unsubscribe_quietly(sub)
 
 
 class _Drop(ProtocolError):

@@ -39,6 +39,7 @@ from .protocol.messages import Advert, AdvertCapability
 from .receipts.chain import ChainHead
 from .receipts.reputation import ReputationBook
 from .receipts.store import RecordStore
+from .transport import unsubscribe_quietly
 from .verification import CanaryProber
 
 __all__ = ["Node", "NodeConfig"]
@@ -400,12 +401,7 @@ class Node:
             task_status.started()
             await anyio.sleep_forever()
         finally:
-            with anyio.CancelScope(shield=True):
-                for sub in subs:
-                    try:
-                        await sub.unsubscribe()
-                    except Exception:
-                        pass
+            await unsubscribe_quietly(*subs)
 
     async def _shutdown(self) -> None:
         assert self.executor is not None

@@ -35,6 +35,7 @@ __all__ = [
     "connect",
     "find_nats_server_binary",
     "redact_url",
+    "unsubscribe_quietly",
 ]
 
 logger = logging.getLogger("crankmesh.transport")
@@ -381,6 +382,17 @@ class _ConnectionEvents:
         if logger.isEnabledFor(logging.DEBUG) and self.client is not None:
             found = [redact_url(u) for u in self.client.discovered_servers]
             logger.debug("discovered NATS servers %s", found)
+
+
+async def unsubscribe_quietly(*subs: Any) -> None:
+    """Unsubscribe each of ``subs``, shielded from cancellation, ignoring errors: on
+    shutdown or after a job the connection (and its subscriptions) may be gone already."""
+    with anyio.CancelScope(shield=True):
+        for sub in subs:
+            try:
+                await sub.unsubscribe()
+            except Exception:
+                pass
 
 
 async def _close_quietly(client: Client) -> None:

@@ -46,6 +46,7 @@ from ..market._format import fmt_money, fmt_us, short_did
 from ..protocol import subjects
 from ..protocol.errors import ProtocolError, TransportError
 from ..protocol.messages import AdvertCapability
+from ..transport import unsubscribe_quietly
 
 __all__ = [
     "MESSAGE_KINDS",
@@ -669,11 +670,7 @@ async def _run_top(args: argparse.Namespace, federation: str) -> None:
                 print(out, flush=True)
                 frame += 1
         finally:
-            with anyio.CancelScope(shield=True):
-                try:
-                    await sub.unsubscribe()
-                except Exception:
-                    pass
+            await unsubscribe_quietly(sub)
     finally:
         await _close(nc)
 

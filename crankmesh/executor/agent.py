@@ -56,6 +56,7 @@ from ..protocol.messages import (
 )
 from ..protocol.tokens import decode_chain, verify_chain
 from ..receipts.chain import ChainHead
+from ..transport import unsubscribe_quietly
 from .benchmark import SelfBenchmark
 from .handlers import CapabilityHandler, Outcome
 
@@ -320,11 +321,7 @@ class Executor:
             await anyio.sleep_forever()
         finally:
             with anyio.CancelScope(shield=True):
-                for sub in subs:
-                    try:
-                        await sub.unsubscribe()
-                    except Exception:  # connection already gone
-                        pass
+                await unsubscribe_quietly(*subs)
                 await self._jobs_running.aclose()
 
     def _guard(self, kind: str, handler: Any) -> Any:

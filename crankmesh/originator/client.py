@@ -91,6 +91,7 @@ from ..protocol.messages import (
     job_cid_of_canonical,
 )
 from ..protocol.tokens import TokenGrant, encode_chain, verify_chain
+from ..transport import unsubscribe_quietly
 from .job import Job, JobResult
 
 __all__ = ["Client", "ClientConfig", "CostEntry", "CostReport", "JobEvent", "JobHandle"]
@@ -100,13 +101,6 @@ log = logging.getLogger("crankmesh.originator")
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-async def _unsubscribe(sub: Any) -> None:
-    try:
-        await sub.unsubscribe()
-    except Exception:  # the connection is gone, and the subscription with it
-        pass
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -563,8 +557,7 @@ class Client:
                 self.budgets.release_if_reserved(job_cid)
             self._tracks.pop(job_cid, None)
             if track.sub is not None:  # else the settlement task unsubscribes
-                with anyio.CancelScope(shield=True):
-                    await _unsubscribe(track.sub)
+                await unsubscribe_quietly(track.sub)
 
     async def _announce(self, spec: JobSpec, spec_cid: str, trace: str = "") -> int:
         now = _now_ms()
@@ -1060,7 +1053,7 @@ class Client:
         also ends the job's subscription, with no await in between, so that the UNSUB
         and the settlement leave in one write."""
         if sub is not None:
-            await _unsubscribe(sub)
+            await unsubscribe_quietly(sub)
         settlement = Settlement.build(
             signer=self.identity.did,
             ts=_now_ms(),

@@ -24,6 +24,7 @@ from anyio.abc import TaskStatus
 
 from ..protocol import subjects
 from ..protocol.errors import TransportError
+from ..transport import unsubscribe_quietly
 from .client import Client
 
 __all__ = [
@@ -124,11 +125,7 @@ async def serve_explanations(
         task_status.started()
         await anyio.sleep_forever()
     finally:
-        with anyio.CancelScope(shield=True):
-            try:
-                await sub.unsubscribe()
-            except Exception:
-                pass
+        await unsubscribe_quietly(sub)
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,8 +211,4 @@ async def request_explanation(
     finally:
         send.close()
         receive.close()
-        with anyio.CancelScope(shield=True):
-            try:
-                await sub.unsubscribe()
-            except Exception:
-                pass
+        await unsubscribe_quietly(sub)
