@@ -359,6 +359,15 @@ class Executor:
             raise _Reject("not_originator")
         if self._trusted is not None and not self._trusted(ann.signer):
             raise _Reject("untrusted")
+        if ann.closed:
+            # Earlier jobs of this originator whose bidding is over (RFC 0001 §8.3): the
+            # Close notices riding on this Announce. Only a reservation for one of the
+            # signer's own jobs is released, exactly as a standalone Close would (§8.7).
+            bids = self._bids
+            for closed_cid in ann.closed:
+                rec = bids.get(closed_cid)
+                if rec is not None and rec.reserved and rec.job.originator == ann.signer:
+                    self._release(rec)
         job_cid = job_cid_of_canonical(env.body["job"])
         # Key on the signature: unique per (key, body), and free (no hashing).
         self._announce_replay.remember(env.signature, ann.exp + 60_000, now)

@@ -77,6 +77,7 @@ from ..protocol.errors import (
 )
 from ..protocol.identity import Identity, open_sealed, seal
 from ..protocol.messages import (
+    MAX_CLOSED_PER_ANNOUNCE,
     Accept,
     Announce,
     Assignment,
@@ -92,6 +93,7 @@ from ..protocol.messages import (
 )
 from ..protocol.tokens import TokenGrant, encode_chain, verify_chain
 from ..transport import unsubscribe_quietly
+from .closes import PendingCloses
 from .job import Job, JobResult
 
 __all__ = ["Client", "ClientConfig", "CostEntry", "CostReport", "JobEvent", "JobHandle"]
@@ -123,6 +125,10 @@ class ClientConfig:
     #: Unknown executors count as the prior (2/3); banned ones (equivocation) as 0.
     min_reputation: float = 0.05
     announce_ttl_ms: int = 30_000
+    #: How long a Close notice waits to ride on the next Announce of the same
+    #: capability (RFC 0001 §8.3 ``closed``) before it goes out as a standalone
+    #: Close (§8.7). 0 = always standalone, at once.
+    close_linger_ms: int = 50
     liveness_check_ms: int = 250
 
 
@@ -213,6 +219,9 @@ class Client:
         self._tg: anyio.abc.TaskGroup | None = None
         #: Settlements being signed and published, off the job's path (see _tasks.py).
         self._settling = TaskSet()
+        #: Close notices waiting for the next Announce of their capability.
+        self._closes = PendingCloses(cfg.close_linger_ms / 1000, MAX_CLOSED_PER_ANNOUNCE)
+        self._closes_added: anyio.Event | None = None  # made on the event loop
         #: Set by a node: persists settlements in JetStream (buffered when it is down).
         self.record_store: Any = None
         self._published_tokens: set[str] = set()
@@ -242,11 +251,17 @@ class Client:
                 self._tg = tg
                 if self._owns_directory:
                     await tg.start(self.directory.serve, self._nc)
+                self._closes_added = anyio.Event()
+                tg.start_soon(self._publish_due_closes)
                 try:
                     yield
                 finally:
-                    # Settlements of jobs already returned get a moment to go out.
+                    # Settlements of jobs already returned get a moment to go out, and
+                    # bidders still holding capacity for our jobs are told to let go.
                     await self._settling.aclose(grace_s=2.0)
+                    with anyio.move_on_after(2.0, shield=True):
+                        for notice in self._closes.drain():
+                            await self._close(notice.job_cid, notice.winner, notice.bid_cid)
                     tg.cancel_scope.cancel()
         finally:
             if owns_connection:
@@ -562,11 +577,14 @@ class Client:
     async def _announce(self, spec: JobSpec, spec_cid: str, trace: str = "") -> int:
         now = _now_ms()
         _emit("announced", spec_cid, capability=spec.capability)
+        # Earlier jobs' Close notices ride along (RFC 0001 §8.3): same receivers.
+        closed = self._closes.take(spec.capability)
         env = Announce.build(
             signer=self.identity.did,
             ts=now,
             exp=now + self.config.announce_ttl_ms,
             job=spec,
+            closed=closed,
         ).sign(self.identity)
         try:
             await self._nc.publish(
@@ -575,6 +593,9 @@ class Client:
                 headers=trace_headers(trace, spec_cid),
             )
         except Exception as exc:
+            if closed:
+                self._closes.put_back(spec.capability, closed, time.monotonic())
+                self._wake_close_publisher()
             raise TransportError(f"cannot publish announcement: {exc}") from exc
         return now
 
@@ -967,8 +988,8 @@ class Client:
         except ProtocolError as exc:
             self.metrics.reject("accept", exc.reason)
             return None, f"bad_accept: {exc}"
-        # Winner accepted: release every other bidder's reservation.
-        await self._close(job_cid, executor, bid_env.cid)
+        # Winner accepted: every other bidder may release its reservation.
+        await self._queue_close(spec.capability, job_cid, executor, bid_env.cid)
         _emit("accepted", job_cid, executor=executor, attempt=attempt)
         return await self._await_receipt(job, spec, job_cid, track, asg, bid_env, bid, attempt)
 
@@ -1027,6 +1048,39 @@ class Client:
             wait_s = min(deadline_ms - now, self.config.liveness_check_ms) / 1000
             with anyio.move_on_after(wait_s):
                 await track.changed.wait()
+
+    async def _queue_close(
+        self, capability: str, job_cid: str, winner: str | None, bid_cid: str | None
+    ) -> None:
+        """Tell the job's other bidders that bidding is over: on the next Announce of
+        the same capability, or standalone after ``close_linger_ms``."""
+        if self.config.close_linger_ms <= 0 or self._tg is None:
+            await self._close(job_cid, winner, bid_cid)
+            return
+        self._closes.add(capability, job_cid, winner, bid_cid, time.monotonic())
+        self._wake_close_publisher()
+
+    def _wake_close_publisher(self) -> None:
+        if self._closes_added is not None:
+            self._closes_added.set()
+
+    async def _publish_due_closes(self) -> None:
+        """Background: publish, standalone, each Close notice no Announce carried in time."""
+        closes = self._closes
+        while True:
+            due = closes.next_due()
+            if due is None:
+                added = self._closes_added
+                assert added is not None
+                await added.wait()
+                self._closes_added = anyio.Event()
+                continue
+            delay = due - time.monotonic()
+            if delay > 0:
+                await anyio.sleep(delay)
+                continue
+            for notice in closes.due(time.monotonic()):
+                await self._close(notice.job_cid, notice.winner, notice.bid_cid)
 
     async def _close(self, job_cid: str, winner: str | None, bid_cid: str | None) -> None:
         """Publish a Close (RFC 0001 §8.7): bidding is over (a winner accepted, or the

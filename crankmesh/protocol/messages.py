@@ -32,6 +32,7 @@ from .identity import Identity, public_key_from_did
 
 __all__ = [
     "CAPABILITY_RE",
+    "MAX_CLOSED_PER_ANNOUNCE",
     "MESSAGE_TYPES",
     "RECEIPT_STATUSES",
     "Accept",
@@ -237,10 +238,19 @@ class SignedMessage(_Model):
         return cast(Self, cls.model_construct(**fields))
 
 
+#: Most job CIDs an Announce's ``closed`` list may carry (RFC 0001 §8.3).
+MAX_CLOSED_PER_ANNOUNCE: Final = 64
+
+
 class Announce(SignedMessage):
     TYPE: ClassVar[str] = "announce"
     exp: UInt
     job: JobSpec
+    #: Earlier jobs of this originator whose bidding is over: each bidder releases the
+    #: capacity its bid for them reserved, as for a Close (§8.7) without ``winner``.
+    closed: (
+        Annotated[list[DocCID], Field(min_length=1, max_length=MAX_CLOSED_PER_ANNOUNCE)] | None
+    ) = None
 
 
 class BidSlo(_Model):

@@ -85,7 +85,7 @@ def samples() -> dict[str, tuple[SignedMessage, Identity]]:
     """One fully populated instance of every signed message type, with its signer."""
     o, e = ORIGINATOR, EXECUTOR
     return {
-        "announce": (Announce(signer=o.did, ts=T0, exp=T0 + 30_000, job=JOB), o),
+        "announce": (Announce(signer=o.did, ts=T0, exp=T0 + 30_000, job=JOB, closed=[DOC]), o),
         "bid": (
             Bid(
                 signer=e.did,
@@ -417,6 +417,11 @@ _DROP = object()
         ("advert", {"name": "x" * 65}),
         ("advert", {"draining": "yes"}),
         ("close", {"winner": "nobody"}),
+        ("announce", {"closed": []}),  # absent, not empty
+        ("announce", {"closed": [DOC] * 65}),  # at most 64 (MAX_CLOSED_PER_ANNOUNCE)
+        ("announce", {"closed": ["not a cid"]}),
+        ("announce", {"closed": [JOB.payload]}),  # a blob CID is no job CID
+        ("announce", {"closed": DOC}),
     ],
 )
 def test_invalid_fields_are_decode_errors(mtype: str, changes: dict[str, Any]) -> None:
