@@ -67,8 +67,10 @@ __all__ = [
 _DEFAULT_FEDERATION: Final = "default"
 _CLEAR_SCREEN: Final = "\x1b[H\x1b[2J"
 _SEPARATOR: Final = "-" * 72
-#: The message kinds ``top`` counts, in display order ("records": what is persisted for
-#: audit: receipts, winning bids, settlements, budget tokens).
+#: The message kinds ``top`` counts, in display order ("receipts": the signed receipts
+#: executors publish for audit, one per job run; "records": the other audit records:
+#: winning bids, settlements, budget tokens).  A receipt's delivery to its originator
+#: is not counted again (a quick job sends it as the reply to its assignment).
 MESSAGE_KINDS: Final = (
     "announces",
     "bids",
@@ -81,10 +83,9 @@ MESSAGE_KINDS: Final = (
 _KIND_OF: Final = {
     "announce": "announces",
     "assignment": "assignments",
-    "receipt": "receipts",
     "closed": "closes",
     "adverts": "adverts",
-    "receipts": "records",
+    "receipts": "receipts",
     "settlements": "records",
     "tokens": "records",
 }

@@ -35,7 +35,7 @@ from ..observability import Metrics, default_trace, trace_headers, trace_of
 from ..protocol import subjects
 from ..protocol.cid import cid_for_blob, cid_for_document, verify_blob
 from ..protocol.encoding import canonical_encode
-from ..protocol.envelope import ReplayGuard, check_fresh
+from ..protocol.envelope import Envelope, ReplayGuard, check_fresh
 from ..protocol.errors import BudgetExceeded, ProtocolError, TokenInvalid
 from ..protocol.identity import Identity, did_node_id, open_sealed, seal
 from ..protocol.messages import (
@@ -124,9 +124,13 @@ class _JobRecord:
     """Idempotency record: one per job this executor accepted."""
 
     job_cid: str
+    #: The signed Accept; empty while the job's answer is to be its receipt (below).
     accept_raw: bytes
     delivery: bytes | None = None
     done: anyio.Event = field(default_factory=anyio.Event)
+    #: Where the ReceiptDelivery goes as the answer to the Assignment (RFC 0001 §8.6),
+    #: for a quick job that started at once; empty: published on the receipt subject.
+    answer_to: str = ""
 
 
 class Executor:
@@ -523,6 +527,8 @@ class Executor:
         if known is not None:
             job_rec = known[1]
             self.metrics.assignments.labels(outcome="duplicate").inc()
+            if not job_rec.accept_raw:  # a quick job: its answer is (or was) the receipt
+                job_rec.accept_raw = self._accept(asg, env.cid, now).raw
             await self._reply(msg, job_rec.accept_raw)
             if job_rec.delivery is not None:
                 await self._nc.publish(
@@ -572,24 +578,39 @@ class Executor:
         except ProtocolError as exc:
             await self._reject(msg, asg, env.cid, "payload_mismatch", str(exc))
             return
+        # A quick capability (microseconds, in process) with a slot free right now
+        # answers with its receipt: no Accept to sign, send and verify (§8.6).
+        quick = (
+            bool(msg.reply)
+            and getattr(self.handlers[rec.job.capability], "quick", False)
+            and self._queued == 0
+            and self._running < self.config.max_concurrency
+        )
         # Consume the bid: its reservation turns into a queued job.
         self._bids.pop(rec.job_cid, None)
         self._release(rec)
         self._queued += 1
         self.peak_outstanding = max(self.peak_outstanding, self.outstanding)
         self._idle = anyio.Event() if self._idle.is_set() else self._idle
-        accept = Accept.build(
+        self.metrics.assignments.labels(outcome="accepted").inc()
+        if quick:
+            job_rec = _JobRecord(asg.job, b"", answer_to=msg.reply)
+            self._remember_job(job_rec, now)
+        else:
+            accept = self._accept(asg, env.cid, now)
+            job_rec = _JobRecord(asg.job, accept.raw)
+            self._remember_job(job_rec, now)
+            await self._reply(msg, accept.raw)
+        self._jobs_running.spawn(self._execute, rec, asg, env.cid, payload, job_rec, arrived)
+
+    def _accept(self, asg: Assignment, asg_cid: str, now: int) -> Envelope:
+        return Accept.build(
             signer=self.identity.did,
             ts=now,
             job=asg.job,
-            assignment=env.cid,
+            assignment=asg_cid,
             attempt=asg.attempt,
         ).sign(self.identity)
-        job_rec = _JobRecord(asg.job, accept.raw)
-        self._remember_job(job_rec, now)
-        self.metrics.assignments.labels(outcome="accepted").inc()
-        await self._reply(msg, accept.raw)
-        self._jobs_running.spawn(self._execute, rec, asg, env.cid, payload, job_rec, arrived)
 
     # ------------------------------------------------------------------ execute
 
@@ -717,8 +738,9 @@ class Executor:
         ).encode()
         job_rec.delivery = delivery
         job_rec.done.set()
+        answer_to, job_rec.answer_to = job_rec.answer_to, ""
         await self._nc.publish(
-            subjects.receipt_delivery(self.federation, rec.job_cid),
+            answer_to or subjects.receipt_delivery(self.federation, rec.job_cid),
             delivery,
             headers=trace_headers(rec.trace, rec.job_cid),
         )

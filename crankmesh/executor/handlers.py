@@ -48,7 +48,13 @@ class Outcome:
 
 
 class CapabilityHandler(Protocol):
-    """The interface every capability implements."""
+    """The interface every capability implements.
+
+    A handler may also set a class attribute ``quick = True`` when ``execute``
+    always finishes in microseconds without blocking (like ``echo``): with a slot
+    free, the executor then answers the Assignment with the receipt itself
+    instead of an Accept first (RFC 0001 §8.6).
+    """
 
     @property
     def name(self) -> str: ...
@@ -68,6 +74,9 @@ class EchoCapability:
     """``echo``: returns its payload unchanged (in-process, no sandbox)."""
 
     name = "echo"
+    #: Finishes in microseconds: with a slot free, the executor answers the
+    #: Assignment with the receipt itself instead of an Accept (RFC 0001 §8.6).
+    quick = True
 
     def check(self, job: JobSpec) -> str | None:
         return None if job.payload_size <= MAX_PAYLOAD_BYTES else "payload_too_large"

@@ -973,6 +973,20 @@ class Client:
                 nats.errors.ConnectionDrainingError,
             ) as exc:
                 raise TransportError(f"NATS connection unusable: {exc}") from exc
+        if reply.data[:1] in _DELIVERY_STARTS:
+            # The job finished before the executor answered: its ReceiptDelivery is
+            # the answer and stands for the Accept (RFC 0001 §8.6).
+            result = self._check_delivery(reply.data, job_cid, asg, bid_env, bid, attempt)
+            if result is None:
+                return None, "bad_accept: the answer is no valid Accept, Reject or receipt"
+            # Whatever came on the receipt subject meanwhile is checked (garbage counted,
+            # late receipts recorded) exactly as on the usual path, and not used.
+            for data in track.deliveries:
+                self._check_delivery(data, job_cid, asg, bid_env, bid, attempt)
+            track.deliveries.clear()
+            await self._queue_close(spec.capability, job_cid, executor, bid_env.cid)
+            _emit("accepted", job_cid, executor=executor, attempt=attempt)
+            return self._use_result(spec, result, track, asg, bid), ""
         try:
             renv = open_envelope(reply.data, max_len=64 * 1024)
             if renv.type == "reject":
@@ -1016,14 +1030,7 @@ class Client:
                 seen += 1
                 result = self._check_delivery(data, job_cid, asg, bid_env, bid, attempt)
                 if result is not None:
-                    observed_us = int((time.perf_counter() - track.assigned_at) * 1_000_000)
-                    self._record_outcome(
-                        executor, success=result.status == "ok", observed_us=observed_us, bid=bid
-                    )
-                    if self._tg is not None:
-                        sub, track.sub = track.sub, None
-                        self._settling.spawn(self._settle, spec, result, asg, bid, observed_us, sub)
-                    return result, ""
+                    return self._use_result(spec, result, track, asg, bid), ""
             now = _now_ms()
             if now >= deadline_ms and not resent and self.directory.get(executor) is not None:
                 # The delivery may have been lost while the executor lives on: send it
@@ -1048,6 +1055,20 @@ class Client:
             wait_s = min(deadline_ms - now, self.config.liveness_check_ms) / 1000
             with anyio.move_on_after(wait_s):
                 await track.changed.wait()
+
+    def _use_result(
+        self, spec: JobSpec, result: JobResult, track: _JobTrack, asg: Envelope, bid: Bid
+    ) -> JobResult:
+        """A verified receipt for the current attempt: record what was observed against
+        what was promised, and countersign it in the background."""
+        observed_us = int((time.perf_counter() - track.assigned_at) * 1_000_000)
+        self._record_outcome(
+            bid.signer, success=result.status == "ok", observed_us=observed_us, bid=bid
+        )
+        if self._tg is not None:
+            sub, track.sub = track.sub, None
+            self._settling.spawn(self._settle, spec, result, asg, bid, observed_us, sub)
+        return result
 
     async def _queue_close(
         self, capability: str, job_cid: str, winner: str | None, bid_cid: str | None
@@ -1213,6 +1234,11 @@ class Client:
             currency=receipt.currency,
             latency_ms=0.0,
         )
+
+
+#: First bytes of a ReceiptDelivery (a canonical map of 1 or 2 entries, RFC 0001 §8.11);
+#: an envelope starts with 0x84 (§6.1).
+_DELIVERY_STARTS: frozenset[bytes] = frozenset({b"\x81", b"\x82"})
 
 
 @dataclass(frozen=True, slots=True)

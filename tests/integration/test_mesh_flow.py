@@ -9,22 +9,25 @@ from functools import partial
 import anyio
 import pytest
 
-from crankmesh.executor.handlers import EchoCapability
+from crankmesh.executor.handlers import EchoCapability, InProcessCapability
 from crankmesh.originator import Job
 from crankmesh.protocol import subjects
 from crankmesh.protocol.cid import cid_for_document
-from crankmesh.protocol.encoding import canonical_encode
+from crankmesh.protocol.encoding import canonical_decode, canonical_encode
 from crankmesh.protocol.envelope import open_envelope, signing_input
 from crankmesh.protocol.errors import NoBids
-from crankmesh.protocol.identity import Identity
+from crankmesh.protocol.identity import Identity, did_node_id
 from crankmesh.protocol.messages import (
     Announce,
     Assignment,
     Bid,
     BidSlo,
     Load,
+    Receipt,
+    ReceiptDelivery,
     Reject,
     decode_message,
+    job_cid_of_canonical,
 )
 
 from .helpers import client_for, mesh, node_config, raw_connection
@@ -271,3 +274,100 @@ async def test_a_nodes_client_uses_the_nodes_live_directory(nats_server):
         assert await a.client.wait_for_peers("echo", 2, wait_s=5) == 2
         r = await a.client.run(Job.echo(b"local or remote"))
         assert r.ok and r.executor == a.did  # cheapest, and local
+
+
+async def _answers_to_assignments(url: str, run) -> list[bytes]:
+    """Run ``run()`` while sniffing every reply (``_INBOX.>``); return the answers to
+    assignment requests (every reply but JetStream's JSON acks of audit records)."""
+    answers: list[bytes] = []
+    async with raw_connection(url) as sniffer:
+
+        async def grab(msg):
+            if not msg.data.startswith(b"{"):
+                answers.append(msg.data)
+
+        await sniffer.subscribe("_INBOX.>", cb=grab)
+        await sniffer.flush()
+        await run()
+        await anyio.sleep(0.1)
+    return answers
+
+
+async def test_a_quick_job_answers_its_assignment_with_the_receipt(nats_server):
+    """RFC 0001 §8.6: echo with a free slot answers with its ReceiptDelivery; no Accept."""
+    async with mesh(nats_server.url, [node_config(0)]) as (node,):
+        async with client_for(nats_server.url, "echo", 1) as client:
+            results = []
+
+            async def run():
+                for i in range(3):
+                    results.append(await client.run(Job.echo(bytes([i]))))
+
+            answers = await _answers_to_assignments(nats_server.url, run)
+        assert [r.output for r in results] == [b"\x00", b"\x01", b"\x02"]
+        assert all(r.ok and r.verified for r in results)
+        assert len(answers) == 3
+        for answer, r in zip(answers, results, strict=True):
+            delivery = ReceiptDelivery.model_validate(canonical_decode(answer))
+            env, receipt = decode_message(delivery.receipt, Receipt)
+            assert receipt.job == r.job_cid and env.cid == r.receipt_cid
+        # one delivery per job, as the answer: none on the receipt subject
+        assert _count(node.metrics.assignments, outcome="accepted") == 3
+
+
+async def test_a_job_that_is_not_quick_is_accepted_first(nats_server):
+    async def upper(data: bytes) -> bytes:
+        return data.upper()
+
+    cfg = node_config(0, capabilities=(), extra_handlers=[InProcessCapability("upper", upper)])
+    async with mesh(nats_server.url, [cfg]):
+        async with client_for(nats_server.url, "upper", 1) as client:
+            results = []
+
+            async def run():
+                results.append(await client.run(Job.call("upper", b"abc")))
+
+            answers = await _answers_to_assignments(nats_server.url, run)
+        assert results[0].output == b"ABC"
+        assert len(answers) == 1 and open_envelope(answers[0]).type == "accept"
+
+
+async def test_a_malformed_receipt_answer_fails_the_attempt_and_the_job_moves_on(nats_server):
+    """A rogue bids cheapest and answers its assignment with a map that is no valid
+    ReceiptDelivery: the attempt fails at once (bad_accept) and an honest node runs it."""
+    rogue = Identity.generate()
+    async with mesh(nats_server.url, [node_config(1)]) as (honest,):
+        async with raw_connection(nats_server.url) as nc:
+
+            async def bid(msg):
+                env, ann = decode_message(msg.data, Announce)
+                job_cid = job_cid_of_canonical(env.body["job"])
+                now = time.time_ns() // 1_000_000
+                b = Bid(
+                    signer=rogue.did,
+                    ts=now,
+                    exp=now + 10_000,
+                    job=job_cid,
+                    nonce=os.urandom(16),
+                    price=1,
+                ).sign(rogue)
+                await nc.publish(subjects.bids("default", job_cid), b.raw)
+
+            async def answer(msg):
+                await msg.respond(canonical_encode({"receipt": b"not a receipt"}))
+
+            await nc.subscribe(subjects.announce("default", "echo"), cb=bid)
+            await nc.subscribe(
+                f"crank.default.jobs.*.assignment.{did_node_id(rogue.did)}", cb=answer
+            )
+            await nc.flush()
+            async with client_for(
+                nats_server.url, "echo", 1, max_bid_window_ms=300, min_bid_window_ms=100
+            ) as client:
+                t0 = time.monotonic()
+                r = await client.run(Job.echo(b"x"))
+                assert r.ok and r.executor == honest.did
+                assert time.monotonic() - t0 < 1.5  # not the 2 s accept timeout
+                first = r.attempts[0]
+                assert first.executor == rogue.did and first.outcome.startswith("bad_accept")
+                assert client.metrics.rejection_count("receipt", "decode") == 1
