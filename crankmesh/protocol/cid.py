@@ -109,18 +109,19 @@ def _parse_cid(text: str) -> tuple[int, bytes]:
     if not _B32_BODY_RE.fullmatch(body):
         raise InvalidCID(f"bad base32 in CID {text!r}")
     # RFC 4648 base32 digits are values 0..31: translated to ``int``'s base-32
-    # digits they decode in C.  The trailing pad bits are dropped here; the
-    # re-encoding check below rejects a string whose pad bits are not zero.
+    # digits they decode in C.  The trailing pad bits must be zero, and the length
+    # is fixed per codec (checked below): exactly one string per CID.
     bits = 5 * len(body)
-    n = int(body.translate(_B32_TO_INT_DIGITS), 32) >> (bits % 8)
-    raw = n.to_bytes(bits // 8, "big")
+    pad = bits % 8
+    n = int(body.translate(_B32_TO_INT_DIGITS), 32)
+    if n & ((1 << pad) - 1):
+        raise InvalidCID(f"non-canonical CID string {text!r}")
+    raw = (n >> pad).to_bytes(bits // 8, "big")
     for prefix, codec in _CODEC_OF_PREFIX.items():
         if raw.startswith(prefix) and len(raw) == len(prefix) + 32:
-            digest = raw[len(prefix) :]
-            # Also catches non-zero base32 pad bits: exactly one string per CID.
-            if len(text) != _STRLEN[codec] or cid_from_digest(digest, codec) != text:
+            if len(text) != _STRLEN[codec]:
                 raise InvalidCID(f"non-canonical CID string {text!r}")
-            return codec, digest
+            return codec, raw[len(prefix) :]
     raise InvalidCID(
         f"unsupported CID {text!r}: crankmesh accepts CIDv1 sha2-256 with codec messagepack or raw"
     )
