@@ -529,6 +529,9 @@ class Executor:
             self.metrics.assignments.labels(outcome="duplicate").inc()
             if not job_rec.accept_raw:  # a quick job: its answer is (or was) the receipt
                 job_rec.accept_raw = self._accept(asg, env.cid, now).raw
+                # The first request may have timed out: a receipt still to come goes
+                # to the receipt subject, where the originator now waits for it.
+                job_rec.answer_to = ""
             await self._reply(msg, job_rec.accept_raw)
             if job_rec.delivery is not None:
                 await self._nc.publish(

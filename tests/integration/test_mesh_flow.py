@@ -371,3 +371,27 @@ async def test_a_malformed_receipt_answer_fails_the_attempt_and_the_job_moves_on
                 first = r.attempts[0]
                 assert first.executor == rogue.did and first.outcome.startswith("bad_accept")
                 assert client.metrics.rejection_count("receipt", "decode") == 1
+
+
+class _SlowQuickEcho(EchoCapability):
+    """Claims to be quick but takes longer than the originator's accept timeout."""
+
+    async def execute(self, job, payload):  # type: ignore[no-untyped-def]
+        await anyio.sleep(0.6)
+        return await super().execute(job, payload)
+
+
+async def test_a_quick_job_whose_answer_came_too_late_still_delivers_at_once(nats_server):
+    """The first request times out while the job runs; the re-sent assignment is
+    accepted, and the receipt then goes to the receipt subject (not to the first,
+    abandoned reply inbox): the job ends when it finishes, not at the receipt deadline."""
+    cfg = node_config(0, capabilities=(), extra_handlers=[_SlowQuickEcho()])
+    async with mesh(nats_server.url, [cfg]) as (node,):
+        async with client_for(nats_server.url, "echo", 1, accept_timeout_ms=250) as client:
+            t0 = time.monotonic()
+            r = await client.run(Job.echo(b"late"))
+            elapsed = time.monotonic() - t0
+        assert r.ok and r.output == b"late" and len(r.attempts) == 0
+        assert elapsed < 2.0  # the receipt deadline would be 10 s + 3 s away
+        assert _count(node.metrics.assignments, outcome="duplicate") == 1
+        assert _count(node.metrics.execution_start) == 1
