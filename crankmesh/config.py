@@ -111,6 +111,8 @@ _FED_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 _CURRENCY_RE: Final = re.compile(r"^[A-Z][A-Z0-9]{2,7}\Z")
 _ISOLATION_LEVELS: Final = ("none", "basic", "standard", "strict")
 _LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+#: The longest advert TTL peers accept (RFC 0001 §7), in seconds.
+MAX_ADVERT_TTL_S: Final = 120
 _SANDBOXED_CAPABILITY: Final = "python.run"
 
 
@@ -475,7 +477,7 @@ _INFOS: Final = (
     _info(
         "advert_ttl_s",
         "float",
-        "seconds an advert stays valid (default: 5)",
+        "seconds an advert stays valid (default: 5; at most 120)",
         flags=("--advert-ttl",),
     ),
     _info(
@@ -731,8 +733,10 @@ def _check(s: NodeSettings) -> list[tuple[str, str]]:
     _int_at_least(bad, "metrics_port", s.metrics_port, 0, 65535)
     for name in ("advert_interval_s", "advert_ttl_s"):
         value = getattr(s, name)
-        if not isinstance(value, int | float) or not 0 < value <= 3600:
-            bad(name, f"must be a number of seconds in (0, 3600], got {value!r}")
+        # Peers drop an advert that claims to live longer than 120 s (RFC 0001 §7): a
+        # longer TTL would leave the node invisible, so it is refused here instead.
+        if not isinstance(value, int | float) or not 0 < value <= MAX_ADVERT_TTL_S:
+            bad(name, f"must be a number of seconds in (0, {MAX_ADVERT_TTL_S}], got {value!r}")
     if (
         isinstance(s.advert_interval_s, int | float)
         and isinstance(s.advert_ttl_s, int | float)

@@ -147,9 +147,19 @@ class PeerDirectory:
         return advert
 
     async def serve(
-        self, nc: Any, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+        self,
+        nc: Any,
+        *,
+        solicit: bool = True,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Follow the adverts subject until cancelled."""
+        """Follow the adverts subject until cancelled.
+
+        With ``solicit`` (the default), once subscribed it asks every node of the
+        federation to advertise now (RFC 0001 §8.10), so that the directory fills in
+        milliseconds instead of one advert interval.  A failed solicitation is only
+        logged: the heartbeats fill the directory anyway.
+        """
 
         async def cb(msg: Any) -> None:
             try:
@@ -162,6 +172,11 @@ class PeerDirectory:
 
         sub = await nc.subscribe(subjects.adverts(self.federation), cb=cb)
         try:
+            if solicit:
+                try:
+                    await nc.publish(subjects.advert_sync(self.federation), b"")
+                except Exception as exc:  # disconnected: the heartbeats still come
+                    log.warning("advert sync not sent: %s", exc)
             await nc.flush()
             task_status.started()
             while True:

@@ -24,6 +24,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from .capabilities import CapabilityOffer, IsolationLevel
+from .config import MAX_ADVERT_TTL_S, ConfigError
 from .directory import PeerDirectory
 from .executor.agent import Executor, ExecutorConfig
 from .executor.handlers import CapabilityHandler, EchoCapability, InProcessCapability
@@ -45,6 +46,10 @@ from .verification import CanaryProber
 __all__ = ["Node", "NodeConfig"]
 
 log = logging.getLogger("crankmesh.node")
+
+#: The least time between two adverts a node publishes because someone asked
+#: (RFC 0001 §8.10): solicitations inside it are answered by one advert.
+SYNC_MIN_GAP_S = 0.25
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,6 +89,18 @@ class NodeConfig:
     probe_interval_s: float = 60.0
     #: Follow the audit records on the stream into a shared reputation book.
     follow_reputation: bool = True
+
+    def __post_init__(self) -> None:
+        # Peers drop adverts that claim to live longer than 120 s (RFC 0001 §7), and a
+        # TTL shorter than the interval makes the node flicker out of every directory.
+        if not 0 < self.advert_interval_s <= self.advert_ttl_s <= MAX_ADVERT_TTL_S:
+            raise ConfigError(
+                [
+                    "advert timings need 0 < advert_interval_s <= advert_ttl_s <= "
+                    f"{MAX_ADVERT_TTL_S} s, got interval {self.advert_interval_s!r} s and "
+                    f"TTL {self.advert_ttl_s!r} s"
+                ]
+            )
 
 
 class Node:
@@ -459,14 +476,34 @@ class Node:
     async def _advertise(
         self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        await self._publish_advert()
-        task_status.started()
-        while True:
-            await anyio.sleep(self.config.advert_interval_s)
-            try:
-                await self._publish_advert()
-            except Exception as exc:  # disconnected: nats-py buffers or raises; keep going
-                log.warning("advert publish failed: %s", exc)
+        """Advertise every ``advert_interval_s``, and sooner when a joining party asks
+        (RFC 0001 §8.10): solicitations are coalesced so that they bring out at most
+        one advert per :data:`SYNC_MIN_GAP_S`."""
+        wanted = anyio.Event()
+
+        async def on_sync(msg: Any) -> None:
+            if msg.data:
+                self.metrics.reject("sync", "not_empty")
+                return
+            wanted.set()
+
+        sub = await self.nc.subscribe(subjects.advert_sync(self.config.federation), cb=on_sync)
+        try:
+            await self._publish_advert()
+            last = time.monotonic()
+            task_status.started()
+            while True:
+                with anyio.move_on_after(self.config.advert_interval_s - (time.monotonic() - last)):
+                    await wanted.wait()
+                    await anyio.sleep(max(0.0, SYNC_MIN_GAP_S - (time.monotonic() - last)))
+                wanted = anyio.Event()
+                try:
+                    await self._publish_advert()
+                except Exception as exc:  # disconnected: nats-py buffers or raises; go on
+                    log.warning("advert publish failed: %s", exc)
+                last = time.monotonic()
+        finally:
+            await unsubscribe_quietly(sub)
 
     async def __aenter__(self) -> Node:
         if self._opened:

@@ -13,6 +13,7 @@ subject                                         carries
 ``crank.<fed>.settlements.<id>``                Settlement (persisted in JetStream)
 ``crank.<fed>.tokens.<id>``                     budget tokens used, by issuer (persisted)
 ``crank.<fed>.nodes.adverts``                   Advert heartbeats
+``crank.<fed>.nodes.sync``                      empty: "whoever is there, advertise now"
 ==============================================  ==========================================
 
 ``<id>`` is a node's DID without ``did:key:`` (``z6Mk…``).  Putting the
@@ -32,6 +33,7 @@ from .identity import did_node_id
 __all__ = [
     "ROOT",
     "SubjectInfo",
+    "advert_sync",
     "adverts",
     "announce",
     "announce_all",
@@ -122,9 +124,14 @@ def adverts(federation: str) -> str:
     return f"{ROOT}.{federation}.nodes.adverts"
 
 
+def advert_sync(federation: str) -> str:
+    """Where a joining directory asks every node to advertise now (RFC 0001 §8.10)."""
+    return f"{ROOT}.{federation}.nodes.sync"
+
+
 @dataclass(frozen=True, slots=True)
 class SubjectInfo:
-    kind: str  # announce|bids|assignment|receipt|closed|receipts|settlements|adverts
+    kind: str  # announce|bids|assignment|receipt|closed|receipts|settlements|adverts|sync
     federation: str
     job_cid: str | None = None
     capability: str | None = None
@@ -146,6 +153,6 @@ def parse_subject(subject: str) -> SubjectInfo:
             return SubjectInfo("assignment", fed, job_cid=rest[0], node_id=rest[2])
     elif area in ("receipts", "settlements", "bids", "tokens") and len(rest) == 1:
         return SubjectInfo(area, fed, node_id=rest[0])
-    elif area == "nodes" and rest == ["adverts"]:
-        return SubjectInfo("adverts", fed)
+    elif area == "nodes" and rest in (["adverts"], ["sync"]):
+        return SubjectInfo(rest[0], fed)
     raise ValueError(f"not a crankmesh subject: {subject!r}")

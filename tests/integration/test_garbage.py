@@ -79,6 +79,7 @@ async def test_garbage_on_every_node_subject_is_dropped_counted_and_node_keeps_s
             subjects.assignment("default", cid_for_document(b"j"), node.did),
             subjects.closed("default", cid_for_document(b"j")),
             subjects.adverts("default"),
+            subjects.advert_sync("default"),
         ]
         async with raw_connection(nats_server.url) as nc:
             for subject in targets:
@@ -95,6 +96,7 @@ async def test_garbage_on_every_node_subject_is_dropped_counted_and_node_keeps_s
         assert m.rejection_count("assignment") >= n
         assert m.rejection_count("advert") >= n
         assert m.rejection_count("closed") >= n
+        assert m.rejection_count("sync", "not_empty") == sum(1 for g in garbage if g)
         reasons = {
             s.labels["reason"]
             for metric in m.rejections.collect()

@@ -157,6 +157,23 @@ def test_range_errors_name_the_setting_and_its_source() -> None:
     assert "federation" in text
 
 
+def test_an_advert_ttl_peers_would_drop_is_refused() -> None:
+    # Peers drop adverts that claim to live longer than 120 s (RFC 0001 §7): such a node
+    # would be invisible, so the configuration is refused up front.
+    with pytest.raises(ConfigError, match=r"advert_ttl_s.*\(0, 120\]"):
+        load(env={"CRANKMESH_ADVERT_TTL_S": "600", "CRANKMESH_ADVERT_INTERVAL_S": "60"})
+    assert load(env={"CRANKMESH_ADVERT_TTL_S": "120"}).advert_ttl_s == 120
+
+
+def test_node_config_refuses_advert_timings_peers_cannot_follow() -> None:
+    from crankmesh.node import NodeConfig
+
+    for interval, ttl in ((1.0, 600.0), (10.0, 5.0), (0.0, 5.0)):
+        with pytest.raises(ConfigError, match="advert timings"):
+            NodeConfig(advert_interval_s=interval, advert_ttl_s=ttl)
+    assert NodeConfig(advert_interval_s=60.0, advert_ttl_s=120.0).advert_ttl_s == 120.0
+
+
 def test_unknown_env_variables_are_warnings_not_errors() -> None:
     s = load(env={"CRANKMESH_MAX_CONCURENCY": "3", "CRANKMESH_CONFIG": ""})
     assert s.max_concurrency == 2

@@ -52,6 +52,8 @@ def test_exact_names() -> None:
     assert subjects.receipts(FED, EXECUTOR.did) == f"crank.lab-1.receipts.{NODE}"
     assert subjects.settlements(FED, EXECUTOR.did) == f"crank.lab-1.settlements.{NODE}"
     assert subjects.adverts(FED) == "crank.lab-1.nodes.adverts"
+    assert subjects.advert_sync(FED) == "crank.lab-1.nodes.sync"
+    assert parse_subject(subjects.advert_sync(FED)).kind == "sync"
 
 
 def test_wildcard_subscriptions() -> None:
@@ -99,6 +101,7 @@ def test_executor_subjects_need_a_valid_did() -> None:
         "crank.lab-1.settlements",
         "crank.lab-1.nodes.other",
         "crank.lab-1.nodes.adverts.extra",
+        "crank.lab-1.nodes.sync.extra",
         "crank.lab-1.unknown.thing",
         "_INBOX.abc.def",
     ],
