@@ -198,7 +198,9 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     async def run() -> int:
         failures = 0
         async with Client(nats=args.nats, federation=args.federation, policy=args.policy) as c:
-            await c.wait_for_peers(job.capability, 1, wait_s=args.wait_peers)
+            # The nodes answer the client's advert sync together: settle briefly so the
+            # first job can go to the best of them, not the first to answer.
+            await c.wait_for_peers(job.capability, 1, wait_s=args.wait_peers, settle_s=0.05)
             for _ in range(args.count):
                 try:
                     r = await c.run(job)

@@ -299,12 +299,30 @@ class Client:
 
     # ------------------------------------------------------------------ helpers
 
-    async def wait_for_peers(self, capability: str, count: int = 1, wait_s: float = 10.0) -> int:
-        """Wait until ``count`` peers offering ``capability`` are in the directory."""
+    async def wait_for_peers(
+        self, capability: str, count: int = 1, wait_s: float = 10.0, *, settle_s: float = 0.0
+    ) -> int:
+        """Wait until ``count`` peers offering ``capability`` are in the directory; returns
+        how many there are (fewer than ``count`` when ``wait_s`` ran out).
+
+        ``settle_s``: once ``count`` are in, go on waiting until no further such peer has
+        joined for ``settle_s`` (all within ``wait_s``).  The nodes answer this client's
+        advert sync (RFC 0001 §8.10) together, so a short settle lets the first job see
+        every bidder, not just the first to answer.
+        """
+        offering = self.directory.offering
         with anyio.move_on_after(wait_s):
-            while len(self.directory.offering(capability)) < count:
+            while len(offering(capability)) < count:
                 await self.directory.wait_changed()
-        return len(self.directory.offering(capability))
+            known = len(offering(capability))
+            quiet_until = anyio.current_time() + settle_s
+            while (left := quiet_until - anyio.current_time()) > 0:
+                with anyio.move_on_after(left):
+                    await self.directory.wait_changed()
+                if len(offering(capability)) > known:  # a heartbeat of a known peer is no news
+                    known = len(offering(capability))
+                    quiet_until = anyio.current_time() + settle_s
+        return len(offering(capability))
 
     def _build_spec(self, job: Job, now: int) -> JobSpec:
         c = job.constraints

@@ -74,9 +74,13 @@ class SyncClient:
         portal, client = self._require()
         return portal.call(lambda: client.map(jobs, **kwargs))
 
-    def wait_for_peers(self, capability: str, count: int = 1, wait_s: float = 10.0) -> int:
+    def wait_for_peers(
+        self, capability: str, count: int = 1, wait_s: float = 10.0, *, settle_s: float = 0.0
+    ) -> int:
         portal, client = self._require()
-        return portal.call(client.wait_for_peers, capability, count, wait_s)
+        return portal.call(
+            lambda: client.wait_for_peers(capability, count, wait_s, settle_s=settle_s)
+        )
 
     def costs(self) -> CostReport:
         return self._require()[1].costs()

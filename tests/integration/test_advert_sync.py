@@ -30,6 +30,20 @@ async def test_a_client_that_joins_late_learns_every_peer_at_once(nats_server):
             assert r.ok and r.output == b"hello" and r.executor == nodes[0].did
 
 
+async def test_a_short_settle_after_the_first_peer_sees_every_bidder(nats_server):
+    # What `crankmesh submit` does: wait for one peer, then settle, so that its first job
+    # is not decided among the first node to answer only.
+    async with mesh(nats_server.url, [node_config(i, **SLOW) for i in range(3)]) as nodes:
+        await anyio.sleep(0.3)
+        async with Client(nats=nats_server.url) as client:
+            assert await client.wait_for_peers("echo", 1, wait_s=5, settle_s=0.2) == 3
+            r = await client.run(Job.echo(b"x"))
+            assert r.ok and r.executor == nodes[0].did  # the cheapest
+        async with Client(nats=nats_server.url) as client:
+            # Without a settle, it returns as soon as the first one is in.
+            assert await client.wait_for_peers("echo", 1, wait_s=5) >= 1
+
+
 async def test_solicitations_are_coalesced_and_a_non_empty_one_is_counted(nats_server):
     async with mesh(nats_server.url, [node_config(0, **SLOW)]) as (node,):
         await anyio.sleep(0.3)
