@@ -61,7 +61,9 @@ class PeerDirectory:
     """Newest advert per peer, expired by TTL.
 
     ``trusted`` (production mode): when set, adverts from other DIDs are
-    rejected and counted with reason ``untrusted``.
+    rejected and counted with reason ``untrusted``.  ``impostor``: a node's check
+    that an advert signed with its own key was not published by itself; such
+    adverts are dropped with reason ``own_key_elsewhere``.
     """
 
     def __init__(
@@ -71,10 +73,12 @@ class PeerDirectory:
         metrics: Metrics | None = None,
         trusted: Callable[[str], bool] | None = None,
         max_ttl_ms: int = 120_000,
+        impostor: Callable[[Advert], bool] | None = None,
     ) -> None:
         self.federation = federation
         self.metrics = metrics or Metrics()
         self._trusted = trusted
+        self._impostor = impostor
         self._max_ttl_ms = max_ttl_ms
         self._peers: dict[str, Peer] = {}
         self._changed = anyio.Event()
@@ -143,6 +147,8 @@ class PeerDirectory:
         if self._trusted is not None and not self._trusted(advert.signer):
             raise _Drop("untrusted")
         env.verify()
+        if self._impostor is not None and self._impostor(advert):
+            raise _Drop("own_key_elsewhere")
         self.observe(advert, now)
         return advert
 

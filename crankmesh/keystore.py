@@ -13,6 +13,7 @@ to do.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import stat
@@ -26,6 +27,7 @@ __all__ = [
     "default_key_path",
     "load_identity",
     "load_or_create_identity",
+    "lock_state_dir",
     "save_identity",
 ]
 
@@ -108,3 +110,38 @@ def load_or_create_identity(path: str | os.PathLike[str]) -> Identity:
     identity = Identity.generate()
     save_identity(identity, p)
     return identity
+
+
+def lock_state_dir(directory: str | os.PathLike[str]) -> int:
+    """Claim ``directory`` (a node's state: receipt chain head, spill file) for this node.
+
+    Holds an exclusive ``flock`` on ``<directory>/node.lock`` and returns its descriptor;
+    closing it (or the process ending) releases the claim.  Two running nodes sharing one
+    state directory -- typically two ``crankmesh node`` processes started with the same
+    default key -- would share one identity and one receipt chain: their assignments would
+    reach the wrong process, and their receipts would fork the chain, which auditors
+    rightly read as equivocation.
+
+    Error handling: :class:`KeystoreError`, naming the holder's pid, when another node
+    (in any process, this one included) holds the directory.
+    """
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    fd = os.open(d / "node.lock", os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        try:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        except OSError:
+            holder = ""
+        os.close(fd)
+        raise KeystoreError(
+            f"state directory {d} is in use by another running node"
+            + (f" (pid {holder})" if holder.isdigit() else "")
+            + "; nodes sharing it would share one identity and fork one receipt chain. "
+            "Give each node its own key and directory (--key DIR/node.key)"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd

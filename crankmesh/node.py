@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -30,6 +32,7 @@ from .executor.agent import Executor, ExecutorConfig
 from .executor.handlers import CapabilityHandler, EchoCapability, InProcessCapability
 from .executor.hardware import HardwareMonitor
 from .http import serve_http
+from .keystore import lock_state_dir
 from .observability import Metrics
 from .originator.client import Client, ClientConfig
 from .originator.explain_service import serve_explanations
@@ -125,8 +128,15 @@ class Node:
         self.nc: Any = connection
         self._services = dict(services or {})
         self.directory = PeerDirectory(
-            federation=self.config.federation, metrics=self.metrics, trusted=self.trusts
+            federation=self.config.federation,
+            metrics=self.metrics,
+            trusted=self.trusts,
+            impostor=self._is_impostor,
         )
+        #: (ts, seq) of the adverts this node published lately: an advert signed with this
+        #: node's key that is not among them comes from another node holding the same key.
+        self._own_adverts: deque[tuple[int, int]] = deque(maxlen=64)
+        self._impostor_logged = 0.0
         self.metrics_port: int | None = None
         self.executor: Executor | None = None
         self.client: Client | None = None
@@ -213,6 +223,12 @@ class Node:
     @asynccontextmanager
     async def _lifecycle(self) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
+            chain_path = None
+            if self.config.state_dir:
+                # One node per state directory, claimed before anything starts: a second
+                # node there would share this identity and fork the receipt chain.
+                stack.callback(os.close, lock_state_dir(self.config.state_dir))
+                chain_path = Path(self.config.state_dir) / "receipt-chain.json"
             if self.nc is None:
                 from .transport import NatsOptions, connect
 
@@ -235,11 +251,6 @@ class Node:
 
                 stack.push_async_callback(_close_nc)
             handlers = await self._handlers(stack)
-            chain_path = (
-                Path(self.config.state_dir) / "receipt-chain.json"
-                if self.config.state_dir
-                else None
-            )
             isolation = "none"
             if self.sandbox is not None:
                 isolation = self.sandbox.isolation.level.token
@@ -470,8 +481,29 @@ class Node:
         )
 
     async def _publish_advert(self, *, draining: bool = False) -> None:
-        env = self.advert(draining=draining).sign(self.identity)
-        await self.nc.publish(subjects.adverts(self.config.federation), env.raw)
+        advert = self.advert(draining=draining)
+        self._own_adverts.append((advert.ts, advert.seq))
+        await self.nc.publish(
+            subjects.adverts(self.config.federation), advert.sign(self.identity).raw
+        )
+
+    def _is_impostor(self, advert: Advert) -> bool:
+        """True for an advert signed with this node's key that this node did not publish:
+        another running node holds the same key (a copied key file).  Logged as an error at
+        most once a minute; the directory drops the advert and counts it."""
+        if advert.signer != self.did or (advert.ts, advert.seq) in self._own_adverts:
+            return False
+        now = time.monotonic()
+        if now - self._impostor_logged >= 60.0:
+            self._impostor_logged = now
+            log.error(
+                "another node is advertising with this node's key (%s, name %r): the two "
+                "share one identity, so assignments reach the wrong one and their receipts "
+                "fork one chain. Give each node its own key.",
+                self.did,
+                advert.name,
+            )
+        return True
 
     async def _advertise(
         self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
