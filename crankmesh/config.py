@@ -68,6 +68,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ENV_CONFIG",
+    "advert_timing_problems",
     "ENV_MODE",
     "MODES",
     "SETTINGS",
@@ -690,6 +691,30 @@ def _show(info: SettingInfo, raw: object) -> str:
 # ----------------------------------------------------------------------------- checks
 
 
+def advert_timing_problems(interval_s: object, ttl_s: object) -> list[tuple[str, str]]:
+    """What is wrong with an advert interval and TTL, as (setting, message); empty if fine.
+
+    Peers drop an advert that claims to live longer than 120 s (RFC 0001 §7), which would
+    leave the node invisible; a TTL shorter than the interval makes it flicker out of every
+    directory between heartbeats.
+    """
+    problems: list[tuple[str, str]] = []
+    for name, value in (("advert_interval_s", interval_s), ("advert_ttl_s", ttl_s)):
+        if not isinstance(value, int | float) or not 0 < value <= MAX_ADVERT_TTL_S:
+            problems.append(
+                (name, f"must be a number of seconds in (0, {MAX_ADVERT_TTL_S}], got {value!r}")
+            )
+    if (
+        isinstance(interval_s, int | float)
+        and isinstance(ttl_s, int | float)
+        and ttl_s < interval_s
+    ):
+        problems.append(
+            ("advert_ttl_s", "must not be shorter than advert_interval_s (peers would flap)")
+        )
+    return problems
+
+
 def _check(s: NodeSettings) -> list[tuple[str, str]]:
     """Problems with individual values (types, ranges, formats), as (setting, message)."""
     problems: list[tuple[str, str]] = []
@@ -731,18 +756,8 @@ def _check(s: NodeSettings) -> list[tuple[str, str]]:
     _int_at_least(bad, "queue_depth", s.queue_depth, 0, 1_000_000)
     _int_at_least(bad, "bid_valid_ms", s.bid_valid_ms, 1, 3_600_000)
     _int_at_least(bad, "metrics_port", s.metrics_port, 0, 65535)
-    for name in ("advert_interval_s", "advert_ttl_s"):
-        value = getattr(s, name)
-        # Peers drop an advert that claims to live longer than 120 s (RFC 0001 §7): a
-        # longer TTL would leave the node invisible, so it is refused here instead.
-        if not isinstance(value, int | float) or not 0 < value <= MAX_ADVERT_TTL_S:
-            bad(name, f"must be a number of seconds in (0, {MAX_ADVERT_TTL_S}], got {value!r}")
-    if (
-        isinstance(s.advert_interval_s, int | float)
-        and isinstance(s.advert_ttl_s, int | float)
-        and s.advert_ttl_s < s.advert_interval_s
-    ):
-        bad("advert_ttl_s", "must not be shorter than advert_interval_s (peers would flap)")
+    for name, message in advert_timing_problems(s.advert_interval_s, s.advert_ttl_s):
+        bad(name, message)
     if not isinstance(s.drain_grace_s, int | float) or not 0 <= s.drain_grace_s <= 86_400:
         bad("drain_grace_s", f"must be a number of seconds in [0, 86400], got {s.drain_grace_s!r}")
     if not isinstance(s.metrics_host, str) or not s.metrics_host.strip():

@@ -26,7 +26,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from .capabilities import CapabilityOffer, IsolationLevel
-from .config import MAX_ADVERT_TTL_S, ConfigError
+from .config import ConfigError, advert_timing_problems
 from .directory import PeerDirectory
 from .executor.agent import Executor, ExecutorConfig
 from .executor.handlers import CapabilityHandler, EchoCapability, InProcessCapability
@@ -94,16 +94,9 @@ class NodeConfig:
     follow_reputation: bool = True
 
     def __post_init__(self) -> None:
-        # Peers drop adverts that claim to live longer than 120 s (RFC 0001 §7), and a
-        # TTL shorter than the interval makes the node flicker out of every directory.
-        if not 0 < self.advert_interval_s <= self.advert_ttl_s <= MAX_ADVERT_TTL_S:
-            raise ConfigError(
-                [
-                    "advert timings need 0 < advert_interval_s <= advert_ttl_s <= "
-                    f"{MAX_ADVERT_TTL_S} s, got interval {self.advert_interval_s!r} s and "
-                    f"TTL {self.advert_ttl_s!r} s"
-                ]
-            )
+        problems = advert_timing_problems(self.advert_interval_s, self.advert_ttl_s)
+        if problems:
+            raise ConfigError([f"advert timings: {name} {message}" for name, message in problems])
 
 
 class Node:
