@@ -4,9 +4,8 @@
 Writes ``rfcs/vectors/0001.json`` and rewrites the generated appendix of
 ``rfcs/0001-crankmesh-wire-protocol.md`` (between the ``BEGIN GENERATED VECTORS``
 and ``END GENERATED VECTORS`` markers).  Everything is deterministic: Ed25519
-signatures are deterministic, and the two sealed boxes use fixed ephemeral X25519
-keys instead of random ones (the construction is libsodium's ``crypto_box_seal``,
-spelled out in :func:`seal_with_ephemeral`).
+signatures are deterministic, and the two boxes use fixed nonces instead of random
+ones (the construction is spelled out in :func:`box_with_nonce`).
 
 Usage::
 
@@ -27,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import nacl.bindings
-import nacl.public
 import nacl.signing
 
 from crankmesh.protocol.cid import cid_for_blob, cid_for_document
@@ -93,20 +91,28 @@ def from_json(value: Any) -> Any:
 # --------------------------------------------------------------------------- helpers
 
 
-def seal_with_ephemeral(plaintext: bytes, recipient_did_key: bytes, eph_secret: bytes) -> bytes:
-    """libsodium ``crypto_box_seal`` with a caller-chosen ephemeral key (vectors only!).
+def box_with_nonce(
+    plaintext: bytes, sender: Identity, recipient: Identity, nonce: bytes
+) -> tuple[bytes, bytes, bytes]:
+    """An RFC 0001 §3.3 box with a caller-chosen nonce (vectors only!), spelled out.
 
-    ``recipient_did_key`` is the recipient's Ed25519 public key; it is converted
-    with ``crypto_sign_ed25519_pk_to_curve25519``.  Output:
-    ``eph_pk ‖ crypto_box(plaintext, nonce=BLAKE2b-192(eph_pk ‖ recipient_pk))``.
-    Real senders MUST use a fresh random ephemeral key for every box.
+    Returns ``(shared secret, key, box)``: shared = X25519(sender's X25519 secret,
+    recipient's X25519 public key), both converted from the Ed25519 keys; key =
+    BLAKE2b-256(shared ‖ sender Ed25519 pk ‖ recipient Ed25519 pk, personal
+    ``crankmesh/box/v1``); box = nonce ‖ crypto_secretbox_easy(plaintext, nonce, key).
+    Real senders MUST use a fresh random nonce for every box.
     """
-    recipient_pk = nacl.bindings.crypto_sign_ed25519_pk_to_curve25519(recipient_did_key)
-    eph = nacl.public.PrivateKey(eph_secret)
-    eph_pk = bytes(eph.public_key)
-    nonce = hashlib.blake2b(eph_pk + recipient_pk, digest_size=24).digest()
-    box = nacl.public.Box(eph, nacl.public.PublicKey(recipient_pk))
-    return eph_pk + bytes(box.encrypt(plaintext, nonce).ciphertext)
+    sender_x_sk = nacl.bindings.crypto_sign_ed25519_sk_to_curve25519(
+        nacl.bindings.crypto_sign_seed_keypair(sender.seed)[1]
+    )
+    recipient_x_pk = nacl.bindings.crypto_sign_ed25519_pk_to_curve25519(recipient.public_key)
+    shared = nacl.bindings.crypto_scalarmult(sender_x_sk, recipient_x_pk)
+    key = hashlib.blake2b(
+        shared + sender.public_key + recipient.public_key,
+        digest_size=32,
+        person=b"crankmesh/box/v1",
+    ).digest()
+    return shared, key, nonce + nacl.bindings.crypto_secretbox_easy(plaintext, nonce, key)
 
 
 def _label_key(label: str) -> bytes:
@@ -268,9 +274,11 @@ def build_vectors() -> dict[str, Any]:
         est_us=800,
     ).sign(executor)
 
-    eph_payload = _label_key("crankmesh rfc 0001 ephemeral key 1")
-    sealed_payload = seal_with_ephemeral(payload, executor.public_key, eph_payload)
-    assert open_sealed(sealed_payload, executor) == payload
+    nonce_payload = _label_key("crankmesh rfc 0001 box nonce 1")[:24]
+    shared_payload, key_payload, sealed_payload = box_with_nonce(
+        payload, originator, executor, nonce_payload
+    )
+    assert open_sealed(sealed_payload, executor, sender_did=originator.did) == payload
     assignment = Assignment(
         signer=originator.did,
         ts=T0 + 40,
@@ -303,9 +311,11 @@ def build_vectors() -> dict[str, Any]:
         seq=1,
     ).sign(executor)
 
-    eph_result = _label_key("crankmesh rfc 0001 ephemeral key 2")
-    sealed_result = seal_with_ephemeral(result, originator.public_key, eph_result)
-    assert open_sealed(sealed_result, originator) == result
+    nonce_result = _label_key("crankmesh rfc 0001 box nonce 2")[:24]
+    shared_result, key_result, sealed_result = box_with_nonce(
+        result, executor, originator, nonce_result
+    )
+    assert open_sealed(sealed_result, originator, sender_did=executor.did) == result
     delivery = ReceiptDelivery(receipt=receipt.raw, result=sealed_result).encode()
 
     return {
@@ -315,8 +325,8 @@ def build_vectors() -> dict[str, Any]:
         "notes": [
             'byte strings are {"$bin": "<hex>"}; integers outside +-(2**53-1) are '
             '{"$int": "<decimal>"}',
-            "sealed boxes use fixed ephemeral keys (sha256 of their label) so that they are "
-            "reproducible; real senders use a fresh random ephemeral key per box",
+            "boxes use fixed nonces (the first 24 bytes of sha256 of their label) so that "
+            "they are reproducible; real senders use a fresh random nonce per box",
         ],
         "identities": identities,
         "canonical": canonical,
@@ -327,22 +337,28 @@ def build_vectors() -> dict[str, Any]:
             "canonical_hex": job_bytes.hex(),
             "cid": job_cid,
         },
-        "sealed": [
+        "boxes": [
             {
                 "name": "assignment payload",
+                "sender": "originator",
                 "recipient": "executor",
-                "ephemeral_label": "crankmesh rfc 0001 ephemeral key 1",
-                "ephemeral_secret_hex": eph_payload.hex(),
+                "nonce_label": "crankmesh rfc 0001 box nonce 1",
+                "nonce_hex": nonce_payload.hex(),
+                "shared_secret_hex": shared_payload.hex(),
+                "key_hex": key_payload.hex(),
                 "plaintext_hex": payload.hex(),
-                "sealed_hex": sealed_payload.hex(),
+                "box_hex": sealed_payload.hex(),
             },
             {
                 "name": "delivered result",
+                "sender": "executor",
                 "recipient": "originator",
-                "ephemeral_label": "crankmesh rfc 0001 ephemeral key 2",
-                "ephemeral_secret_hex": eph_result.hex(),
+                "nonce_label": "crankmesh rfc 0001 box nonce 2",
+                "nonce_hex": nonce_result.hex(),
+                "shared_secret_hex": shared_result.hex(),
+                "key_hex": key_result.hex(),
                 "plaintext_hex": result.hex(),
-                "sealed_hex": sealed_result.hex(),
+                "box_hex": sealed_result.hex(),
             },
         ],
         "messages": [
@@ -354,7 +370,7 @@ def build_vectors() -> dict[str, Any]:
         ],
         "receipt_delivery": {
             "receipt": "receipt",
-            "result_sealed": "delivered result",
+            "result_box": "delivered result",
             "hex": delivery.hex(),
         },
     }
@@ -439,21 +455,30 @@ def render_markdown(v: dict[str, Any]) -> str:
     add(f"job CID: `{job['cid']}`")
     add("")
 
-    add("### A.6 Sealed boxes")
+    add("### A.6 Boxes")
     add("")
-    for item in v["sealed"]:
+    for item in v["boxes"]:
         add(
-            f"**{item['name']}**, sealed to the {item['recipient']}; ephemeral X25519 secret "
-            f"= SHA-256(`{item['ephemeral_label']}`) = `{item['ephemeral_secret_hex']}`."
+            f"**{item['name']}**, from the {item['sender']} to the {item['recipient']}; "
+            f"nonce = the first 24 bytes of SHA-256(`{item['nonce_label']}`) = "
+            f"`{item['nonce_hex']}`."
         )
+        add("")
+        add("X25519 shared secret:")
+        add("")
+        add(_hex_block(item["shared_secret_hex"]))
+        add("")
+        add("box key (BLAKE2b-256, personal `crankmesh/box/v1`):")
+        add("")
+        add(_hex_block(item["key_hex"]))
         add("")
         add("plaintext:")
         add("")
         add(_hex_block(item["plaintext_hex"]))
         add("")
-        add("sealed box (ephemeral public key ‖ ciphertext ‖ tag):")
+        add("box (nonce ‖ tag ‖ ciphertext):")
         add("")
-        add(_hex_block(item["sealed_hex"]))
+        add(_hex_block(item["box_hex"]))
         add("")
 
     add("### A.7 Signed messages")
@@ -489,7 +514,7 @@ def render_markdown(v: dict[str, Any]) -> str:
     add("")
     add(
         "The unsigned container carrying the receipt envelope of A.7.5 and the result "
-        "sealed to the originator (A.6):"
+        "boxed to the originator (A.6):"
     )
     add("")
     add(_hex_block(v["receipt_delivery"]["hex"]))

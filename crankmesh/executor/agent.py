@@ -574,7 +574,7 @@ class Executor:
                 await self._reject(msg, asg, env.cid, *problem)
                 return
         try:
-            payload = open_sealed(asg.payload, self.identity)
+            payload = open_sealed(asg.payload, self.identity, sender_did=asg.signer)
             if len(payload) != rec.job.payload_size:
                 raise ProtocolError("payload size differs from the job's payload_size")
             verify_blob(payload, rec.job.payload)
@@ -737,7 +737,7 @@ class Executor:
             self.budgets.settle(rec.job_cid, receipt.charge)
         delivery = ReceiptDelivery(
             receipt=renv.raw,
-            result=None if result is None else seal(result, job.originator),
+            result=None if result is None else seal(result, job.originator, sender=self.identity),
         ).encode()
         job_rec.delivery = delivery
         job_rec.done.set()

@@ -961,7 +961,7 @@ class Client:
             executor=executor,
             attempt=attempt,
             nonce=os.urandom(16),
-            payload=seal(job.payload, executor),
+            payload=seal(job.payload, executor, sender=self.identity),
             deadline=now + job.constraints.timeout_ms + cfg.receipt_grace_ms,
             budget_chain=encode_chain(job.budget) if job.budget else None,
         ).sign(self.identity)
@@ -1229,7 +1229,7 @@ class Client:
             if receipt.result is not None:
                 if delivery.result is None:
                     raise ProtocolError("receipt names a result but none was delivered")
-                output = open_sealed(delivery.result, self.identity)
+                output = open_sealed(delivery.result, self.identity, sender_did=receipt.signer)
                 verify_blob(output, receipt.result)
                 if len(output) != receipt.result_size:
                     raise ProtocolError("result size differs from the receipt")

@@ -293,7 +293,7 @@ class Assignment(SignedMessage):
     executor: DID
     attempt: Annotated[int, Field(ge=1, le=1000)]
     nonce: Nonce
-    payload: bytes  # sealed box of the payload bytes to ``executor``
+    payload: bytes  # box (RFC 0001 §3.3) of the payload bytes from the signer to ``executor``
     deadline: UInt  # receipt due (ms since the epoch)
     budget_chain: bytes | None = None  # budget token chain (RFC 0001 §8.12), leaf = job.budget
 
@@ -420,7 +420,7 @@ def decode_message(
 
 class ReceiptDelivery(_Model):
     """Unsigned container on ``jobs.<cid>.receipt``: the signed receipt plus the
-    result sealed to the originator.  The receipt binds the result by CID."""
+    result boxed to the originator (RFC 0001 §3.3).  The receipt binds the result by CID."""
 
     receipt: bytes
     result: bytes | None = None

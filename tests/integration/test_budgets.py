@@ -113,7 +113,7 @@ async def test_executor_refuses_forged_or_foreign_budget_chains(nats_server):
                     executor=node.did,
                     attempt=1,
                     nonce=os.urandom(16),
-                    payload=seal(b"x", node.did),
+                    payload=seal(b"x", node.did, sender=rogue),
                     deadline=now + 9000,
                     budget_chain=chain,
                 ).sign(rogue)

@@ -126,7 +126,7 @@ async def test_executor_refuses_assignment_for_a_bid_it_did_not_make(nats_server
                 executor=node.did,
                 attempt=1,
                 nonce=os.urandom(16),
-                payload=seal(b"hi", node.did),
+                payload=seal(b"hi", node.did, sender=originator),
                 deadline=now + 10_000,
             ).sign(originator)
             reply = await nc.request(

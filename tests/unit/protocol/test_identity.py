@@ -1,4 +1,4 @@
-"""did:key identities: the W3C vector, strict parsing, signatures and sealed boxes."""
+"""did:key identities: the W3C vector, strict parsing, signatures and boxes."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from crankmesh.protocol import identity as identity_mod
 from crankmesh.protocol.errors import ContentMismatch, InvalidDID, ProtocolError, SignatureInvalid
 from crankmesh.protocol.identity import (
+    BOX_OVERHEAD,
     DID_PREFIX,
     Identity,
     b58decode,
@@ -163,30 +165,67 @@ def test_signature_verification_fails_for_non_curve_keys() -> None:
             verify_signature(did_from_public_key(pk), b"m", bytes(64))
 
 
-def test_sealed_box_round_trip() -> None:
-    box = seal(b"secret payload", BOB.did)
-    assert len(box) == len(b"secret payload") + 48
-    assert open_sealed(box, BOB) == b"secret payload"
-    assert seal(b"secret payload", BOB.did) != box  # fresh ephemeral key each time
+def test_box_round_trip() -> None:
+    box = seal(b"secret payload", BOB.did, sender=ALICE)
+    assert len(box) == len(b"secret payload") + BOX_OVERHEAD == len(b"secret payload") + 40
+    assert open_sealed(box, BOB, sender_did=ALICE.did) == b"secret payload"
+    again = seal(b"secret payload", BOB.did, sender=ALICE)
+    assert again[:24] != box[:24] and again != box  # a fresh random nonce each time
+    assert (
+        seal(b"", BOB.did, sender=ALICE)
+        and open_sealed(seal(b"", BOB.did, sender=ALICE), BOB, sender_did=ALICE.did) == b""
+    )
 
 
-def test_sealed_box_only_opens_for_its_recipient() -> None:
-    box = seal(b"secret", BOB.did)
+def test_box_opens_only_for_its_recipient_from_its_sender() -> None:
+    carol = Identity.from_seed(b"\x07" * 32)
+    box = seal(b"secret", BOB.did, sender=ALICE)
     with pytest.raises(ContentMismatch):
-        open_sealed(box, ALICE)
+        open_sealed(box, carol, sender_did=ALICE.did)  # not the recipient
+    with pytest.raises(ContentMismatch):
+        open_sealed(box, BOB, sender_did=carol.did)  # not from this sender
+    with pytest.raises(ContentMismatch):
+        open_sealed(box, ALICE, sender_did=BOB.did)  # reflected: each direction has its key
     tampered = bytearray(box)
     tampered[-1] ^= 1
     with pytest.raises(ContentMismatch):
-        open_sealed(bytes(tampered), BOB)
-    for garbage in (b"", b"short", bytes(47)):
+        open_sealed(bytes(tampered), BOB, sender_did=ALICE.did)
+    nonce_flipped = bytearray(box)
+    nonce_flipped[0] ^= 1
+    with pytest.raises(ContentMismatch):
+        open_sealed(bytes(nonce_flipped), BOB, sender_did=ALICE.did)
+    for garbage in (b"", b"short", bytes(BOX_OVERHEAD - 1), bytes(BOX_OVERHEAD)):
         with pytest.raises(ContentMismatch):
-            open_sealed(garbage, BOB)
+            open_sealed(garbage, BOB, sender_did=ALICE.did)
 
 
-def test_sealing_to_a_key_that_is_no_curve_point_is_a_protocol_error() -> None:
+def test_box_keys_agree_per_direction() -> None:
+    a_to_b = ALICE._box_key(BOB.did, outgoing=True)
+    assert a_to_b == BOB._box_key(ALICE.did, outgoing=False)
+    assert ALICE._box_key(BOB.did, outgoing=False) == BOB._box_key(ALICE.did, outgoing=True)
+    assert a_to_b != ALICE._box_key(BOB.did, outgoing=False)
+    assert len(a_to_b) == 32
+
+
+def test_box_keys_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(identity_mod, "_BOX_KEYS_MAX", 4)
+    me = Identity.generate()
+    peers = [Identity.generate() for _ in range(10)]
+    for peer in peers:
+        box = seal(b"m", peer.did, sender=me)
+        assert open_sealed(box, peer, sender_did=me.did) == b"m"
+        assert len(me._box_keys) <= 4
+    # An evicted key is derived again, identically.
+    assert open_sealed(seal(b"m", peers[0].did, sender=me), peers[0], sender_did=me.did) == b"m"
+
+
+def test_boxing_with_a_key_that_is_no_curve_point_is_a_protocol_error() -> None:
     for pk in (b"\xff" * 32, bytes(32), b"\x01" + bytes(31)):
+        bogus = did_from_public_key(pk)
         with pytest.raises(InvalidDID):
-            seal(b"x", did_from_public_key(pk))
+            seal(b"x", bogus, sender=ALICE)
+        with pytest.raises(InvalidDID):
+            open_sealed(bytes(64), ALICE, sender_did=bogus)
 
 
 def test_error_reasons() -> None:

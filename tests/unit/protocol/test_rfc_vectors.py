@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import nacl.bindings
-import nacl.public
 import pytest
 
 from crankmesh.protocol.cid import cid_for_blob, cid_for_document
@@ -115,25 +114,38 @@ def test_job() -> None:
     assert spec.originator == IDENTITIES["originator"].did
 
 
-def seal_with_ephemeral(plaintext: bytes, recipient_pk: bytes, eph_secret: bytes) -> bytes:
-    """crypto_box_seal, with the ephemeral key given: epk ‖ box(m, blake2b-192(epk ‖ pk))."""
-    x_pk = nacl.bindings.crypto_sign_ed25519_pk_to_curve25519(recipient_pk)
-    eph = nacl.public.PrivateKey(eph_secret)
-    epk = bytes(eph.public_key)
-    nonce = hashlib.blake2b(epk + x_pk, digest_size=24).digest()
-    box = nacl.public.Box(eph, nacl.public.PublicKey(x_pk))
-    return epk + bytes(box.encrypt(plaintext, nonce).ciphertext)
+def box_with_nonce(plaintext: bytes, sender: Identity, recipient: Identity, nonce: bytes) -> bytes:
+    """RFC 0001 §3.3 spelled out with libsodium primitives, independently of the
+    reference: nonce ‖ secretbox_easy(m, nonce, BLAKE2b-256(X25519 ‖ pk_s ‖ pk_r))."""
+    x_sk = nacl.bindings.crypto_sign_ed25519_sk_to_curve25519(
+        nacl.bindings.crypto_sign_seed_keypair(sender.seed)[1]
+    )
+    x_pk = nacl.bindings.crypto_sign_ed25519_pk_to_curve25519(recipient.public_key)
+    shared = nacl.bindings.crypto_scalarmult(x_sk, x_pk)
+    data = shared + sender.public_key + recipient.public_key
+    key = hashlib.blake2b(data, digest_size=32, person=b"crankmesh/box/v1").digest()
+    return nonce + nacl.bindings.crypto_secretbox_easy(plaintext, nonce, key)
 
 
-@pytest.mark.parametrize("vector", VECTORS["sealed"], ids=lambda v: v["name"])
-def test_sealed_boxes(vector: dict[str, Any]) -> None:
+@pytest.mark.parametrize("vector", VECTORS["boxes"], ids=lambda v: v["name"])
+def test_boxes(vector: dict[str, Any]) -> None:
+    sender = IDENTITIES[vector["sender"]]
     recipient = IDENTITIES[vector["recipient"]]
-    eph = bytes.fromhex(vector["ephemeral_secret_hex"])
-    assert eph == hashlib.sha256(vector["ephemeral_label"].encode()).digest()
+    nonce = bytes.fromhex(vector["nonce_hex"])
+    assert nonce == hashlib.sha256(vector["nonce_label"].encode()).digest()[:24]
     plaintext = bytes.fromhex(vector["plaintext_hex"])
-    sealed = bytes.fromhex(vector["sealed_hex"])
-    assert seal_with_ephemeral(plaintext, recipient.public_key, eph) == sealed
-    assert open_sealed(sealed, recipient) == plaintext
+    box = bytes.fromhex(vector["box_hex"])
+    assert box_with_nonce(plaintext, sender, recipient, nonce) == box
+    assert box[:24] == nonce and len(box) == len(plaintext) + 40
+    # Both ends derive the key of the vector (the recipient from its own secret).
+    assert sender._box_key(recipient.did, outgoing=True).hex() == vector["key_hex"]
+    assert recipient._box_key(sender.did, outgoing=False).hex() == vector["key_hex"]
+    x_pk = nacl.bindings.crypto_sign_ed25519_pk_to_curve25519(sender.public_key)
+    x_sk = nacl.bindings.crypto_sign_ed25519_sk_to_curve25519(
+        nacl.bindings.crypto_sign_seed_keypair(recipient.seed)[1]
+    )
+    assert nacl.bindings.crypto_scalarmult(x_sk, x_pk).hex() == vector["shared_secret_hex"]
+    assert open_sealed(box, recipient, sender_did=sender.did) == plaintext
 
 
 @pytest.mark.parametrize("vector", VECTORS["messages"], ids=lambda v: v["name"])
@@ -172,21 +184,23 @@ def test_messages_link_up() -> None:
         assert envs[t].body["job"] == job_cid
     assert envs["assignment"].body["bid"] == envs["bid"].cid
     assert envs["accept"].body["assignment"] == envs["assignment"].cid
-    sealed = {s["name"]: bytes.fromhex(s["sealed_hex"]) for s in VECTORS["sealed"]}
-    assert envs["assignment"].body["payload"] == sealed["assignment payload"]
+    boxes = {b["name"]: bytes.fromhex(b["box_hex"]) for b in VECTORS["boxes"]}
+    assert envs["assignment"].body["payload"] == boxes["assignment payload"]
     _, receipt = decode_message(envs["receipt"], Receipt)
     assert receipt.bid == envs["bid"].cid and receipt.assignment == envs["assignment"].cid
     assert receipt.seq == 1 and receipt.prev is None
-    result = open_sealed(sealed["delivered result"], IDENTITIES["originator"])
+    result = open_sealed(
+        boxes["delivered result"], IDENTITIES["originator"], sender_did=receipt.signer
+    )
     assert cid_for_blob(result) == receipt.result and len(result) == receipt.result_size
 
 
 def test_receipt_delivery() -> None:
     vector = VECTORS["receipt_delivery"]
     receipt = next(m for m in VECTORS["messages"] if m["name"] == vector["receipt"])
-    sealed = next(s for s in VECTORS["sealed"] if s["name"] == vector["result_sealed"])
+    box = next(b for b in VECTORS["boxes"] if b["name"] == vector["result_box"])
     delivery = ReceiptDelivery(
-        receipt=bytes.fromhex(receipt["envelope_hex"]), result=bytes.fromhex(sealed["sealed_hex"])
+        receipt=bytes.fromhex(receipt["envelope_hex"]), result=bytes.fromhex(box["box_hex"])
     )
     assert delivery.encode().hex() == vector["hex"]
 
@@ -246,7 +260,8 @@ def test_rfc_quotes_the_fixed_decisions() -> None:
         "0x81 0x04",
         "0x55",
         "crypto_sign_ed25519_pk_to_curve25519",
-        "crypto_box_seal",
+        "crypto_secretbox_easy",
+        "crankmesh/box/v1",
     ):
         assert text in RFC
     for mtype in MESSAGE_TYPES:
