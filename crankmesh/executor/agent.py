@@ -196,7 +196,7 @@ class Executor:
 
     @property
     def load(self) -> Load:
-        return Load.model_construct(  # own non-negative ints: no validation needed
+        return Load.build(  # own non-negative ints: no validation needed
             running=self._running,
             queued=self._queued + self._reserved,
             capacity=self.config.max_concurrency,

@@ -11,8 +11,10 @@ CID over the ``job`` map inside an announce), never over a re-serialised model.
 
 from __future__ import annotations
 
+import copy
+import functools
 import re
-from typing import Annotated, Any, ClassVar, Final, Literal, Self, TypeVar, cast, get_args
+from typing import Annotated, Any, ClassVar, Final, Literal, Self, TypeVar, get_args
 
 import pydantic
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
@@ -120,7 +122,30 @@ IsolationToken = Literal["none", "basic", "standard", "strict"]
 
 #: Field names of each model in canonical (sorted) order, filled on first use.
 _WIRE_ORDER: dict[type, tuple[str, ...]] = {}
+#: Per model, for ``build``: every field in declaration order with its default (required
+#: fields hold a placeholder), the required field names, and the default factories.
+_BUILD_PLAN: dict[type, tuple[dict[str, Any], frozenset[str], tuple[tuple[str, Any], ...]]] = {}
+_object_setattr = object.__setattr__
 _PLAIN: Final = frozenset({str, bytes, int, bool})
+
+
+def _build_plan(
+    cls: type[BaseModel],
+) -> tuple[dict[str, Any], frozenset[str], tuple[tuple[str, Any], ...]]:
+    template: dict[str, Any] = {}
+    required, factories = set(), []
+    for name, info in cls.model_fields.items():
+        template[name] = None
+        if info.default_factory is not None:
+            factories.append((name, info.default_factory))
+        elif info.is_required():
+            required.add(name)
+        elif isinstance(info.default, list | dict | set):
+            factories.append((name, functools.partial(copy.deepcopy, info.default)))
+        else:  # None, numbers, strings and frozen models: safe to share
+            template[name] = info.default
+    plan = _BUILD_PLAN[cls] = (template, frozenset(required), tuple(factories))
+    return plan
 
 
 def _wire_value(value: Any) -> Any:
@@ -134,6 +159,32 @@ def _wire_value(value: Any) -> Any:
 
 class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    @classmethod
+    def build(cls, **fields: Any) -> Self:
+        """Construct WITHOUT validation, for messages this node makes from its own
+        typed values on hot paths (inbound messages are always validated by
+        :func:`decode_message`).  Tests check that built messages validate.
+
+        What ``model_construct`` does for these models (no aliases, no extras, no
+        post-init), with the per-field decisions made once per class: ~2x faster.
+        Unlike ``model_construct`` it refuses unknown field names (``TypeError``)."""
+        template, required, factories = _BUILD_PLAN.get(cls) or _build_plan(cls)
+        values = template.copy()  # keeps the declaration order
+        values.update(fields)
+        if len(values) != len(template):
+            raise TypeError(f"{cls.__name__} has no field {sorted(set(values) - set(template))}")
+        for name in required.difference(fields):
+            del values[name]  # as model_construct: a missing required field stays unset
+        for name, factory in factories:
+            if name not in fields:
+                values[name] = factory()
+        m = cls.__new__(cls)
+        _object_setattr(m, "__dict__", values)
+        _object_setattr(m, "__pydantic_fields_set__", set(fields))
+        _object_setattr(m, "__pydantic_extra__", None)
+        _object_setattr(m, "__pydantic_private__", None)
+        return m
 
     def to_wire(self) -> dict[str, Any]:
         """The body map, ``None`` fields omitted, already in canonical form (keys
@@ -229,13 +280,6 @@ class SignedMessage(_Model):
 
     def sign(self, identity: Identity) -> Envelope:
         return sign_envelope(identity, self.TYPE, self.to_wire(), canonical=True)
-
-    @classmethod
-    def build(cls, **fields: Any) -> Self:
-        """Construct WITHOUT validation, for messages this node makes from its own
-        typed values on hot paths (inbound messages are always validated by
-        :func:`decode_message`).  Tests check that built messages validate."""
-        return cast(Self, cls.model_construct(**fields))
 
 
 #: Most job CIDs an Announce's ``closed`` list may carry (RFC 0001 §8.3).

@@ -279,6 +279,28 @@ def test_to_wire_is_the_canonical_model_dump(mtype: str) -> None:
         )
 
 
+@pytest.mark.parametrize("mtype", sorted(SAMPLES))
+def test_build_is_model_construct(mtype: str) -> None:
+    """``build`` (the hot-path constructor) makes what pydantic's ``model_construct``
+    makes: the same values, defaults and set fields, with every field given or only
+    the required ones."""
+    msg, _ = SAMPLES[mtype]
+    cls = type(msg)
+    required = {n: getattr(msg, n) for n, f in cls.model_fields.items() if f.is_required()}
+    for fields in (dict(msg), required):
+        built, constructed = cls.build(**fields), cls.model_construct(**fields)
+        assert built == constructed
+        assert built.__dict__ == constructed.__dict__
+        assert list(built.__dict__) == list(constructed.__dict__)
+        assert built.model_fields_set == constructed.model_fields_set == set(fields)
+    assert cls.build(**dict(msg)) == msg
+    with pytest.raises(TypeError, match="no field"):
+        cls.build(**fields, not_a_field=1)
+    # Factory defaults are fresh per message, never shared.
+    if "warnings" in cls.model_fields:
+        assert cls.build(**required).warnings is not cls.build(**required).warnings
+
+
 def test_built_message_with_a_float_cannot_be_signed() -> None:
     msg, ident = SAMPLES["settlement"]
     with pytest.raises(TypeError, match="float"):
