@@ -177,8 +177,8 @@ class Executor:
         self._queued = 0
         self._jobs: OrderedDict[str, tuple[int, _JobRecord]] = OrderedDict()
         self._announce_replay = ReplayGuard(capacity=100_000)
-        self._exec_slots = anyio.Semaphore(self.config.max_concurrency)
-        self._receipt_lock = anyio.Lock()
+        # fast_acquire: a free slot is taken without a trip through the event loop.
+        self._exec_slots = anyio.Semaphore(self.config.max_concurrency, fast_acquire=True)
         self._nc: Any = None
         self._jobs_running = TaskSet()  # one task per accepted job (see _tasks.py)
         # Gauges read at scrape time: no metric call on the per-job path.
@@ -705,37 +705,37 @@ class Executor:
                 outcome.peak_rss_kb,
             )
             result = None
-        async with self._receipt_lock:
-            seq, prev = self.chain.next_links()
-            receipt = Receipt.build(
-                signer=self.identity.did,
-                ts=now_ms(),
-                job=rec.job_cid,
-                assignment=asg_cid,
-                bid=rec.bid_cid,
-                originator=job.originator,
-                attempt=asg.attempt,
-                status=outcome.status,
-                result=None if result is None else cid_for_blob(result),
-                result_size=0 if result is None else len(result),
-                metering=Metering(
-                    wall_us=outcome.wall_us or wall_us,
-                    cpu_us=outcome.cpu_us,
-                    peak_rss_kb=outcome.peak_rss_kb,
-                ),
-                charge=self.config.price_for(job.capability),
-                currency=self.config.currency,
-                seq=seq,
-                prev=prev,
-                budget=job.budget,
-                detail=outcome.detail,
-            )
-            renv = receipt.sign(self.identity)
-            self.chain.advance(seq, renv.cid)
+        # No await from next_links() to advance(): the chain moves on atomically.
+        seq, prev = self.chain.next_links()
+        receipt = Receipt.build(
+            signer=self.identity.did,
+            ts=now_ms(),
+            job=rec.job_cid,
+            assignment=asg_cid,
+            bid=rec.bid_cid,
+            originator=job.originator,
+            attempt=asg.attempt,
+            status=outcome.status,
+            result=None if result is None else cid_for_blob(result),
+            result_size=0 if result is None else len(result),
+            metering=Metering(
+                wall_us=outcome.wall_us or wall_us,
+                cpu_us=outcome.cpu_us,
+                peak_rss_kb=outcome.peak_rss_kb,
+            ),
+            charge=self.config.price_for(job.capability),
+            currency=self.config.currency,
+            seq=seq,
+            prev=prev,
+            budget=job.budget,
+            detail=outcome.detail,
+        )
+        renv = receipt.sign(self.identity)
+        self.chain.advance(seq, renv.cid)
         booked = self.budgets.job(rec.job_cid) if job.budget is not None else None
         if booked is not None and booked.state == "reserved":
             self.budgets.settle(rec.job_cid, receipt.charge)
-        delivery = ReceiptDelivery(
+        delivery = ReceiptDelivery.build(
             receipt=renv.raw,
             result=None if result is None else seal(result, job.originator, sender=self.identity),
         ).encode()
