@@ -205,8 +205,8 @@ class RecordStore:
         self._spill = Path(spill_path) if spill_path is not None else None
         self._spill_offset = 0  # where the next unread spilled record starts
         self._spill_count = 0  # records in the spill file not yet read back
-        self._spill_lock = anyio.Lock()
-        self._flush_lock = anyio.Lock()
+        self._spill_lock = anyio.Lock(fast_acquire=True)
+        self._flush_lock = anyio.Lock(fast_acquire=True)
         self._wake = anyio.Event()
         self._idle = anyio.Event()  # set while nothing is pending
         self._last_warning = ""
