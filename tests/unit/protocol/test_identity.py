@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import nacl.signing
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -163,6 +164,18 @@ def test_signature_verification_fails_for_non_curve_keys() -> None:
     for pk in (b"\xff" * 32, bytes(32), b"\x01" + bytes(31)):
         with pytest.raises(SignatureInvalid):
             verify_signature(did_from_public_key(pk), b"m", bytes(64))
+
+
+@given(st.binary(min_size=32, max_size=32), st.binary(max_size=2048))
+def test_signatures_are_libsodium_ed25519(seed: bytes, message: bytes) -> None:
+    """Identity.sign calls the binding directly: the same bytes as PyNaCl's SigningKey,
+    verified by verify_signature and refused for any other message."""
+    ident = Identity.from_seed(seed)
+    sig = ident.sign(message)
+    assert sig == nacl.signing.SigningKey(seed).sign(message).signature
+    verify_signature(ident.did, message, sig)
+    with pytest.raises(SignatureInvalid):
+        verify_signature(ident.did, message + b"x", sig)
 
 
 def test_box_round_trip() -> None:
