@@ -20,6 +20,7 @@ bytes are valid msgpack but not the canonical encoding of what they decode to.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -37,6 +38,23 @@ __all__ = [
 
 #: Deepest nesting accepted from the wire (a guard against stack exhaustion).
 MAX_DEPTH = 32
+
+#: One msgpack Packer per thread: ``msgpack.packb`` builds (and frees) a new Packer and
+#: its buffer on every call, which is half the cost of packing a small message.
+_packers = threading.local()
+
+
+def _pack(value: Any) -> bytes:
+    try:
+        packer = _packers.packer
+    except AttributeError:
+        packer = _packers.packer = msgpack.Packer(use_bin_type=True)
+    try:
+        return packer.pack(value)  # type: ignore[no-any-return]
+    except BaseException:
+        packer.reset()  # a failed pack may leave bytes in the buffer
+        raise
+
 
 _INT_MIN = -(2**63)
 _INT_MAX = 2**64 - 1
@@ -121,12 +139,12 @@ _SCALARS = frozenset({str, bytes, int, bool, type(None)})
 
 def canonical_encode(value: Any) -> bytes:
     """Encode ``value`` as canonical msgpack bytes."""
-    return msgpack.packb(canonicalize(value), use_bin_type=True)  # type: ignore[no-any-return]
+    return _pack(canonicalize(value))
 
 
 def encode_canonicalized(value: Any) -> bytes:
     """Encode a value already returned by :func:`canonicalize` (skips the second walk)."""
-    return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
+    return _pack(value)
 
 
 def canonical_decode(data: bytes, *, max_len: int | None = None) -> Any:
@@ -166,7 +184,7 @@ def canonical_decode(data: bytes, *, max_len: int | None = None) -> Any:
     _check_canonical_tree(value)
     # Same key order, no floats: re-packing reproduces the bytes exactly when
     # every int is in its shortest form and str/bin are not confused.
-    if msgpack.packb(value, use_bin_type=True) != data:
+    if _pack(value) != data:
         raise NonCanonicalError(
             "msgpack is valid but not canonical (non-shortest ints, or str/bin confusion)"
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import random
 from typing import Any
 
@@ -315,3 +316,16 @@ def test_mutated_encodings_raise_only_decode_error(value: Any, data: st.DataObje
     except DecodeError:
         return
     assert canonical_encode(decoded) == bytes(raw)
+
+
+def test_the_reused_packer_survives_failures_and_threads() -> None:
+    """Encoding reuses one msgpack Packer per thread: a failed pack leaves nothing
+    behind, and threads packing at once each get their own exact bytes."""
+    with pytest.raises(TypeError):
+        encode_canonicalized({"a": [1, object()]})
+    assert encode_canonicalized({"a": 1}) == b"\x81\xa1a\x01"
+    values = [{"i": i, "pad": b"x" * (i % 300)} for i in range(400)]
+    expected = [canonical_encode(v) for v in values]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        for _ in range(5):
+            assert list(pool.map(canonical_encode, values)) == expected
