@@ -464,22 +464,16 @@ def render_markdown(v: dict[str, Any]) -> str:
             f"`{item['nonce_hex']}`."
         )
         add("")
-        add("X25519 shared secret:")
-        add("")
-        add(_hex_block(item["shared_secret_hex"]))
-        add("")
-        add("box key (BLAKE2b-256, personal `crankmesh/box/v1`):")
-        add("")
-        add(_hex_block(item["key_hex"]))
-        add("")
-        add("plaintext:")
-        add("")
-        add(_hex_block(item["plaintext_hex"]))
-        add("")
-        add("box (nonce ‖ tag ‖ ciphertext):")
-        add("")
-        add(_hex_block(item["box_hex"]))
-        add("")
+        for label, key in (
+            ("X25519 shared secret", "shared_secret_hex"),
+            ("box key (BLAKE2b-256, personal `crankmesh/box/v1`)", "key_hex"),
+            ("plaintext", "plaintext_hex"),
+            ("box (nonce ‖ tag ‖ ciphertext)", "box_hex"),
+        ):
+            add(f"{label}:")
+            add("")
+            add(_hex_block(item[key]))
+            add("")
 
     add("### A.7 Signed messages")
     add("")
