@@ -116,10 +116,10 @@ def spiffe_alias(did: str, trust_domain: str) -> str:
 def verify_signature(did: str, message: bytes, signature: bytes) -> None:
     """Raise :class:`SignatureInvalid` unless ``signature`` is ``did``'s over ``message``."""
     key = public_key_from_did(did)
-    if len(signature) != 64 or type(signature) is not bytes:
+    if len(signature) != 64:
         raise SignatureInvalid(f"signature must be 64 bytes, got {len(signature)}")
     try:
-        nacl.bindings.crypto_sign_open(signature + message, key)
+        nacl.bindings.crypto_sign_open(bytes(signature) + bytes(message), key)
     except nacl.exceptions.BadSignatureError as exc:
         raise SignatureInvalid(f"signature does not verify for {did}") from exc
 
