@@ -123,7 +123,7 @@ IsolationToken = Literal["none", "basic", "standard", "strict"]
 #: Field names of each model in canonical (sorted) order, filled on first use.
 _WIRE_ORDER: dict[type, tuple[str, ...]] = {}
 #: Per model, for ``build``: every field in declaration order with its default (required
-#: fields hold a placeholder), the required field names, and the default factories.
+#: fields hold None until given), the required field names, and the default factories.
 _BUILD_PLAN: dict[type, tuple[dict[str, Any], frozenset[str], tuple[tuple[str, Any], ...]]] = {}
 _object_setattr = object.__setattr__
 _PLAIN: Final = frozenset({str, bytes, int, bool})
