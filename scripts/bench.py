@@ -55,6 +55,30 @@ def _reference_ms() -> float:
     return round(best, 2)
 
 
+def _ed25519_us() -> tuple[float, float]:
+    """PyNaCl Ed25519 sign and verify of a 300-byte message, in µs (best of 5): the
+    figures ARCHITECTURE.md's table of measured costs gives (18 / 43 µs), so a run
+    can be compared with the machine speed those figures were measured at."""
+    import nacl.signing
+
+    key = nacl.signing.SigningKey(bytes(range(32)))
+    message = b"m" * 300
+    signed = key.sign(message)
+    verify_key = key.verify_key
+    n = 2000
+
+    def best_us(fn: Any) -> float:
+        best = float("inf")
+        for _ in range(5):
+            t = time.perf_counter()
+            for _ in range(n):
+                fn()
+            best = min(best, (time.perf_counter() - t) / n * 1e6)
+        return round(best, 1)
+
+    return best_us(lambda: key.sign(message)), best_us(lambda: verify_key.verify(signed))
+
+
 async def _nats_floor(url: str, n: int) -> list[float]:
     a = await nats.connect(url)
     b = await nats.connect(url)
@@ -141,6 +165,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     except ImportError:
         pass
     result["python_reference_ms_before"] = _reference_ms()
+    sign_us, verify_us = _ed25519_us()
+    result["ed25519_sign_us_before"] = sign_us
+    result["ed25519_verify_us_before"] = verify_us
     async with NatsServer() as server, AsyncExitStack() as stack:
         floor = await _nats_floor(server.url, args.floor)
         result["nats_request_reply_p50_ms"] = _q(floor, 0.5)
@@ -195,6 +222,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                     python_run_p99_ms=_q(lat, 0.99),
                 )
     result["python_reference_ms_after"] = _reference_ms()
+    sign_us, verify_us = _ed25519_us()
+    result["ed25519_sign_us_after"] = sign_us
+    result["ed25519_verify_us_after"] = verify_us
     return result
 
 
