@@ -422,7 +422,8 @@ def _add_executor_parsers(sub: Any) -> None:
         help="run the self-benchmark and print the profile",
         description="Calibrate every capability this machine offers: p50/p95/p99 latency, "
         "throughput, load sensitivity (concurrency 1, 2, 4), accuracy for ML capabilities, "
-        "and unit cost.",
+        "and unit cost. Latencies are service time, as bids promise it: the job plus the "
+        "executor's measured work on each assignment (decode, signature, payload box).",
     )
     b.add_argument("--capabilities", help="comma-separated subset to benchmark")
     b.add_argument("--runs", type=int, default=30)

@@ -17,6 +17,7 @@ from crankmesh.executor.benchmark import (
     calibrate,
     echo_job_factory,
     job_factory_for,
+    measure_intake_us,
     payload_job_factory,
     python_run_job_factory,
     shortfalls,
@@ -287,6 +288,66 @@ async def test_self_benchmark_profiles_all_handlers() -> None:
     assert bench.slo_for("new.capability").samples == 1
     wire = bench.to_wire()
     assert list(wire) == sorted(wire) and ints_and_strings_only(wire)
+
+
+def test_intake_is_measured_on_real_assignments_each_verified(monkeypatch) -> None:
+    from crankmesh.executor import benchmark
+
+    calls = {"verify": 0, "open": 0}
+    real_verify, real_open = benchmark.verify_signature, benchmark.open_sealed
+
+    def verify(*args: Any) -> None:
+        calls["verify"] += 1
+        real_verify(*args)
+
+    def open_box(*args: Any, **kwargs: Any) -> bytes:
+        calls["open"] += 1
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(benchmark, "verify_signature", verify)
+    monkeypatch.setattr(benchmark, "open_sealed", open_box)
+    intake = measure_intake_us(Identity.generate(), samples=4)
+    assert intake > 0
+    # One unmeasured round, then one per sample: every signature really checked (no
+    # verification cache), every box really opened.
+    assert calls == {"verify": 5, "open": 5}
+    with pytest.raises(ValueError):
+        measure_intake_us(samples=0)
+
+
+async def test_calibration_adds_the_intake_to_what_it_promises() -> None:
+    # Echo runs in microseconds; a real echo job also costs the executor its work on
+    # the assignment, and the promise must say so (it is service time).
+    intake = 10_000
+    prof = await calibrate(
+        EchoCapability(), job_factory=echo_job_factory(), runs=5, min_level_s=0, intake_us=intake
+    )
+    assert prof.p50_us is not None and prof.p50_us >= intake
+    assert all(p50 >= intake for p50 in prof.load_sensitivity.values())
+    # The intake work is serial: no level completes more than 1 / intake jobs per second.
+    assert all(t <= 1_000_000_000 // intake for t in prof.throughput_by_concurrency.values())
+    with pytest.raises(ValueError):
+        await calibrate(EchoCapability(), job_factory=echo_job_factory(), intake_us=-1)
+
+
+async def test_calibrate_all_measures_the_intake_once(monkeypatch) -> None:
+    from crankmesh.executor import benchmark
+
+    measured: list[int] = []
+
+    def fake_intake(*args: Any, **kwargs: Any) -> int:
+        measured.append(1)
+        return 5_000
+
+    monkeypatch.setattr(benchmark, "measure_intake_us", fake_intake)
+    bench = SelfBenchmark()
+    await bench.calibrate_all([EchoCapability(), GuessingCapability()], runs=3, min_level_s=0)
+    assert len(measured) == 1
+    assert (bench.slo_for("echo").p50_us or 0) >= 5_000
+    bench = SelfBenchmark()
+    await bench.calibrate_all([EchoCapability()], runs=3, min_level_s=0, intake_us=0)
+    assert len(measured) == 1  # given, not measured
+    assert (bench.slo_for("echo").p50_us or 0) < 5_000
 
 
 async def test_handlers_without_job_factory_are_skipped() -> None:
