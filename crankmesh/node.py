@@ -221,7 +221,7 @@ class Node:
                 # One node per state directory, claimed before anything starts: a second
                 # node there would share this identity and fork the receipt chain.
                 stack.callback(os.close, lock_state_dir(self.config.state_dir))
-                chain_path = Path(self.config.state_dir) / "receipt-chain.json"
+                chain_path = Path(self.config.state_dir) / "receipt-chain.log"
             if self.nc is None:
                 from .transport import NatsOptions, connect
 
@@ -258,13 +258,15 @@ class Node:
             exec_cfg = self.config.executor
             if exec_cfg.isolation != isolation:
                 exec_cfg = ExecutorConfig(**{**exec_cfg.__dict__, "isolation": isolation})
+            chain = ChainHead(chain_path)
+            stack.callback(chain.close)  # after the executor has stopped (LIFO)
             self.executor = Executor(
                 identity=self.identity,
                 federation=self.config.federation,
                 handlers=handlers,
                 config=exec_cfg,
                 metrics=self.metrics,
-                chain=ChainHead(chain_path),
+                chain=chain,
                 trusted=self.trusts if self.config.trusted is not None else None,
                 offer=self._merge_declared(CapabilityOffer(), isolation),
             )
