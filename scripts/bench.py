@@ -1,13 +1,26 @@
 #!/usr/bin/env python
 """crankmesh benchmark: one run, one JSON object on stdout.
 
-Starts an embedded nats-server, measures the nats-py request/reply round trip
-(the floor), then runs ``echo`` jobs (and ``python.run`` ``print(42)`` jobs when
-the sandbox is available) through the full signed flow with N executors:
-announce → bids → assignment → accept → receipt, every message signed and
-verified.
+The headline is the **deployment layout**: an embedded nats-server (JetStream on),
+``--executors`` separate ``crankmesh node`` processes, each with its own key and state
+directory, verifying every signature it receives, and this process as the client.
+It measures, in one run:
 
-    python scripts/bench.py [--executors 3] [--jobs 300] [--python-jobs 200]
+* the nats-py request/reply round trip on the same server (the floor);
+* ``echo`` jobs one at a time through the full signed flow, per path, as p50/p95/p99
+  and as a ratio to the floor (``echo_<path>_p50_over_floor``); today every job takes
+  the call-for-bids path: announce → bids → assignment → accept/receipt;
+* throughput at concurrency 16 and 64 (``--concurrency``);
+* CPU milliseconds per echo job for every process (client, each node, nats-server:
+  utime + stime from ``/proc``) and in total: steadier than wall time on a shared
+  machine;
+* ``python.run`` ``print(42)`` p50/p95/p99 (sandboxed, on a warm fork-server).
+
+``--in-process`` adds the old single-process layout as a secondary section
+(``in_process``): every party in this process, where a signature made here is never
+verified again and nothing is written to a state dir, so it flatters the product.
+
+    python scripts/bench.py [--executors 3] [--jobs 300] [--python-jobs 200] [--in-process]
 
 It runs on the event loop crankmesh's entry points use (uvloop when installed;
 ``CRANKMESH_EVENT_LOOP=asyncio`` for the standard library loop), named in the output.
@@ -21,13 +34,17 @@ import logging
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 import anyio
 import nats
+import nats.errors
 
 from crankmesh._loop import event_loop_name
 from crankmesh._loop import run as run_loop
@@ -88,6 +105,12 @@ async def _nats_floor(url: str, n: int) -> list[float]:
 
     await b.subscribe("bench.echo", cb=echo)
     await b.flush()
+    for _ in range(100):  # until the server routes the subscription to `a`
+        try:
+            await a.request("bench.echo", b"x", timeout=2)
+            break
+        except nats.errors.NoRespondersError:
+            await anyio.sleep(0.05)
     out = []
     for i in range(n + 50):
         t = time.perf_counter()
@@ -127,31 +150,124 @@ async def _throughput(client: Client, n: int, concurrency: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-_EXECUTORS_SCRIPT = """
-import json, sys, anyio
-from crankmesh._loop import run
-from contextlib import AsyncExitStack
-from crankmesh.executor.agent import ExecutorConfig
-from crankmesh.node import Node, NodeConfig
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
-async def main(url, n, caps):
-    async with AsyncExitStack() as stack:
-        for i in range(n):
-            cfg = NodeConfig(name=f"bench-{i}", capabilities=caps,
-                             executor=ExecutorConfig(default_price=1000 + 100 * i,
-                                                     max_concurrency=4, queue_depth=64))
-            await stack.enter_async_context(Node(nats=url, config=cfg))
-        print("ready", flush=True)
-        await anyio.to_thread.run_sync(sys.stdin.read)  # until the parent closes stdin
 
-run(main, sys.argv[1], int(sys.argv[2]), tuple(sys.argv[3].split(",")))
-"""
+def _cpu_s(pid: int) -> float:
+    """utime + stime of a process (and its reaped children), in seconds, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # fields[0] is the state (field 3); utime, stime, cutime, cstime are fields 14–17
+    return sum(int(x) for x in fields[11:15]) / _TICK
+
+
+class _Cpu:
+    """CPU seconds of named processes between two snapshots (this process included)."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.start = self._now()
+
+    def _now(self) -> dict[str, float]:
+        now = {name: _cpu_s(pid) for name, pid in self.pids.items()}
+        now["client"] = time.process_time()
+        return now
+
+    def ms_per_job(self, jobs: int) -> dict[str, float]:
+        end = self._now()
+        out = {k: round((end[k] - self.start[k]) / jobs * 1000, 3) for k in end}
+        out["total"] = round(sum(out.values()), 3)
+        return out
+
+
+async def _start_nodes(
+    url: str, n: int, caps: tuple[str, ...], root: Path, stack: AsyncExitStack
+) -> dict[str, int]:
+    """``n`` ``crankmesh node`` processes, each with its own key and state dir."""
+    env = {**os.environ, "CRANKMESH_ENV": "development"}
+    pids: dict[str, int] = {}
+    procs = []
+    for i in range(n):
+        state = root / f"node-{i}"
+        cmd = [
+            sys.executable, "-m", "crankmesh.cli", "node", "--nats", url,
+            "--state-dir", str(state), "--name", f"bench-{i}",
+            "--capabilities", ",".join(caps), "--price", str(1000 + 100 * i),
+            "--max-concurrency", "4", "--queue-depth", "64", "--no-metrics",
+            "--log-level", "error",
+        ]  # fmt: skip
+        proc = await anyio.open_process(cmd, env=env, stderr=subprocess.DEVNULL)
+        stack.push_async_callback(_stop, proc)
+        procs.append((f"node-{i}", proc))
+    for name, proc in procs:
+        assert proc.stdout is not None
+        buf = b""
+        with anyio.fail_after(120):
+            while b"\n" not in buf:
+                chunk = await proc.stdout.receive()
+                buf += chunk
+        line = buf.split(b"\n", 1)[0]
+        if b'"ready"' not in line:
+            raise SystemExit(f"{name} failed to start: {line!r}")
+        pids[name] = proc.pid
+    return pids
+
+
+async def _stop(proc: Any) -> None:
+    if proc.returncode is None:
+        proc.terminate()
+        with anyio.move_on_after(30, shield=True):
+            await proc.wait()
+    if proc.returncode is None:
+        proc.kill()
+    await proc.aclose()
+
+
+async def _measure(
+    url: str, caps: tuple[str, ...], args: argparse.Namespace, pids: dict[str, int] | None
+) -> dict[str, Any]:
+    """The client's side of one layout: latency, CPU per job, throughput, python.run."""
+    out: dict[str, Any] = {}
+    async with Client(nats=url) as client:
+        for cap in caps:
+            await client.wait_for_peers(cap, args.executors)
+        for _ in range(30):  # warm-up: connections, caches, fork-servers
+            (await client.run(Job.echo(b"warm"))).raise_for_status()
+        cpu = _Cpu(pids or {})
+        lat, secs = await _jobs(client, lambda: Job.echo(b"bench"), args.jobs, 0)
+        per_job = cpu.ms_per_job(args.jobs)
+        path = "call_for_bids"  # the only path to an executor today
+        out.update(
+            {
+                "jobs": args.jobs,
+                f"echo_{path}_p50_ms": _q(lat, 0.5),
+                f"echo_{path}_p95_ms": _q(lat, 0.95),
+                f"echo_{path}_p99_ms": _q(lat, 0.99),
+                f"echo_{path}_mean_ms": round(statistics.fmean(lat), 3),
+                "echo_sequential_jobs_s": round(args.jobs / secs, 1),
+                "echo_cpu_ms_per_job_total": per_job["total"],
+                "echo_cpu_ms_per_job": per_job,
+            }
+        )
+        for c in args.concurrency:
+            out[f"echo_throughput_c{c}_jobs_s"] = round(
+                await _throughput(client, max(args.jobs, 4 * c), c), 1
+            )
+        if "python.run" in caps and args.python_jobs:
+            lat, _ = await _jobs(client, lambda: Job.python("print(42)"), args.python_jobs, 10)
+            out.update(
+                python_jobs=args.python_jobs,
+                python_run_p50_ms=_q(lat, 0.5),
+                python_run_p95_ms=_q(lat, 0.95),
+                python_run_p99_ms=_q(lat, 0.99),
+            )
+    return out
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {
         "executors": args.executors,
-        "layout": "in-process" if args.in_process else "originator process + executors process",
+        "layout": f"deployment: nats-server + {args.executors} `crankmesh node` processes "
+        "(own key and state dir, every signature verified) + this client process",
         "event_loop": event_loop_name(),  # CRANKMESH_EVENT_LOOP=asyncio for the standard one
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}",
@@ -168,64 +284,43 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     sign_us, verify_us = _ed25519_us()
     result["ed25519_sign_us_before"] = sign_us
     result["ed25519_verify_us_before"] = verify_us
-    async with NatsServer() as server, AsyncExitStack() as stack:
-        floor = await _nats_floor(server.url, args.floor)
-        result["nats_request_reply_p50_ms"] = _q(floor, 0.5)
-        result["nats_request_reply_p99_ms"] = _q(floor, 0.99)
-        if args.in_process:
+    with tempfile.TemporaryDirectory(prefix="crankmesh-bench-") as tmp:
+        async with NatsServer() as server, AsyncExitStack() as stack:
+            floor = await _nats_floor(server.url, args.floor)
+            result["nats_request_reply_p50_ms"] = floor_p50 = _q(floor, 0.5)
+            result["nats_request_reply_p99_ms"] = _q(floor, 0.99)
+            pids = await _start_nodes(server.url, args.executors, caps, Path(tmp), stack)
+            pids["nats-server"] = server.pid
+            result.update(await _measure(server.url, caps, args, pids))
+            result["echo_call_for_bids_p50_over_floor"] = round(
+                result["echo_call_for_bids_p50_ms"] / floor_p50, 2
+            )
+    if args.in_process:
+        async with NatsServer() as server, AsyncExitStack() as stack:
             for i in range(args.executors):
                 cfg = NodeConfig(
                     name=f"bench-{i}",
                     capabilities=caps,
-                    executor=ExecutorConfig(default_price=1000 + 100 * i, max_concurrency=4,
-                                            queue_depth=64),
+                    executor=ExecutorConfig(
+                        default_price=1000 + 100 * i, max_concurrency=4, queue_depth=64
+                    ),
                 )
                 await stack.enter_async_context(Node(nats=server.url, config=cfg))
-        else:
-            proc = await anyio.open_process(
-                [sys.executable, "-c", _EXECUTORS_SCRIPT, server.url, str(args.executors),
-                 ",".join(caps)],
-            )
-            stack.push_async_callback(proc.aclose)
-            assert proc.stdin is not None and proc.stdout is not None
-            stack.push_async_callback(proc.stdin.aclose)
-            line = await proc.stdout.receive()
-            if b"ready" not in line:
-                raise SystemExit(f"executors failed to start: {line!r}")
-        async with Client(nats=server.url) as client:
-            for cap in caps:
-                await client.wait_for_peers(cap, args.executors)
-            cpu0 = time.process_time()
-            lat, secs = await _jobs(client, lambda: Job.echo(b"bench"), args.jobs, 30)
-            # CPU of this whole process (originator + executors in-process) per job:
-            # steadier than wall time on a shared machine.
-            cpu_per_job = (time.process_time() - cpu0) / (args.jobs + 30) * 1000
-            result.update(
-                jobs=args.jobs,
-                echo_p50_ms=_q(lat, 0.5),
-                echo_p95_ms=_q(lat, 0.95),
-                echo_p99_ms=_q(lat, 0.99),
-                echo_mean_ms=round(statistics.fmean(lat), 3),
-                echo_sequential_jobs_s=round(args.jobs / secs, 1),
-                echo_cpu_ms_per_job=round(cpu_per_job, 3),
-            )
-            result["echo_throughput_jobs_s"] = round(
-                await _throughput(client, args.jobs, args.concurrency), 1
-            )
-            result["echo_throughput_concurrency"] = args.concurrency
-            if "python.run" in caps:
-                lat, _ = await _jobs(client, lambda: Job.python("print(42)"), args.python_jobs, 10)
-                result.update(
-                    python_jobs=args.python_jobs,
-                    python_run_p50_ms=_q(lat, 0.5),
-                    python_run_p95_ms=_q(lat, 0.95),
-                    python_run_p99_ms=_q(lat, 0.99),
-                )
+            secondary = await _measure(server.url, caps, args, {"nats-server": server.pid})
+            secondary["layout"] = "in-process: every party in this process (secondary)"
+            result["in_process"] = secondary
     result["python_reference_ms_after"] = _reference_ms()
     sign_us, verify_us = _ed25519_us()
     result["ed25519_sign_us_after"] = sign_us
     result["ed25519_verify_us_after"] = verify_us
     return result
+
+
+def _concurrencies(text: str) -> list[int]:
+    values = [int(x) for x in text.split(",") if x.strip()]
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError("comma-separated positive integers, e.g. 16,64")
+    return values
 
 
 if __name__ == "__main__":
@@ -234,10 +329,10 @@ if __name__ == "__main__":
     p.add_argument("--jobs", type=int, default=300)
     p.add_argument("--python-jobs", type=int, default=200)
     p.add_argument("--floor", type=int, default=1000, help="request/reply samples")
-    p.add_argument("--concurrency", type=int, default=16)
-    p.add_argument("--executors-process", dest="in_process", action="store_false",
-                   help="run the executors in a second process (on 2 cores this adds "
-                   "latency: the originator, executors and nats-server then compete)")
+    p.add_argument("--concurrency", type=_concurrencies, default=[16, 64],
+                   help="throughput at each of these concurrencies (default 16,64)")
+    p.add_argument("--in-process", action="store_true",
+                   help="also run every party in this process (a secondary section)")
     logging.basicConfig(level=logging.ERROR)
     out = run_loop(main, p.parse_args())
     json.dump(out, sys.stdout)
