@@ -48,6 +48,7 @@ import errno
 import functools
 import gc
 import importlib
+import importlib.util
 import io
 import json
 import linecache
@@ -67,7 +68,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-import msgpack
+if __name__ == "__main__" and sys.argv[1:2] == ["--path"]:
+    # ``-I`` ignores PYTHONPATH: the node passes the directories its own imports came from
+    # (e.g. a node started as an unprivileged uid with PYTHONPATH=...), before any import.
+    sys.path[:0] = [p for p in json.loads(sys.argv[2]) if p not in sys.path]
+    del sys.argv[1:3]
+
+import msgpack  # noqa: E402 - after the path set-up above
 
 # --------------------------------------------------------------------------- constants
 
@@ -267,6 +274,9 @@ class ServerConfig:
     expose: tuple[tuple[str, tuple[str, ...]], ...] = ()
     node_pid: int = 0
     ctl_fd: int = 3
+    #: confine each job with Landlock / seccomp (the node enables what the probe found)
+    landlock: bool = False
+    seccomp: bool = False
 
     @property
     def separate_uid(self) -> bool:
@@ -395,6 +405,64 @@ def _become_job(cfg: ServerConfig, uid: int, job_dir: str) -> None:
     os.environ.clear()
     os.environ.update(BASE_ENV)
     os.environ.update(HOME=job_dir, TMPDIR=job_dir)
+    if cfg.level >= LEVEL_BASIC:
+        _confine_job(cfg, job_dir)
+
+
+#: What every job may read (and execute) besides its interpreter's own directories: the
+#: shared libraries, the standard tools under ``/usr/bin`` (the profiles include
+#: ``subprocess``), time zones, ``/proc`` (the node's entries there are protected by its
+#: non-dumpable state and by Landlock's ptrace scoping) and the CPU topology.
+JOB_READ_PATHS = (
+    "/usr/lib", "/usr/lib64", "/usr/lib32", "/usr/local/lib", "/lib", "/lib64", "/lib32",
+    "/usr/bin", "/bin", "/usr/local/bin", "/usr/share/zoneinfo", "/etc/ld.so.cache",
+    "/etc/localtime", "/proc", "/sys/devices/system/cpu",
+)  # fmt: skip
+JOB_DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
+#: What a ``python-ml`` job may also use: the GPU driver's devices and sysfs entries.
+ML_READ_PATHS = ("/sys", "/proc/driver", "/usr/share/nvidia", "/etc/nvidia")
+ML_DEVICE_PREFIXES = ("nvidia", "dri", "kfd")
+
+
+def job_paths(cfg: ServerConfig, job_dir: str) -> tuple[list[str], list[str], list[str]]:
+    """(read-only, read-write, devices) a job of ``cfg`` may use under Landlock."""
+    read_only = [*JOB_READ_PATHS, *interpreter_paths()]
+    read_write = [job_dir]
+    devices = list(JOB_DEVICES)
+    if cfg.namespaces:  # private tmpfs mounts of the job's own mount namespace
+        read_write += [p for p in TMPFS_DIRS if os.path.isdir(p)]
+    if cfg.profile == "python-ml":
+        read_only += ML_READ_PATHS
+        with contextlib.suppress(OSError):
+            devices += [
+                os.path.join("/dev", name)
+                for name in os.listdir("/dev")
+                if name.startswith(ML_DEVICE_PREFIXES)
+            ]
+    return read_only, read_write, devices
+
+
+def _confine_job(cfg: ServerConfig, job_dir: str) -> None:
+    """Landlock + seccomp for this job process, as the node asked (a failure ends the job)."""
+    confine = load_confine()
+    if cfg.landlock:
+        confine.landlock_restrict(*job_paths(cfg, job_dir))
+    if cfg.seccomp:
+        confine.seccomp_confine()
+
+
+@functools.cache
+def load_confine() -> types.ModuleType:
+    """The sibling ``_confine`` module, loaded by path (this file runs as a script)."""
+    if __package__:
+        return importlib.import_module("._confine", __package__)
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_confine.py")
+    spec = importlib.util.spec_from_file_location("crankmesh_sandbox_confine", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _await_job(runner: _JobRunner, job_r: int) -> bytes | None:
@@ -1496,8 +1564,35 @@ def probe() -> dict[str, Any]:
         if status != 0:
             raise OSError(f"mount namespace setup failed (status {status})")
 
+    def landlock() -> None:
+        confine = load_confine()
+        prctl(PR_SET_NO_NEW_PRIVS, 1)
+        got = confine.landlock_restrict(["/proc"], [], [])
+        try:
+            os.listdir("/")
+        except PermissionError:
+            pass
+        else:
+            raise OSError("Landlock did not restrict reading /")
+        if not got["landlock_net"]:
+            raise OSError("Landlock ABI < 4: no TCP rules (kernel < 6.7)")
+        if not got["landlock_scope"]:
+            raise OSError("Landlock ABI < 6: no signal scoping (kernel < 6.12)")
+
+    def seccomp() -> None:
+        confine = load_confine()
+        prctl(PR_SET_NO_NEW_PRIVS, 1)
+        confine.seccomp_confine()
+        try:
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM).close()
+        except PermissionError:
+            return
+        raise OSError("the seccomp filter did not deny an AF_INET socket")
+
     attempt("rlimits", rlimits)
     attempt("no_new_privs", nnp)
+    attempt("landlock", landlock)
+    attempt("seccomp", seccomp)
     attempt("separate_uid", uid)
     attempt("pidns", pidns)
     attempt("netns", netns)
@@ -1516,6 +1611,13 @@ def serve(cfg: ServerConfig) -> int:
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if cfg.node_pid and os.getppid() != cfg.node_pid:
         return 1  # the node died before we could arm pdeathsig
+    # A job of the same uid (BASIC) must not ptrace us or read our /proc entries: we fork
+    # its successors. Children inherit this; STANDARD jobs reset it with their uid change.
+    prctl(PR_SET_DUMPABLE, 0)
+    if cfg.landlock or cfg.seccomp:
+        confine = load_confine()  # loaded before any job is confined (its file may be hidden)
+        if cfg.seccomp:
+            confine.seccomp_available()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     ctl = socket.socket(fileno=cfg.ctl_fd)
     error = ""

@@ -44,7 +44,7 @@ def detect_isolation() -> IsolationReport:
     """
     try:
         proc = subprocess.run(
-            [sys.executable, "-I", str(FORKSERVER_PATH), "--probe"],
+            forkserver_command("--probe"),
             stdin=subprocess.DEVNULL,
             capture_output=True,
             env=dict(_forkserver.BASE_ENV),
@@ -60,6 +60,14 @@ def detect_isolation() -> IsolationReport:
     for name in _ALWAYS:
         features[name] = True
     return IsolationReport(best_level(features), features, notes)
+
+
+def forkserver_command(*args: str) -> list[str]:
+    """The command line of a fork-server: ``python -I`` (no environment, no user site),
+    given the ``PYTHONPATH`` directories the node itself imports from, if any."""
+    extra = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if os.path.isdir(p)]
+    path = ["--path", json.dumps(extra)] if extra else []
+    return [sys.executable, "-I", str(FORKSERVER_PATH), *path, *args]
 
 
 @functools.cache
@@ -94,6 +102,8 @@ def report_for_level(level: IsolationLevel, host: IsolationReport) -> IsolationR
         ipc_uts_ns=strict,
         mount_ns=strict,
         pidns_or_uid_kill=uid,
+        landlock=level >= IsolationLevel.BASIC and host.features.get("landlock", False),
+        seccomp=level >= IsolationLevel.BASIC and host.features.get("seccomp", False),
     )
     notes = list(host.notes)
     if level < host.level:

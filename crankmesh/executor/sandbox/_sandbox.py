@@ -10,7 +10,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -24,9 +23,9 @@ from crankmesh.protocol.errors import ClientStateError, SandboxError
 
 from . import _forkserver as fs
 from ._isolation import (
-    FORKSERVER_PATH,
     UidBlock,
     check_traversable,
+    forkserver_command,
     host_isolation,
     report_for_level,
 )
@@ -205,6 +204,10 @@ class Sandbox:
                 slots=self._max_concurrency,
                 root=os.path.join(self._root, f"{index}-{profile}"),
                 uid_block=block,
+                confine={
+                    name: self._report.features.get(name, False)
+                    for name in ("landlock", "seccomp")
+                },
             )
             self._servers[profile] = server
             servers.append(server)
@@ -465,7 +468,10 @@ class _ForkServer:
         slots: int,
         root: str,
         uid_block: UidBlock | None,
+        confine: Mapping[str, bool] | None = None,
     ) -> None:
+        #: which of ``landlock`` / ``seccomp`` each job applies to itself
+        self.confine = dict(confine or {})
         self.profile = profile
         self.level = level
         self.slots = slots
@@ -506,11 +512,13 @@ class _ForkServer:
             uid_base=self.uid_block.base if self.uid_block else None,
             node_pid=os.getpid(),
             ctl_fd=theirs.fileno(),
+            landlock=self.confine.get("landlock", False),
+            seccomp=self.confine.get("seccomp", False),
         )
         self.errfile = tempfile.TemporaryFile()  # noqa: SIM115 - closed in _reap
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-I", str(FORKSERVER_PATH), cfg.to_json()],
+                forkserver_command(cfg.to_json()),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=self.errfile,
