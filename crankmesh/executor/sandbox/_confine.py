@@ -132,9 +132,7 @@ def landlock_restrict(
         attr.scoped = SCOPE_ABSTRACT_UNIX | SCOPE_SIGNAL
         size = 24
     lib = _lib()
-    ruleset = int(
-        lib.syscall(_SYS_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size), 0)
-    )
+    ruleset = int(lib.syscall(_SYS_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size), 0))
     if ruleset < 0:
         err = ctypes.get_errno()
         raise OSError(err, f"landlock_create_ruleset: {os.strerror(err)}")

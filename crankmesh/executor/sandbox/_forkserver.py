@@ -416,7 +416,12 @@ def _become_job(cfg: ServerConfig, uid: int, job_dir: str) -> None:
 JOB_READ_PATHS = (
     "/usr/lib", "/usr/lib64", "/usr/lib32", "/usr/local/lib", "/lib", "/lib64", "/lib32",
     "/usr/bin", "/bin", "/usr/local/bin", "/usr/share/zoneinfo", "/etc/ld.so.cache",
-    "/etc/localtime", "/proc", "/sys/devices/system/cpu",
+    "/etc/localtime", "/sys/devices/system/cpu",
+)  # fmt: skip
+#: Below STRICT, where ``/proc`` shows the host: only the job's own entry and these.
+JOB_PROC_PATHS = (
+    "/proc/self", "/proc/thread-self", "/proc/cpuinfo", "/proc/meminfo", "/proc/stat",
+    "/proc/loadavg", "/proc/uptime", "/proc/version", "/proc/sys/kernel",
 )  # fmt: skip
 JOB_DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
 #: What a ``python-ml`` job may also use: the GPU driver's devices and sysfs entries.
@@ -429,8 +434,11 @@ def job_paths(cfg: ServerConfig, job_dir: str) -> tuple[list[str], list[str], li
     read_only = [*JOB_READ_PATHS, *interpreter_paths()]
     read_write = [job_dir]
     devices = list(JOB_DEVICES)
-    if cfg.namespaces:  # private tmpfs mounts of the job's own mount namespace
+    if cfg.namespaces:  # private /proc and tmpfs mounts of the job's own namespaces
+        read_only.append("/proc")
         read_write += [p for p in TMPFS_DIRS if os.path.isdir(p)]
+    else:
+        read_only += JOB_PROC_PATHS
     if cfg.profile == "python-ml":
         read_only += ML_READ_PATHS
         with contextlib.suppress(OSError):
@@ -1274,10 +1282,11 @@ class _Server:
         if kind == "file_size":
             size = lim.get("max_file_bytes")
             return res("error", f"file size limit of {size} bytes exceeded ({detail})")
-        if isinstance(packed, bytes) and len(packed) > job.cap:
+        if isinstance(packed, bytes) and len(packed) + min(len(job.stdout), job.cap) > job.cap:
             return res(
                 "output_limit",
-                f"return value of {len(packed)} bytes exceeds the {job.cap} bytes output limit",
+                f"return value of {len(packed)} bytes and stdout of {len(job.stdout)} bytes "
+                f"exceed the {job.cap} bytes output limit",
             )
         if exit_code == 0:
             return res("ok", "", packed if isinstance(packed, bytes) else None)
@@ -1309,12 +1318,16 @@ class _Server:
         cpu_us: int = 0,
         peak_rss_kb: int = 0,
     ) -> dict[str, Any]:
+        # max_output_bytes caps stdout + return value + stderr together: stderr gets what
+        # the other two leave (at most its last 8 KiB)
+        stdout = bytes(job.stdout[: job.cap])
+        room = min(job.cap - len(stdout) - len(return_value or b""), STDERR_TAIL)
         return {
             "status": status,
             "exit_code": exit_code,
             "signal": signal,
-            "stdout": bytes(job.stdout[: job.cap]),
-            "stderr_tail": bytes(job.stderr[-STDERR_TAIL:]),
+            "stdout": stdout,
+            "stderr_tail": bytes(job.stderr[-room:]) if room > 0 else b"",
             "return_value": return_value,
             "wall_us": wall_us,
             "cpu_us": cpu_us,
