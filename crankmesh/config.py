@@ -345,6 +345,7 @@ class NodeSettings:
             advert_ttl_s=self.advert_ttl_s,
             drain_grace_s=self.drain_grace_s,
             state_dir=str(self.state_dir),
+            key_path=str(self.key_file),
             sandbox_profiles=self.sandbox_profiles,
             trusted=trusted_dids(self) or None,
             metrics_host=self.metrics_host,

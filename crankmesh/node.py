@@ -31,6 +31,7 @@ from .directory import PeerDirectory
 from .executor.agent import Executor, ExecutorConfig
 from .executor.handlers import CapabilityHandler, EchoCapability, InProcessCapability
 from .executor.hardware import HardwareMonitor
+from .executor.untrusted_code import AllowListedCapability
 from .http import serve_http
 from .keystore import lock_state_dir
 from .observability import Metrics
@@ -92,6 +93,12 @@ class NodeConfig:
     probe_interval_s: float = 60.0
     #: Follow the audit records on the stream into a shared reputation book.
     follow_reputation: bool = True
+    #: The identity key file: with ``state_dir``, what the sandbox's self-test proves a
+    #: job cannot read or write.
+    key_path: str | None = None
+    #: Who may run ``python.run`` when the sandbox cannot protect this node (see
+    #: ``crankmesh.executor.untrusted_code``); None = this node and the trust list.
+    python_run_allow: frozenset[str] | None = None
 
     def __post_init__(self) -> None:
         problems = advert_timing_problems(self.advert_interval_s, self.advert_ttl_s)
@@ -181,15 +188,18 @@ class Node:
                 handlers.append(EchoCapability())
             elif name == "python.run":
                 from .executor.handlers import PythonRunCapability
-                from .executor.sandbox import Sandbox
+                from .executor.sandbox import Sandbox, make_undumpable
 
+                make_undumpable()  # jobs must not ptrace us or read /proc/<node>/{mem,environ}
+                secrets = [p for p in (self.config.key_path, self.config.state_dir) if p]
                 self.sandbox = await stack.enter_async_context(
                     Sandbox(
                         profiles=self.config.sandbox_profiles,
                         max_concurrency=self.config.executor.max_concurrency,
+                        secrets=secrets,
                     )
                 )
-                handlers.append(PythonRunCapability(self.sandbox))
+                handlers.append(self._python_run(PythonRunCapability(self.sandbox)))
             elif name == "email.classify.spam-v1":
                 from .executor.ml_capabilities import SpamClassifierCapability
 
@@ -212,6 +222,24 @@ class Node:
                 handlers.append(InProcessCapability(name, fn))
         handlers.extend(self.config.extra_handlers)
         return handlers
+
+    def _python_run(self, handler: CapabilityHandler) -> CapabilityHandler:
+        """``handler`` as is when the sandbox protects this node, else allow-listed."""
+        report = self.sandbox.isolation
+        if report.features.get("protects_node", False):
+            return handler
+        allow = self.config.python_run_allow
+        if allow is None:
+            allow = frozenset(self.config.trusted or ())
+        allow = allow | {self.identity.did}
+        why = "; ".join(n for n in report.notes if n.startswith("unprotected node")) or str(report)
+        log.warning(
+            "python.run is served only to %d allow-listed originator(s), and advertised with "
+            "isolation 'none': the sandbox cannot protect this node: %s",
+            len(allow),
+            why,
+        )
+        return AllowListedCapability(handler, allow.__contains__, why=why)
 
     @asynccontextmanager
     async def _lifecycle(self) -> AsyncIterator[None]:
@@ -247,6 +275,8 @@ class Node:
             isolation = "none"
             if self.sandbox is not None:
                 isolation = self.sandbox.isolation.level.token
+                if not self.sandbox.isolation.features.get("protects_node", False):
+                    isolation = "none"  # no claim: python.run is allow-listed (_python_run)
             if self.config.isolation_min and IsolationLevel.parse(isolation) < IsolationLevel.parse(
                 self.config.isolation_min
             ):

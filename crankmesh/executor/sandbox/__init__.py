@@ -17,8 +17,10 @@ Job code contract
   (``"cpu"``, ``"cuda"`` or ``"mps"`` for ``python-ml``; always ``"cpu"`` for ``python-core``).
   An accelerator the executor does not have ends the job with status ``error`` and detail
   ``"no CUDA device"`` / ``"no MPS device"``.
-- stdout is captured up to ``max_output_bytes`` (more kills the job: ``output_limit``);
-  the last 8 KiB of stderr are kept.
+- ``max_output_bytes`` caps stdout + return value + stderr *together*: more stdout kills
+  the job (``output_limit``), a return value that does not fit beside stdout is
+  ``output_limit`` too, and stderr keeps the last bytes of what the two leave (at most
+  8 KiB). With a cap of 0 nothing of the job's output comes back.
 - If the code leaves a global named ``result``, it is encoded with
   ``msgpack.packb(result, use_bin_type=True)`` into ``SandboxResult.return_value``; a value
   msgpack cannot encode gives status ``error`` with the reason in ``detail``.
@@ -55,7 +57,7 @@ from __future__ import annotations
 
 from crankmesh.protocol.errors import SandboxError
 
-from ._isolation import detect_isolation
+from ._isolation import detect_isolation, make_undumpable
 from ._sandbox import Sandbox
 from ._types import ExecStatus, IsolationLevel, IsolationReport, SandboxLimits, SandboxResult
 
@@ -68,4 +70,5 @@ __all__ = [
     "SandboxLimits",
     "SandboxResult",
     "detect_isolation",
+    "make_undumpable",
 ]

@@ -48,6 +48,7 @@ import errno
 import functools
 import gc
 import importlib
+import importlib.util
 import io
 import json
 import linecache
@@ -67,7 +68,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-import msgpack
+if __name__ == "__main__" and sys.argv[1:2] == ["--path"]:
+    # ``-I`` ignores PYTHONPATH: the node passes the directories its own imports came from
+    # (e.g. a node started as an unprivileged uid with PYTHONPATH=...), before any import.
+    sys.path[:0] = [p for p in json.loads(sys.argv[2]) if p not in sys.path]
+    del sys.argv[1:3]
+
+import msgpack  # noqa: E402 - after the path set-up above
 
 # --------------------------------------------------------------------------- constants
 
@@ -267,6 +274,9 @@ class ServerConfig:
     expose: tuple[tuple[str, tuple[str, ...]], ...] = ()
     node_pid: int = 0
     ctl_fd: int = 3
+    #: confine each job with Landlock / seccomp (the node enables what the probe found)
+    landlock: bool = False
+    seccomp: bool = False
 
     @property
     def separate_uid(self) -> bool:
@@ -395,6 +405,72 @@ def _become_job(cfg: ServerConfig, uid: int, job_dir: str) -> None:
     os.environ.clear()
     os.environ.update(BASE_ENV)
     os.environ.update(HOME=job_dir, TMPDIR=job_dir)
+    if cfg.level >= LEVEL_BASIC:
+        _confine_job(cfg, job_dir)
+
+
+#: What every job may read (and execute) besides its interpreter's own directories: the
+#: shared libraries, the standard tools under ``/usr/bin`` (the profiles include
+#: ``subprocess``), time zones, ``/proc`` (the node's entries there are protected by its
+#: non-dumpable state and by Landlock's ptrace scoping) and the CPU topology.
+JOB_READ_PATHS = (
+    "/usr/lib", "/usr/lib64", "/usr/lib32", "/usr/local/lib", "/lib", "/lib64", "/lib32",
+    "/usr/bin", "/bin", "/usr/local/bin", "/usr/share/zoneinfo", "/etc/ld.so.cache",
+    "/etc/localtime", "/sys/devices/system/cpu",
+)  # fmt: skip
+#: Below STRICT, where ``/proc`` shows the host: only the job's own entry and these.
+JOB_PROC_PATHS = (
+    "/proc/self", "/proc/thread-self", "/proc/cpuinfo", "/proc/meminfo", "/proc/stat",
+    "/proc/loadavg", "/proc/uptime", "/proc/version", "/proc/sys/kernel",
+)  # fmt: skip
+JOB_DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
+#: What a ``python-ml`` job may also use: the GPU driver's devices and sysfs entries.
+ML_READ_PATHS = ("/sys", "/proc/driver", "/usr/share/nvidia", "/etc/nvidia")
+ML_DEVICE_PREFIXES = ("nvidia", "dri", "kfd")
+
+
+def job_paths(cfg: ServerConfig, job_dir: str) -> tuple[list[str], list[str], list[str]]:
+    """(read-only, read-write, devices) a job of ``cfg`` may use under Landlock."""
+    read_only = [*JOB_READ_PATHS, *interpreter_paths()]
+    read_write = [job_dir]
+    devices = list(JOB_DEVICES)
+    if cfg.namespaces:  # private /proc and tmpfs mounts of the job's own namespaces
+        read_only.append("/proc")
+        read_write += [p for p in TMPFS_DIRS if os.path.isdir(p)]
+    else:
+        read_only += JOB_PROC_PATHS
+    if cfg.profile == "python-ml":
+        read_only += ML_READ_PATHS
+        with contextlib.suppress(OSError):
+            devices += [
+                os.path.join("/dev", name)
+                for name in os.listdir("/dev")
+                if name.startswith(ML_DEVICE_PREFIXES)
+            ]
+    return read_only, read_write, devices
+
+
+def _confine_job(cfg: ServerConfig, job_dir: str) -> None:
+    """Landlock + seccomp for this job process, as the node asked (a failure ends the job)."""
+    confine = load_confine()
+    if cfg.landlock:
+        confine.landlock_restrict(*job_paths(cfg, job_dir))
+    if cfg.seccomp:
+        confine.seccomp_confine()
+
+
+@functools.cache
+def load_confine() -> types.ModuleType:
+    """The sibling ``_confine`` module, loaded by path (this file runs as a script)."""
+    if __package__:
+        return importlib.import_module("._confine", __package__)
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_confine.py")
+    spec = importlib.util.spec_from_file_location("crankmesh_sandbox_confine", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _await_job(runner: _JobRunner, job_r: int) -> bytes | None:
@@ -1206,10 +1282,11 @@ class _Server:
         if kind == "file_size":
             size = lim.get("max_file_bytes")
             return res("error", f"file size limit of {size} bytes exceeded ({detail})")
-        if isinstance(packed, bytes) and len(packed) > job.cap:
+        if isinstance(packed, bytes) and len(packed) + min(len(job.stdout), job.cap) > job.cap:
             return res(
                 "output_limit",
-                f"return value of {len(packed)} bytes exceeds the {job.cap} bytes output limit",
+                f"return value of {len(packed)} bytes and stdout of {len(job.stdout)} bytes "
+                f"exceed the {job.cap} bytes output limit",
             )
         if exit_code == 0:
             return res("ok", "", packed if isinstance(packed, bytes) else None)
@@ -1241,12 +1318,16 @@ class _Server:
         cpu_us: int = 0,
         peak_rss_kb: int = 0,
     ) -> dict[str, Any]:
+        # max_output_bytes caps stdout + return value + stderr together: stderr gets what
+        # the other two leave (at most its last 8 KiB)
+        stdout = bytes(job.stdout[: job.cap])
+        room = min(job.cap - len(stdout) - len(return_value or b""), STDERR_TAIL)
         return {
             "status": status,
             "exit_code": exit_code,
             "signal": signal,
-            "stdout": bytes(job.stdout[: job.cap]),
-            "stderr_tail": bytes(job.stderr[-STDERR_TAIL:]),
+            "stdout": stdout,
+            "stderr_tail": bytes(job.stderr[-room:]) if room > 0 else b"",
             "return_value": return_value,
             "wall_us": wall_us,
             "cpu_us": cpu_us,
@@ -1496,8 +1577,35 @@ def probe() -> dict[str, Any]:
         if status != 0:
             raise OSError(f"mount namespace setup failed (status {status})")
 
+    def landlock() -> None:
+        confine = load_confine()
+        prctl(PR_SET_NO_NEW_PRIVS, 1)
+        got = confine.landlock_restrict(["/proc"], [], [])
+        try:
+            os.listdir("/")
+        except PermissionError:
+            pass
+        else:
+            raise OSError("Landlock did not restrict reading /")
+        if not got["landlock_net"]:
+            raise OSError("Landlock ABI < 4: no TCP rules (kernel < 6.7)")
+        if not got["landlock_scope"]:
+            raise OSError("Landlock ABI < 6: no signal scoping (kernel < 6.12)")
+
+    def seccomp() -> None:
+        confine = load_confine()
+        prctl(PR_SET_NO_NEW_PRIVS, 1)
+        confine.seccomp_confine()
+        try:
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM).close()
+        except PermissionError:
+            return
+        raise OSError("the seccomp filter did not deny an AF_INET socket")
+
     attempt("rlimits", rlimits)
     attempt("no_new_privs", nnp)
+    attempt("landlock", landlock)
+    attempt("seccomp", seccomp)
     attempt("separate_uid", uid)
     attempt("pidns", pidns)
     attempt("netns", netns)
@@ -1516,6 +1624,13 @@ def serve(cfg: ServerConfig) -> int:
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if cfg.node_pid and os.getppid() != cfg.node_pid:
         return 1  # the node died before we could arm pdeathsig
+    # A job of the same uid (BASIC) must not ptrace us or read our /proc entries: we fork
+    # its successors. Children inherit this; STANDARD jobs reset it with their uid change.
+    prctl(PR_SET_DUMPABLE, 0)
+    if cfg.landlock or cfg.seccomp:
+        confine = load_confine()  # loaded before any job is confined (its file may be hidden)
+        if cfg.seccomp:
+            confine.seccomp_available()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     ctl = socket.socket(fileno=cfg.ctl_fd)
     error = ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import functools
 import grp
@@ -11,6 +12,7 @@ import os
 import pwd
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from crankmesh.protocol.errors import SandboxError
@@ -44,7 +46,7 @@ def detect_isolation() -> IsolationReport:
     """
     try:
         proc = subprocess.run(
-            [sys.executable, "-I", str(FORKSERVER_PATH), "--probe"],
+            forkserver_command("--probe"),
             stdin=subprocess.DEVNULL,
             capture_output=True,
             env=dict(_forkserver.BASE_ENV),
@@ -59,7 +61,31 @@ def detect_isolation() -> IsolationReport:
         return IsolationReport(IsolationLevel.NONE, {}, (f"isolation probe failed: {exc}",))
     for name in _ALWAYS:
         features[name] = True
-    return IsolationReport(best_level(features), features, notes)
+    level = best_level(features)
+    best = report_for_level(level, IsolationReport(level, features, notes))
+    features["protects_node"] = best.features["protects_node"]
+    return IsolationReport(level, features, best.notes)
+
+
+def make_undumpable() -> bool:
+    """``prctl(PR_SET_DUMPABLE, 0)`` on this process; True when it took effect.
+
+    A non-dumpable process cannot be ``ptrace``-attached, nor its ``/proc/<pid>/mem``,
+    ``environ``, ``fd/`` ... opened, by other processes of its uid (only by root): what a
+    node running as the same uid as its jobs needs. No core dumps either.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    return bool(libc.prctl(4, 0, 0, 0, 0) == 0)  # PR_SET_DUMPABLE
+
+
+def forkserver_command(*args: str) -> list[str]:
+    """The command line of a fork-server: ``python -I`` (no environment, no user site),
+    given the ``PYTHONPATH`` directories the node itself imports from, if any."""
+    extra = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if os.path.isdir(p)]
+    path = ["--path", json.dumps(extra)] if extra else []
+    return [sys.executable, "-I", str(FORKSERVER_PATH), *path, *args]
 
 
 @functools.cache
@@ -94,11 +120,40 @@ def report_for_level(level: IsolationLevel, host: IsolationReport) -> IsolationR
         ipc_uts_ns=strict,
         mount_ns=strict,
         pidns_or_uid_kill=uid,
+        landlock=level >= IsolationLevel.BASIC and host.features.get("landlock", False),
+        seccomp=level >= IsolationLevel.BASIC and host.features.get("seccomp", False),
     )
-    notes = list(host.notes)
+    notes = [note for note in host.notes if not note.startswith(_GAP_PREFIX)]
     if level < host.level:
         notes.append(f"level {level.token} was asked for; the host allows {host.level.token}")
+    gaps = protection_gaps(features)
+    features["protects_node"] = not gaps
+    notes.extend(gaps)
     return IsolationReport(level, features, tuple(notes))
+
+
+_GAP_PREFIX = "unprotected node:"
+
+
+def protection_gaps(features: Mapping[str, bool]) -> tuple[str, ...]:
+    """Why jobs with these features could harm the node (empty: they cannot).
+
+    The node's key and state files, its memory, environment and signals are out of a job's
+    reach with a separate uid or Landlock (files + signal/ptrace scoping, ABI >= 6); the
+    network (NATS included) with a network namespace or the seccomp socket filter.
+    """
+    gaps: list[str] = []
+    if not (features.get("separate_uid") or features.get("landlock")):
+        gaps.append(
+            "unprotected node: a job could read the node's key and state files, signal and "
+            "trace it (protection needs a separate uid, i.e. a root node, or Landlock ABI >= 6)"
+        )
+    if not (features.get("netns") or features.get("seccomp")):
+        gaps.append(
+            "unprotected node: a job could reach NATS and the network (protection needs a "
+            "network namespace, i.e. a root node, or seccomp through libseccomp)"
+        )
+    return tuple(gaps)
 
 
 class UidBlock:

@@ -10,7 +10,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -24,9 +23,9 @@ from crankmesh.protocol.errors import ClientStateError, SandboxError
 
 from . import _forkserver as fs
 from ._isolation import (
-    FORKSERVER_PATH,
     UidBlock,
     check_traversable,
+    forkserver_command,
     host_isolation,
     report_for_level,
 )
@@ -69,6 +68,10 @@ class Sandbox:
     under the system temp dir, removed at close); below ``STRICT`` its path must be
     searchable by other uids. ``isolation``: ``None`` = the best the host allows, else
     exactly that level (:class:`SandboxError` at start when the host cannot provide it).
+    ``secrets``: files and directories of the node (its key, its state directory) that no
+    job may read or write; at start a real job tries to read and write them, to read the
+    node's environment and memory, to signal and ``ptrace`` it and to connect to a TCP
+    port, and :attr:`isolation` says ``protects_node`` only if every attempt failed.
 
     Resource handling: entering starts one fork-server process per available profile
     (each pre-forks one sandboxed child per concurrency slot) and reserves a block of
@@ -92,6 +95,7 @@ class Sandbox:
         max_concurrency: int = 4,
         workdir_root: str | None = None,
         isolation: IsolationLevel | None = None,
+        secrets: Sequence[str] = (),
     ) -> None:
         if isinstance(profiles, str):
             raise TypeError("profiles must be a sequence of profile names, not one string")
@@ -106,6 +110,7 @@ class Sandbox:
         self._max_concurrency = max_concurrency
         self._workdir_arg = workdir_root
         self._isolation_arg = isolation
+        self._secrets = tuple(str(p) for p in secrets)
         self._state = _State.NEW
         self._report: IsolationReport | None = None
         self._servers: dict[str, _ForkServer] = {}
@@ -205,6 +210,9 @@ class Sandbox:
                 slots=self._max_concurrency,
                 root=os.path.join(self._root, f"{index}-{profile}"),
                 uid_block=block,
+                confine={
+                    name: self._report.features.get(name, False) for name in ("landlock", "seccomp")
+                },
             )
             self._servers[profile] = server
             servers.append(server)
@@ -241,6 +249,10 @@ class Sandbox:
         ml = self._servers.get("python-ml")
         if ml is not None:
             self._accelerators = await _probe_accelerators(ml)
+        first = next(iter(self._servers.values()))
+        self._report = await _verify_protection(first, self._report, self._secrets, self._root)
+        if not self._report.features.get("protects_node"):
+            logger.warning("sandbox: %s", self._report)
         logger.debug("sandbox started: %s; profiles %s", self._report, self.profiles)
 
     def _make_root(self, level: IsolationLevel) -> str:
@@ -358,6 +370,86 @@ async def _probe_accelerators(server: _ForkServer) -> tuple[str, ...]:
     return (("cuda",) if cuda else ()) + (("mps",) if mps else ())
 
 
+_ATTACKS = """
+import os, socket
+done = []
+def attempt(what, fn):
+    try:
+        fn()
+    except OSError:
+        return
+    done.append(what)
+for path in args["files"]:
+    attempt("read " + path, lambda: open(path, "rb").read(1))
+for path in args["dirs"]:
+    attempt("list " + path, lambda: os.listdir(path))
+    probe = os.path.join(path, ".crankmesh-sandbox-probe")
+    attempt("write into " + path, lambda: open(probe, "xb").close())
+pid = args["pid"]
+attempt("read the node's environment", lambda: open(f"/proc/{pid}/environ", "rb").read(1))
+attempt("open the node's memory", lambda: open(f"/proc/{pid}/mem", "rb").close())
+attempt("signal the node", lambda: os.kill(pid, 0))
+attempt("connect to a TCP port", lambda: socket.create_connection(
+    ("127.0.0.1", args["port"]), timeout=1).close())
+try:
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+except (ImportError, OSError):
+    libc = None
+if libc is not None and libc.ptrace(16, pid, 0, 0) == 0:  # PTRACE_ATTACH
+    libc.ptrace(17, pid, 0, 0)  # PTRACE_DETACH
+    done.append("ptrace the node")
+result = done
+"""
+
+
+def _attack_targets(secrets: Sequence[str], root: str | None) -> tuple[list[str], list[str]]:
+    """The node's files and directories the self-test job tries to read and write."""
+    files = [p for p in secrets if os.path.isfile(p)]
+    dirs = [p for p in secrets if os.path.isdir(p)]
+    if root is not None:  # a node-owned 0600 file and 0700 directory, always there
+        canary = os.path.join(root, "canary")
+        with open(canary, "w") as fh:
+            fh.write("node secret\n")
+        os.chmod(canary, 0o600)
+        os.makedirs(os.path.join(root, "canary-dir"), mode=0o700, exist_ok=True)
+        files.append(canary)
+        dirs.append(os.path.join(root, "canary-dir"))
+    return files, dirs
+
+
+async def _verify_protection(
+    server: _ForkServer, report: IsolationReport, secrets: Sequence[str], root: str | None
+) -> IsolationReport:
+    """Attack the node from a real job; ``protects_node`` only if every attack failed."""
+    files, dirs = await anyio.to_thread.run_sync(_attack_targets, secrets, root)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+        args = {"files": files, "dirs": dirs, "pid": os.getpid(), "port": listener.getsockname()[1]}
+        limits = SandboxLimits(timeout_s=20)
+        request = encode_request(code=_ATTACKS, args=args, accelerator="cpu", limits=limits)
+        result = await server.submit(request, limits, ensure=False)
+    for path in dirs:
+        with contextlib.suppress(OSError):
+            await anyio.Path(path, ".crankmesh-sandbox-probe").unlink()
+    if root is not None:
+        with contextlib.suppress(OSError):
+            await anyio.Path(root, "canary").unlink()
+        with contextlib.suppress(OSError):
+            await anyio.Path(root, "canary-dir").rmdir()
+    features = dict(report.features)
+    notes = list(report.notes)
+    if result.status is not ExecStatus.OK or result.return_value is None:
+        done = [f"the protection self-test did not run: {result.status.value} {result.detail}"]
+    else:
+        done = [str(what) for what in msgpack.unpackb(result.return_value)]
+    if done:
+        features["protects_node"] = False
+        notes.append("unprotected node: a job could " + ", ".join(done))
+    return IsolationReport(report.level, features, tuple(notes))
+
+
 def encode_request(
     *, code: str, args: Mapping[str, Any] | None, accelerator: str, limits: SandboxLimits
 ) -> bytes:
@@ -465,7 +557,10 @@ class _ForkServer:
         slots: int,
         root: str,
         uid_block: UidBlock | None,
+        confine: Mapping[str, bool] | None = None,
     ) -> None:
+        #: which of ``landlock`` / ``seccomp`` each job applies to itself
+        self.confine = dict(confine or {})
         self.profile = profile
         self.level = level
         self.slots = slots
@@ -506,11 +601,13 @@ class _ForkServer:
             uid_base=self.uid_block.base if self.uid_block else None,
             node_pid=os.getpid(),
             ctl_fd=theirs.fileno(),
+            landlock=self.confine.get("landlock", False),
+            seccomp=self.confine.get("seccomp", False),
         )
         self.errfile = tempfile.TemporaryFile()  # noqa: SIM115 - closed in _reap
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-I", str(FORKSERVER_PATH), cfg.to_json()],
+                forkserver_command(cfg.to_json()),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=self.errfile,

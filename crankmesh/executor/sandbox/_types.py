@@ -133,9 +133,10 @@ class ExecStatus(enum.StrEnum):
 class SandboxResult:
     """The outcome of one job.
 
-    ``stdout`` holds at most ``max_output_bytes``; ``stderr_tail`` the last 8 KiB of
-    stderr; ``return_value`` the msgpack encoding of the job's global ``result`` (or
-    ``None``). ``cpu_us`` and ``peak_rss_kb`` come from the rusage of the whole job tree;
+    ``stdout`` + ``return_value`` + ``stderr_tail`` hold at most ``max_output_bytes``
+    together; ``stderr_tail`` is the end of stderr (at most 8 KiB, what the others leave);
+    ``return_value`` the msgpack encoding of the job's global ``result`` (or ``None``).
+    ``cpu_us`` and ``peak_rss_kb`` come from the rusage of the whole job tree;
     ``peak_rss_kb`` includes the pages shared with the warm interpreter.
     """
 
