@@ -189,7 +189,7 @@ class Node:
                         max_concurrency=self.config.executor.max_concurrency,
                     )
                 )
-                handlers.append(PythonRunCapability(self.sandbox))
+                handlers.append(PythonRunCapability(self.sandbox, self.config.executor.caps))
             elif name == "email.classify.spam-v1":
                 from .executor.ml_capabilities import SpamClassifierCapability
 
