@@ -180,6 +180,16 @@ class NodeSettings:
     trust_file: Path | None = None
     sandbox_profiles: tuple[str, ...] = ("python-core",)
     isolation_min: str | None = None
+    # executor caps (crankmesh.executor.caps): what one job, and all admitted jobs, may use
+    max_job_timeout_s: float = 600.0
+    max_job_memory_mb: int = 4096
+    default_job_memory_mb: int = 1024
+    max_job_cpu_s: int = 600
+    max_job_output_bytes: int = 8 * 1024 * 1024
+    max_job_disk_mb: int = 64
+    max_total_memory_mb: int = 0
+    max_total_disk_mb: int = 0
+    price_per_gib_s: int = 0
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
@@ -319,8 +329,20 @@ class NodeSettings:
     def executor_config(self, *, isolation: str = "none") -> ExecutorConfig:
         """The :class:`~crankmesh.executor.agent.ExecutorConfig` part of these settings."""
         from .executor.agent import ExecutorConfig
+        from .executor.caps import ExecutorCaps
 
         return ExecutorConfig(
+            caps=ExecutorCaps(
+                max_timeout_ms=round(self.max_job_timeout_s * 1000),
+                max_memory_mb=self.max_job_memory_mb,
+                default_memory_mb=self.default_job_memory_mb,
+                max_cpu_s=self.max_job_cpu_s,
+                max_output_bytes=self.max_job_output_bytes,
+                max_disk_mb=self.max_job_disk_mb,
+                max_total_memory_mb=self.max_total_memory_mb,
+                max_total_disk_mb=self.max_total_disk_mb,
+            ),
+            price_per_gib_s=self.price_per_gib_s,
             prices=dict(self.prices),
             default_price=self.price,
             currency=self.currency,
@@ -521,6 +543,36 @@ _INFOS: Final = (
         "refuse to start unless the sandbox reaches this isolation level "
         "(none, basic, standard, strict)",
         choices=_ISOLATION_LEVELS,
+    ),
+    # executor caps: a job asking more is declined (reason over_caps), never run
+    _info("max_job_timeout_s", "float", "longest timeout one job may ask, s (default: 600)"),
+    _info("max_job_memory_mb", "int", "most memory one job may ask, MB (default: 4096)"),
+    _info(
+        "default_job_memory_mb",
+        "int",
+        "memory of a job that asks none, MB (default: 1024)",
+    ),
+    _info("max_job_cpu_s", "int", "CPU seconds one job may use (default: 600)"),
+    _info(
+        "max_job_output_bytes",
+        "int",
+        "largest max_output_bytes one job may ask (default: 8388608)",
+    ),
+    _info("max_job_disk_mb", "int", "disk quota of one job, MB (default: 64)"),
+    _info(
+        "max_total_memory_mb",
+        "int",
+        "memory of all admitted jobs together, MB (default: 0 = no total cap)",
+    ),
+    _info(
+        "max_total_disk_mb",
+        "int",
+        "disk of all admitted jobs together, MB (default: 0 = no total cap)",
+    ),
+    _info(
+        "price_per_gib_s",
+        "price",
+        "added to a job's price per GiB-second it reserves (memory x timeout; default: 0)",
     ),
 )
 
@@ -776,6 +828,29 @@ def _check(s: NodeSettings) -> list[tuple[str, str]]:
         bad("sandbox_profiles", "name at least one env profile (e.g. python-core)")
     if s.isolation_min is not None and s.isolation_min not in _ISOLATION_LEVELS:
         bad("isolation_min", f"must be one of {', '.join(_ISOLATION_LEVELS)}")
+    if not isinstance(s.max_job_timeout_s, int | float) or not (
+        0.001 <= s.max_job_timeout_s <= 86_400
+    ):
+        bad("max_job_timeout_s", f"must be seconds in [0.001, 86400], got {s.max_job_timeout_s!r}")
+    _int_at_least(bad, "max_job_memory_mb", s.max_job_memory_mb, 1, 1 << 24)
+    _int_at_least(bad, "default_job_memory_mb", s.default_job_memory_mb, 1, 1 << 24)
+    if (
+        isinstance(s.default_job_memory_mb, int)
+        and isinstance(s.max_job_memory_mb, int)
+        and (s.default_job_memory_mb > s.max_job_memory_mb)
+    ):
+        bad("default_job_memory_mb", "must not exceed max_job_memory_mb")
+    _int_at_least(bad, "max_job_cpu_s", s.max_job_cpu_s, 1, 86_401)
+    _int_at_least(bad, "max_job_output_bytes", s.max_job_output_bytes, 0, 1 << 30)
+    _int_at_least(bad, "max_job_disk_mb", s.max_job_disk_mb, 0, 1 << 30)
+    _int_at_least(bad, "max_total_memory_mb", s.max_total_memory_mb, 0, 1 << 30)
+    _int_at_least(bad, "max_total_disk_mb", s.max_total_disk_mb, 0, 1 << 30)
+    if (
+        isinstance(s.price_per_gib_s, bool)
+        or not isinstance(s.price_per_gib_s, int)
+        or (s.price_per_gib_s < 0)
+    ):
+        bad("price_per_gib_s", "must be a non-negative integer of micro-units")
     if s.nats_token is not None and (s.nats_user is not None or s.nats_password is not None):
         bad("nats_token", "give either a token or nats_user/nats_password, not both")
     if s.nats_password is not None and s.nats_user is None:

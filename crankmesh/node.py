@@ -44,6 +44,7 @@ from .protocol.messages import Advert, AdvertCapability
 from .receipts.chain import ChainHead
 from .receipts.reputation import ReputationBook
 from .receipts.store import RecordStore
+from .state_dir import check_state_dir
 from .transport import unsubscribe_quietly
 from .verification import CanaryProber
 
@@ -199,7 +200,9 @@ class Node:
                         secrets=secrets,
                     )
                 )
-                handlers.append(self._python_run(PythonRunCapability(self.sandbox)))
+                handlers.append(
+                    self._python_run(PythonRunCapability(self.sandbox, self.config.executor.caps))
+                )
             elif name == "email.classify.spam-v1":
                 from .executor.ml_capabilities import SpamClassifierCapability
 
@@ -248,6 +251,7 @@ class Node:
             if self.config.state_dir:
                 # One node per state directory, claimed before anything starts: a second
                 # node there would share this identity and fork the receipt chain.
+                check_state_dir(self.config.state_dir)  # read-only: StateDirError, not a traceback
                 stack.callback(os.close, lock_state_dir(self.config.state_dir))
                 chain_path = Path(self.config.state_dir) / "receipt-chain.log"
             if self.nc is None:

@@ -113,6 +113,14 @@ def _cmd_node(args: argparse.Namespace) -> int:
         for problem in problems:
             print(f"  - {problem}", file=sys.stderr)
         return 2
+    from ..protocol.errors import StateDirError
+    from ..state_dir import check_state_dir
+
+    try:  # before anything creates files there (key, lock, receipt chain)
+        check_state_dir(settings.state_dir)
+    except StateDirError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     configure_logging(json=settings.log_format == "json", level=settings.log_level)
     log = logging.getLogger("crankmesh.node")
     for warning in settings.warnings:
@@ -467,8 +475,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from ..protocol.errors import InvalidJob
+
     try:
         return int(args.fn(args))
+    except InvalidJob as exc:  # e.g. `submit --timeout nan`: a usage error, not a traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
 

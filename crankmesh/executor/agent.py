@@ -30,7 +30,7 @@ from anyio.abc import TaskStatus
 from .._tasks import TaskSet
 from ..capabilities import CapabilityOffer, CapabilitySpecError, MatchResult, Requirements
 from ..capabilities import match as match_requirements
-from ..market import BudgetLedger
+from ..market import BudgetLedger, resource_price
 from ..observability import Metrics, default_trace, trace_headers, trace_of
 from ..protocol import subjects
 from ..protocol.cid import cid_for_blob, cid_for_document, verify_blob
@@ -58,6 +58,7 @@ from ..protocol.tokens import decode_chain, verify_chain
 from ..receipts.chain import ChainHead
 from ..transport import unsubscribe_quietly
 from .benchmark import SelfBenchmark
+from .caps import CapsLedger, CapsViolation, ExecutorCaps
 from .handlers import CapabilityHandler, Outcome
 
 __all__ = ["Executor", "ExecutorConfig"]
@@ -96,9 +97,27 @@ class ExecutorConfig:
     originator_burst: int = 400
     #: Which budget-token issuers this executor accepts money from (None = any issuer).
     trusted_budget_roots: Callable[[str], bool] | None = None
+    #: The operator's per-job and total caps (see :mod:`crankmesh.executor.caps`).
+    caps: ExecutorCaps = field(default_factory=ExecutorCaps)
+    #: Micro-units added per GiB-second a job reserves (memory x timeout); 0 = flat price.
+    price_per_gib_s: int = 0
 
     def price_for(self, capability: str) -> int:
         return self.prices.get(capability, self.default_price)
+
+    def price_of(self, job: JobSpec) -> int:
+        """What one job costs here: the capability's price, scaled with the resources
+        the job reserves when ``price_per_gib_s`` is set (:func:`market.resource_price`)."""
+        base = self.price_for(job.capability)
+        if not self.price_per_gib_s:
+            return base
+        limits = self.caps.effective(job.constraints)
+        return resource_price(
+            base,
+            memory_mb=limits.memory_mb,
+            timeout_ms=limits.timeout_ms,
+            per_gib_s=self.price_per_gib_s,
+        )
 
 
 @dataclass(slots=True)
@@ -187,6 +206,8 @@ class Executor:
         self._draining = False
         self._idle = anyio.Event()
         self._idle.set()
+        #: Limits of the jobs admitted and not finished (the caps' totals).
+        self.caps_ledger = CapsLedger()
 
     # ------------------------------------------------------------------ state
 
@@ -233,6 +254,15 @@ class Executor:
         self._match_cache[key] = (self.offer, result)
         return result
 
+    def over_caps(self, job: JobSpec) -> CapsViolation | None:
+        """Which of the operator's caps ``job`` exceeds (per job, or in total with the
+        jobs admitted now); ``None`` when it may run."""
+        caps = self.config.caps
+        over = caps.check(job.constraints)
+        if over is None:
+            over = caps.check_total(self.caps_ledger, caps.effective(job.constraints))
+        return over
+
     def _check_budget(self, rec: _BidRecord, asg: Assignment, now: int) -> tuple[str, str] | None:
         """Verify the budget chain an assignment carries (RFC 0001 §8.12) and book
         the bid's price against it; a ``(reason, detail)`` rejection otherwise."""
@@ -253,7 +283,7 @@ class Executor:
             return "budget_invalid", "chain leaf is not the job's budget token"
         if grant.currency != self.config.currency:
             return "budget_invalid", f"token currency {grant.currency} != {self.config.currency}"
-        price = self.config.price_for(job.capability)
+        price = self.config.price_of(job)
         try:
             self.budgets.release_if_reserved(rec.job_cid)
             self.budgets.reserve(grant, rec.job_cid, price)
@@ -407,6 +437,12 @@ class Executor:
         if reason is not None:
             self.metrics.bids_declined.labels(reason=reason).inc()
             return
+        over = self.over_caps(ann.job)
+        if over is not None:
+            # The no-bid reason "over_caps" with its detail (which cap, asked vs allowed).
+            self.metrics.bids_declined.labels(reason=over.reason).inc()
+            log.info("not bidding on job %s: %s", job_cid, over)
+            return
         match_outcome: str = "compatible"
         warnings: tuple[str, ...] = ()
         if ann.job.requirements:
@@ -421,7 +457,7 @@ class Executor:
                     log.debug("not bidding on %s: %s", job_cid, result.explain())
                 return
             match_outcome, warnings = result.outcome.value, result.warnings
-        price = self.config.price_for(capability)
+        price = self.config.price_of(ann.job)
         if ann.job.max_price is not None and price > ann.job.max_price:
             self.metrics.bids_declined.labels(reason="over_max_price").inc()
             return
@@ -549,6 +585,10 @@ class Executor:
                 msg, asg, env.cid, "not_originator", "assignment not signed by the job's originator"
             )
             return
+        over = self.over_caps(rec.job)  # defence in depth: caps or totals may have moved
+        if over is not None:
+            await self._reject(msg, asg, env.cid, over.reason, over.detail)
+            return
 
         try:
             check_fresh(
@@ -596,6 +636,7 @@ class Executor:
         self.peak_outstanding = max(self.peak_outstanding, self.outstanding)
         self._idle = anyio.Event() if self._idle.is_set() else self._idle
         self.metrics.assignments.labels(outcome="accepted").inc()
+        self.caps_ledger.admit(asg.job, self.config.caps.effective(rec.job.constraints))
         if quick:
             job_rec = _JobRecord(asg.job, b"", answer_to=msg.reply)
             self._remember_job(job_rec, now)
@@ -655,6 +696,7 @@ class Executor:
                     self.metrics.reject("receipt", "publish_failed")
                     log.exception("receipt for job %s could not be published", rec.job_cid)
         finally:
+            self.caps_ledger.release(rec.job_cid)
             ctx.__exit__(None, None, None)
             if self._running == 0 and self._queued == 0:
                 self._idle.set()
@@ -723,7 +765,7 @@ class Executor:
                 cpu_us=outcome.cpu_us,
                 peak_rss_kb=outcome.peak_rss_kb,
             ),
-            charge=self.config.price_for(job.capability),
+            charge=self.config.price_of(job),
             currency=self.config.currency,
             seq=seq,
             prev=prev,

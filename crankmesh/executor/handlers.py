@@ -20,6 +20,7 @@ import msgpack
 from ..protocol.messages import JobSpec
 
 if TYPE_CHECKING:
+    from .caps import ExecutorCaps
     from .sandbox import Sandbox
 
 __all__ = [
@@ -153,8 +154,12 @@ class PythonRunCapability:
 
     name = "python.run"
 
-    def __init__(self, sandbox: Sandbox) -> None:
+    def __init__(self, sandbox: Sandbox, caps: ExecutorCaps | None = None) -> None:
+        from .caps import ExecutorCaps
+
         self._sandbox = sandbox
+        #: The operator's caps: a job runs under ``caps.effective(job.constraints)``.
+        self.caps = caps if caps is not None else ExecutorCaps()
 
     def check(self, job: JobSpec) -> str | None:
         c = job.constraints
@@ -186,10 +191,16 @@ class PythonRunCapability:
         except ValueError as exc:
             return Outcome("invalid_input", None, str(exc))
         c = job.constraints
+        over = self.caps.check(c)
+        if over is not None:  # the executor declines these; never run one with what it asked
+            return Outcome("invalid_input", None, str(over))
+        eff = self.caps.effective(c)
         limits = SandboxLimits(
-            timeout_s=c.timeout_ms / 1000,
-            max_output_bytes=c.max_output_bytes,
-            **({"memory_mb": c.memory_mb} if c.memory_mb else {}),
+            timeout_s=eff.timeout_s,
+            max_output_bytes=eff.max_output_bytes,
+            memory_mb=eff.memory_mb,
+            cpu_seconds=eff.cpu_seconds,
+            max_file_bytes=eff.disk_bytes,
         )
         res = await self._sandbox.run(
             code=code,

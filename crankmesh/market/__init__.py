@@ -36,6 +36,7 @@ from ._policies import (
 )
 from ._ranking import Ranking, ScoredCandidate, ScoreKind
 from ._reputation import UNKNOWN_REPUTATION, LocalReputation, reputation_score
+from ._resource_price import resource_price
 
 __all__ = [
     "BASE_FILTERS",
@@ -64,5 +65,6 @@ __all__ = [
     "get_policy",
     "policy_from_key",
     "reputation_score",
+    "resource_price",
     "select",
 ]

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
+import pydantic
 
 from ..executor.handlers import encode_python_payload
-from ..protocol.errors import Attempt, JobFailed, JobTimeout
+from ..protocol.errors import Attempt, InvalidJob, JobFailed, JobTimeout
 from ..protocol.messages import Constraints, JobSlo, Receipt
 
 __all__ = ["Job", "JobResult"]
@@ -72,14 +74,14 @@ class Job:
         return cls(
             capability="python.run",
             payload=encode_python_payload(code, args),
-            constraints=Constraints(
-                timeout_ms=max(1, int(timeout_sec * 1000)),
+            constraints=_constraints(
+                timeout_ms=_timeout_ms(timeout_sec),
                 max_output_bytes=max_output_bytes,
                 memory_mb=memory_mb,
-                accelerator=accelerator,  # type: ignore[arg-type]
+                accelerator=accelerator,
                 env_profile=env_profile,
                 runtime="python",
-                isolation=isolation,  # type: ignore[arg-type]
+                isolation=isolation,
             ),
             requirements=dict(requirements or {}),
             slo=_slo(slo_p95_ms, slo_p99_ms),
@@ -113,8 +115,8 @@ class Job:
         return cls(
             capability=capability,
             payload=bytes(payload),
-            constraints=Constraints(
-                timeout_ms=max(1, int(timeout_sec * 1000)), max_output_bytes=max_output_bytes
+            constraints=_constraints(
+                timeout_ms=_timeout_ms(timeout_sec), max_output_bytes=max_output_bytes
             ),
             requirements=dict(requirements or {}),
             slo=_slo(slo_p95_ms, slo_p99_ms),
@@ -124,13 +126,49 @@ class Job:
         )
 
 
+#: The longest timeout a job can carry (``Constraints.timeout_ms`` ≤ 86 400 000).
+_MAX_TIMEOUT_S = 86_400
+
+
+def _thousandths(name: str, value: object, *, unit: str, high: float) -> int:
+    """``value`` (in ``unit``) times 1000, rounded up to an integer, or :class:`InvalidJob`:
+    not a real number, nan, infinite, <= 0, or above ``high``."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidJob(name, value, f"must be a number of {unit}")
+    if not math.isfinite(value):
+        raise InvalidJob(name, value, f"must be a finite number of {unit}")
+    if value <= 0:
+        raise InvalidJob(name, value, f"must be more than 0 {unit}")
+    if value > high:
+        raise InvalidJob(name, value, f"must be at most {high:g} {unit}")
+    return math.ceil(value * 1000)
+
+
+def _timeout_ms(timeout_sec: object) -> int:
+    """A timeout in seconds as ms: 0, negative, nan or infinite is an error, never 1 ms."""
+    return _thousandths("timeout_sec", timeout_sec, unit="seconds", high=_MAX_TIMEOUT_S)
+
+
+def _constraints(**fields: Any) -> Constraints:
+    """Validated constraints; a value out of range is :class:`InvalidJob` naming it."""
+    try:
+        return Constraints(**fields)
+    except pydantic.ValidationError as exc:
+        err = exc.errors()[0]
+        name = str(err["loc"][0]) if err.get("loc") else "constraints"
+        raise InvalidJob(name, fields.get(name), err["msg"]) from None
+
+
 def _slo(p95_ms: float | None, p99_ms: float | None) -> JobSlo | None:
     if p95_ms is None and p99_ms is None:
         return None
-    return JobSlo(
-        p95_us=None if p95_ms is None else int(p95_ms * 1000),
-        p99_us=None if p99_ms is None else int(p99_ms * 1000),
-    )
+
+    def us(name: str, ms: float | None) -> int | None:
+        if ms is None:
+            return None
+        return _thousandths(name, ms, unit="ms", high=_MAX_TIMEOUT_S * 1000)
+
+    return JobSlo(p95_us=us("slo_p95_ms", p95_ms), p99_us=us("slo_p99_ms", p99_ms))
 
 
 @dataclass(frozen=True)

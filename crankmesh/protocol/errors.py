@@ -20,10 +20,12 @@ in exactly one place each, with ``raise ... from exc``.
     │   ├── OversizedMessage           larger than the limit for its subject
     │   └── ContentMismatch            bytes do not hash to the CID they claim
     ├── KeystoreError                  a key file is missing, malformed or unsafe
+    ├── StateDirError                  the node's state directory cannot be written
     ├── CapabilityMismatch             no executor can serve the requirements
     ├── TransportError                 NATS unreachable, connection lost, ...
     ├── ServerError                    an embedded nats-server failed to start
     ├── SandboxError                   the sandbox itself failed (not the job)
+    ├── InvalidJob (also ValueError)   a job's terms are out of range (timeout <= 0, nan, ...)
     ├── JobFailed                      the job ran and failed (receipt says why)
     │   └── JobTimeout
     ├── SelectionError                 nothing could be selected
@@ -128,6 +130,10 @@ class KeystoreError(CrankmeshError):
     """A key file is missing, malformed, or has unsafe permissions."""
 
 
+class StateDirError(CrankmeshError):
+    """The node's state directory cannot be created or written (read-only, not a directory)."""
+
+
 class CapabilityMismatch(CrankmeshError):
     """No executor can serve the requirements; ``details`` explains each miss."""
 
@@ -152,6 +158,16 @@ class SandboxError(CrankmeshError):
 
 
 # --------------------------------------------------------------------------- jobs
+
+
+class InvalidJob(CrankmeshError, ValueError):
+    """A job builder got a value it cannot turn into valid terms; ``field`` names it."""
+
+    def __init__(self, field: str, value: object, problem: str) -> None:
+        self.field = field
+        self.value = value
+        self.problem = problem
+        super().__init__(f"invalid job: {field}={value!r}: {problem}")
 
 
 class JobFailed(CrankmeshError):

@@ -481,3 +481,61 @@ def test_every_setting_is_documented_in_operating_md() -> None:
         assert f"`{name}`" in doc, f"docs/operating.md does not mention the setting {name}"
         assert f"`{info.env}`" in doc, f"docs/operating.md does not mention {info.env}"
         assert f"`{info.flags[0]}" in doc, f"docs/operating.md does not mention {info.flags[0]}"
+
+
+# ----------------------------------------------------------------------------- executor caps
+
+
+def test_executor_caps_come_from_every_layer_and_reach_the_executor(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "max_job_timeout_s = 120\nmax_job_memory_mb = 2048\ndefault_job_memory_mb = 256\n"
+        "max_job_cpu_s = 60\nmax_job_output_bytes = 4096\nmax_job_disk_mb = 32\n"
+        "max_total_memory_mb = 3000\nmax_total_disk_mb = 90\nprice_per_gib_s = 5\n",
+    )
+    caps = load(file=path).executor_config().caps
+    assert (caps.max_timeout_ms, caps.max_memory_mb, caps.default_memory_mb) == (120_000, 2048, 256)
+    assert (caps.max_cpu_s, caps.max_output_bytes, caps.max_disk_mb) == (60, 4096, 32)
+    assert (caps.max_total_memory_mb, caps.max_total_disk_mb) == (3000, 90)
+    assert load(file=path).executor_config().price_per_gib_s == 5
+    s = load(
+        flags={"max_job_memory_mb": "1024", "price_per_gib_s": "0.00002"},
+        env={"CRANKMESH_MAX_JOB_MEMORY_MB": "512", "CRANKMESH_MAX_JOB_TIMEOUT_S": "2.5"},
+        file=path,
+    )
+    cfg = s.node_config().executor
+    assert cfg.caps.max_memory_mb == 1024  # flag > env > file
+    assert cfg.caps.max_timeout_ms == 2500  # env > file
+    assert cfg.caps.max_cpu_s == 60  # file
+    assert cfg.price_per_gib_s == 20
+    assert s.sources["max_job_memory_mb"] == "flag --max-job-memory-mb"
+
+
+def test_executor_cap_defaults_are_bounded() -> None:
+    caps = load().executor_config().caps
+    assert caps.max_timeout_ms == 600_000 and caps.max_memory_mb == 4096
+    assert caps.default_memory_mb == 1024 and caps.max_cpu_s == 600
+
+
+@pytest.mark.parametrize(
+    ("env", "name"),
+    [
+        ({"CRANKMESH_MAX_JOB_TIMEOUT_S": "0"}, "max_job_timeout_s"),
+        ({"CRANKMESH_MAX_JOB_TIMEOUT_S": "nan"}, "max_job_timeout_s"),
+        ({"CRANKMESH_MAX_JOB_TIMEOUT_S": "inf"}, "max_job_timeout_s"),
+        ({"CRANKMESH_MAX_JOB_MEMORY_MB": "0"}, "max_job_memory_mb"),
+        ({"CRANKMESH_MAX_JOB_CPU_S": "0"}, "max_job_cpu_s"),
+        ({"CRANKMESH_MAX_JOB_OUTPUT_BYTES": "-1"}, "max_job_output_bytes"),
+        ({"CRANKMESH_MAX_JOB_DISK_MB": "x"}, "max_job_disk_mb"),
+        ({"CRANKMESH_MAX_TOTAL_MEMORY_MB": "-1"}, "max_total_memory_mb"),
+        ({"CRANKMESH_MAX_TOTAL_DISK_MB": "-1"}, "max_total_disk_mb"),
+        ({"CRANKMESH_PRICE_PER_GIB_S": "-3"}, "price_per_gib_s"),
+        (
+            {"CRANKMESH_MAX_JOB_MEMORY_MB": "100", "CRANKMESH_DEFAULT_JOB_MEMORY_MB": "200"},
+            "default_job_memory_mb",
+        ),
+    ],
+)
+def test_bad_executor_caps_are_config_errors(env: dict[str, str], name: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        load(env=env)

@@ -1,0 +1,98 @@
+"""Executor caps on real nodes: a job asking more than the operator allows is declined and
+never run; a job within the caps runs under the caps' limits; an Assignment past the
+totals is rejected with a reason naming the cap."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from crankmesh import NoCapacity
+from crankmesh.executor.caps import ExecutorCaps
+from crankmesh.originator import Job
+from crankmesh.protocol.errors import ExecutorsExhausted, NoBids
+
+from .helpers import client_for, mesh, node_config
+
+pytestmark = [pytest.mark.integration, pytest.mark.anyio]
+
+
+def _count(metric, **labels: str) -> float:
+    return sum(
+        s.value
+        for m in metric.collect()
+        for s in m.samples
+        if s.name.endswith("_total") and all(s.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+async def test_job_over_the_executors_caps_is_declined_and_never_run(nats_server):
+    caps = ExecutorCaps(max_timeout_ms=2_000, max_output_bytes=4096)
+    async with mesh(nats_server.url, [node_config(0, caps=caps)]) as (node,):
+        async with client_for(
+            nats_server.url, "echo", 1, busy_wait_s=0, max_bid_window_ms=100, max_attempts=1
+        ) as client:
+            for job in (
+                Job.echo(b"x", timeout_sec=3),  # asks 3 s, the cap is 2 s
+                Job.call("echo", b"x", timeout_sec=1, max_output_bytes=4097),
+            ):
+                with pytest.raises((NoBids, NoCapacity)):
+                    await client.run(job)
+            assert _count(node.metrics.bids_declined, reason="over_caps") >= 2
+            assert _count(node.metrics.execution_start) == 0
+            ok = await client.run(Job.call("echo", b"fits", timeout_sec=2, max_output_bytes=4096))
+            assert ok.ok and ok.output == b"fits"
+            assert _count(node.metrics.execution_start) == 1
+
+
+async def test_python_job_within_caps_runs_with_the_caps_memory_and_cpu_applied(nats_server):
+    # The job asks no memory and a 20 s timeout: it gets the operator's 64 MB default and
+    # 1 CPU second, not the interpreter's whole address space and 21 CPU seconds.
+    caps = ExecutorCaps(default_memory_mb=64, max_memory_mb=256, max_cpu_s=1)
+    cfg = node_config(0, capabilities=("python.run",), caps=caps)
+    async with mesh(nats_server.url, [cfg]):
+        async with client_for(nats_server.url, "python.run", 1) as client:
+            r = await client.run(Job.python("x = bytearray(200 * 1024 * 1024)", timeout_sec=20))
+            assert r.status == "memory_limit" and r.verified, (r.status, r.receipt.detail)
+            r = await client.run(Job.python("while True:\n    pass", timeout_sec=20))
+            assert r.status == "killed" and "cpu time limit of 1 s" in r.receipt.detail, (
+                r.status,
+                r.receipt.detail,
+            )
+            assert r.receipt.metering.wall_us < 10_000_000
+            # Within the caps and the defaults, the same allocation succeeds.
+            r = await client.run(
+                Job.python("x = bytearray(20 * 1024 * 1024)\nprint(len(x))", timeout_sec=5)
+            )
+            assert r.ok and r.stdout == f"{20 * 1024 * 1024}\n"
+
+
+async def test_assignment_past_the_total_memory_cap_is_rejected_naming_the_cap(nats_server):
+    # Each job gets 1024 MB by default; together, admitted jobs may hold 1536 MB. Both jobs
+    # are announced (and bid on) before either is assigned: the second Assignment finds the
+    # first job holding the room and gets a signed Reject "over_caps" naming the cap.
+    caps = ExecutorCaps(default_memory_mb=1024, max_total_memory_mb=1536)
+    cfg = node_config(0, capabilities=("python.run",), caps=caps, max_concurrency=2)
+    async with mesh(nats_server.url, [cfg]) as (node,):
+        async with client_for(
+            nats_server.url, "python.run", 1, busy_wait_s=0, max_attempts=1
+        ) as client:
+            outcomes: list[object] = []
+
+            async def one() -> None:
+                try:
+                    outcomes.append(await client.run(Job.python("import time; time.sleep(1)")))
+                except (ExecutorsExhausted, NoBids, NoCapacity) as exc:
+                    outcomes.append(exc)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(one)
+                tg.start_soon(one)
+    done = [o for o in outcomes if not isinstance(o, Exception)]
+    failed = [o for o in outcomes if isinstance(o, Exception)]
+    assert len(done) == 1 and len(failed) == 1, outcomes
+    assert isinstance(failed[0], ExecutorsExhausted), failed[0]
+    text = str(failed[0])
+    assert "over_caps" in text and "max_total_memory_mb" in text and "1536" in text, text
+    assert _count(node.metrics.assignments, outcome="over_caps") == 1
+    assert node.executor is not None and len(node.executor.caps_ledger) == 0
