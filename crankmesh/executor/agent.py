@@ -181,6 +181,8 @@ class Executor:
         self._bids: dict[str, _BidRecord] = {}  # job_cid -> this executor's live bid
         self._bid_expiry: list[tuple[int, str]] = []  # (exp, job_cid)
         self._reserved = 0
+        #: Live reservations per (verified) originator, for the fair share (_over_share).
+        self._reserved_by: dict[str, int] = {}
         self._running = 0
         self._queued = 0
         self._jobs: OrderedDict[str, tuple[int, _JobRecord]] = OrderedDict()
@@ -286,6 +288,29 @@ class Executor:
         if rec.reserved:
             rec.reserved = False
             self._reserved -= 1
+            by, who = self._reserved_by, rec.job.originator
+            left = by.get(who, 0) - 1
+            if left > 0:
+                by[who] = left
+            else:
+                by.pop(who, None)
+
+    def _over_share(self, originator: str) -> str | None:
+        """The fair share of reservations among verified originators: once the executor
+        is half full, an originator already holding ``capacity // (k + 1)`` reservations
+        (k = originators holding any, counting it) gets no more, so that room is left
+        for others; a detail line for the NoBid, or None."""
+        held = self._reserved_by.get(originator, 0)
+        if not held or self.outstanding * 2 < self.capacity:
+            return None
+        holders = len(self._reserved_by)
+        share = max(1, self.capacity // (holders + 1))
+        if held < share:
+            return None
+        return (
+            f"fair share: this originator holds {held} of {self.capacity} slots in bids "
+            f"(share {share} among {holders} originator(s) and newcomers)"
+        )
 
     def _remember_job(self, rec: _JobRecord, now: int) -> None:
         jobs = self._jobs
@@ -482,6 +507,10 @@ class Executor:
                 counted_as="no_capacity",
             )
             return
+        unfair = self._over_share(ann.signer)
+        if unfair is not None:
+            await self._decline(msg, ann, "full", unfair, job_cid=job_cid, counted_as="fair_share")
+            return
         if not self._buckets.take(ann.signer, now):
             await self._decline(
                 msg,
@@ -519,6 +548,7 @@ class Executor:
         self._bids[job_cid] = rec
         heapq.heappush(self._bid_expiry, (rec.exp, job_cid))
         self._reserved += 1
+        self._reserved_by[ann.signer] = self._reserved_by.get(ann.signer, 0) + 1
         self.peak_outstanding = max(self.peak_outstanding, self.outstanding)
         await self._nc.publish(
             subjects.bids(self.federation, job_cid),

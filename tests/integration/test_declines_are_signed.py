@@ -236,3 +236,32 @@ async def test_misaddressed_assignment_gets_a_fast_signed_reject(nats_server):
                     subjects.assignment("default", job_cid, node.did), forged, timeout=0.5
                 )
             assert node.metrics.rejection_count("assignment", "bad_signature") == 1
+
+
+async def test_verified_originators_share_an_executors_reservations_fairly(nats_server):
+    """Capacity 4: a lone originator gets at most half in live bids once half full,
+    a second one still gets a bid, and each is told "full" with the fair-share detail."""
+    a, b, c, d = (Identity.generate() for _ in range(4))
+    cfg = node_config(0, max_concurrency=1, queue_depth=3)
+    async with mesh(nats_server.url, [cfg]) as (node,):
+        async with raw_connection(nats_server.url) as nc:
+
+            async def answer(who: Identity) -> NoBid | str:
+                job_cid, raw = _announce(who)
+                (data,) = await _answers(nc, job_cid, raw, wait_s=0.3)
+                env = open_envelope(data)
+                if env.type == "bid":
+                    return "bid"
+                return decode_message(env, NoBid)[1]
+
+            got = [await answer(x) for x in (a, a, a, b, b, c, d)]
+            assert got[:2] == ["bid", "bid"]
+            assert isinstance(got[2], NoBid) and got[2].reason == "full"
+            assert "fair share" in got[2].detail and "holds 2 of 4" in got[2].detail
+            assert got[3] == "bid"  # room was left for a newcomer
+            assert isinstance(got[4], NoBid) and "fair share" in got[4].detail
+            assert got[5] == "bid"
+            assert isinstance(got[6], NoBid) and got[6].reason == "full"
+            assert "fair share" not in got[6].detail  # simply full now: 4 of 4
+        assert _declined(node, "fair_share") == 2 and _declined(node, "no_capacity") == 1
+        assert node.executor is not None and node.executor.peak_outstanding == 4
