@@ -163,9 +163,11 @@ class Executor:
         self._trusted = trusted
         self._match_cache: dict[bytes, tuple[CapabilityOffer, MatchResult]] = {}
         self._buckets = _TokenBuckets(self.config.originator_rate, self.config.originator_burst)
-        #: Bounds the NoBids signed for one (verified) originator: no amplification.
+        #: Bounds the NoBids signed for one (verified) originator: no amplification. As
+        #: many as bids, but at least 1/s (burst 8): a node that refuses an originator
+        #: altogether (rate or burst 0) still says so.
         self._nobid_buckets = _TokenBuckets(
-            self.config.originator_rate, self.config.originator_burst
+            max(self.config.originator_rate, 1.0), max(self.config.originator_burst, 8)
         )
         #: Persists bids and receipts in JetStream (set by the node); None = plain publish.
         self.record_store: Any = None
@@ -571,8 +573,9 @@ class Executor:
         (``counted_as`` or ``reason``) and publish a signed NoBid (RFC 0001 §8.13) on the
         job's bids subject, so the originator's window closes early and its error names
         ``reason``.  Only for an announce whose signature verified (a NoBid to a forged one
-        would amplify it); at most ``originator_rate``/s no-bids per originator, the rest
-        are counted in ``rejections_total{kind="nobid", reason="suppressed"}``.
+        would amplify it); at most ``max(originator_rate, 1)``/s no-bids per originator
+        (burst ``max(originator_burst, 8)``), the rest are counted in
+        ``rejections_total{kind="nobid", reason="suppressed"}``.
 
         ``reason`` is a wire token (see ``NO_BID_REASONS``); ``detail`` is cut to 1024."""
         self.metrics.bids_declined.labels(reason=counted_as or reason).inc()

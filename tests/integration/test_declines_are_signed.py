@@ -265,3 +265,57 @@ async def test_verified_originators_share_an_executors_reservations_fairly(nats_
             assert "fair share" not in got[6].detail  # simply full now: 4 of 4
         assert _declined(node, "fair_share") == 2 and _declined(node, "no_capacity") == 1
         assert node.executor is not None and node.executor.peak_outstanding == 4
+
+
+async def test_early_close_floors_come_only_from_bidders_that_have_not_answered(nats_server):
+    """Cost policy. A (1000) bids, B (500, the cheapest advert) declines with a NoBid, C
+    (3000) is slow to answer: with B's NoBid counted, no bid still to come can beat A,
+    so the window closes at once instead of waiting for C."""
+    from crankmesh.executor.agent import Executor
+
+    class _Slow(Executor):
+        async def _on_announce(self, msg):  # type: ignore[no-untyped-def]
+            await anyio.sleep(1.5)
+            await super()._on_announce(msg)
+
+    configs = [
+        node_config(0, price=1000),
+        node_config(1, price=500, originator_burst=0),  # declines every job: rate_limited
+        node_config(2, price=3000),
+    ]
+    async with mesh(nats_server.url, configs) as (a, b, c):
+        assert c.executor is not None
+        c.executor.__class__ = _Slow
+        async with client_for(
+            nats_server.url, "echo", 3, max_bid_window_ms=3_000, policy="cost"
+        ) as client:
+            t0 = time.monotonic()
+            r = await client.run(Job.echo(b"x"))
+            took = time.monotonic() - t0
+        assert r.ok and r.executor == a.did
+        assert took < 1.0, f"the window waited {took:.2f} s for a bid that could not win"
+        assert _declined(b, "rate_limited") == 1
+
+
+async def test_nobids_to_one_originator_are_bounded_and_the_rest_counted(nats_server):
+    """An originator over its rate gets NoBids only up to the bound (burst 8 here):
+    a flood of genuine announces cannot make the executor sign without limit."""
+    flooder = Identity.generate()
+    cfg = node_config(0, originator_rate=0.001, originator_burst=1)
+    async with mesh(nats_server.url, [cfg]) as (node,):
+        async with raw_connection(nats_server.url) as nc:
+            kinds: list[str] = []
+
+            async def cb(msg) -> None:
+                kinds.append(open_envelope(msg.data).type)
+
+            await nc.subscribe("crank.default.jobs.*.bids", cb=cb)
+            await nc.flush()
+            for _ in range(12):
+                _, raw = _announce(flooder)
+                await nc.publish(subjects.announce("default", "echo"), raw)
+            await nc.flush()
+            await anyio.sleep(0.5)
+        assert sorted(kinds) == ["bid"] + ["nobid"] * 8, kinds
+        assert node.metrics.rejection_count("nobid", "suppressed") == 3
+        assert _declined(node, "rate_limited") == 11
