@@ -9,6 +9,7 @@ from __future__ import annotations
 from .node import Node, NodeConfig
 from .originator import Client, ClientConfig, CostReport, Job, JobHandle, JobResult, SyncClient
 from .protocol.errors import (
+    BidsDeclined,
     BudgetExceeded,
     CapabilityMismatch,
     ClientStateError,
@@ -28,6 +29,7 @@ from .protocol.identity import Identity
 __version__ = "0.1.0"
 
 __all__ = [
+    "BidsDeclined",
     "BudgetExceeded",
     "CapabilityMismatch",
     "Client",

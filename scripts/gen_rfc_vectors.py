@@ -43,8 +43,10 @@ from crankmesh.protocol.messages import (
     JobSpec,
     Load,
     Metering,
+    NoBid,
     Receipt,
     ReceiptDelivery,
+    Reject,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -214,6 +216,7 @@ def build_vectors() -> dict[str, Any]:
     identities = [
         _identity_vector("executor", executor),
         _identity_vector("originator", originator),
+        _identity_vector("second executor", Identity.from_seed(bytes([1]) * 32)),
     ]
 
     canonical = [
@@ -311,6 +314,26 @@ def build_vectors() -> dict[str, Any]:
         seq=1,
     ).sign(executor)
 
+    # A second executor (seed 0x01 * 32) declines the same announce (§8.13), and
+    # rejects the assignment, which names another executor (§8.6, `not_addressed`).
+    other = Identity.from_seed(bytes([1]) * 32)
+    nobid = NoBid(
+        signer=other.did,
+        ts=T0 + 12,
+        job=job_cid,
+        reason="full",
+        detail="running 2 + queued 6 + reserved 2 of capacity 10",
+    ).sign(other)
+    reject = Reject(
+        signer=other.did,
+        ts=T0 + 42,
+        job=job_cid,
+        assignment=assignment.cid,
+        attempt=1,
+        reason="not_addressed",
+        detail=f"assignment names executor {executor.did}",
+    ).sign(other)
+
     nonce_result = _label_key("crankmesh rfc 0001 box nonce 2")[:24]
     shared_result, key_result, sealed_result = box_with_nonce(
         result, executor, originator, nonce_result
@@ -367,6 +390,8 @@ def build_vectors() -> dict[str, Any]:
             _signed_vector("assignment", "originator", assignment),
             _signed_vector("accept", "executor", accept),
             _signed_vector("receipt", "executor", receipt),
+            _signed_vector("nobid", "second executor", nobid, full=True),
+            _signed_vector("reject", "second executor", reject),
         ],
         "receipt_delivery": {
             "receipt": "receipt",

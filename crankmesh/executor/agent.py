@@ -48,6 +48,7 @@ from ..protocol.messages import (
     JobSpec,
     Load,
     Metering,
+    NoBid,
     Receipt,
     ReceiptDelivery,
     Reject,
@@ -71,6 +72,9 @@ _GPU_ACCELERATORS = frozenset({"gpu", "cuda", "rocm", "mps"})
 #: overhead, msgpack framing.
 _DELIVERY_OVERHEAD = 4096
 MAX_ASSIGNMENT_BYTES = 8 * 1024 * 1024
+#: Handler decline tokens that have a standard NoBid reason (RFC 0001 §8.13); the
+#: others go on the wire as they are.
+_HANDLER_NO_BID = {"unsupported_env_profile": "unsupported_profile"}
 
 
 def now_ms() -> int:
@@ -178,6 +182,12 @@ class Executor:
         self._trusted = trusted
         self._match_cache: dict[bytes, tuple[CapabilityOffer, MatchResult]] = {}
         self._buckets = _TokenBuckets(self.config.originator_rate, self.config.originator_burst)
+        #: Bounds the NoBids signed for one (verified) originator: no amplification. As
+        #: many as bids, but at least 1/s (burst 8): a node that refuses an originator
+        #: altogether (rate or burst 0) still says so.
+        self._nobid_buckets = _TokenBuckets(
+            max(self.config.originator_rate, 1.0), max(self.config.originator_burst, 8)
+        )
         #: Persists bids and receipts in JetStream (set by the node); None = plain publish.
         self.record_store: Any = None
         #: What this executor has booked against each budget token it was paid with.
@@ -192,6 +202,8 @@ class Executor:
         self._bids: dict[str, _BidRecord] = {}  # job_cid -> this executor's live bid
         self._bid_expiry: list[tuple[int, str]] = []  # (exp, job_cid)
         self._reserved = 0
+        #: Live reservations per (verified) originator, for the fair share (_over_share).
+        self._reserved_by: dict[str, int] = {}
         self._running = 0
         self._queued = 0
         self._jobs: OrderedDict[str, tuple[int, _JobRecord]] = OrderedDict()
@@ -308,6 +320,29 @@ class Executor:
         if rec.reserved:
             rec.reserved = False
             self._reserved -= 1
+            by, who = self._reserved_by, rec.job.originator
+            left = by.get(who, 0) - 1
+            if left > 0:
+                by[who] = left
+            else:
+                by.pop(who, None)
+
+    def _over_share(self, originator: str) -> str | None:
+        """The fair share of reservations among verified originators: once the executor
+        is half full, an originator already holding ``capacity // (k + 1)`` reservations
+        (k = originators holding any, counting it) gets no more, so that room is left
+        for others; a detail line for the NoBid, or None."""
+        held = self._reserved_by.get(originator, 0)
+        if not held or self.outstanding * 2 < self.capacity:
+            return None
+        holders = len(self._reserved_by)
+        share = max(1, self.capacity // (holders + 1))
+        if held < share:
+            return None
+        return (
+            f"fair share: this originator holds {held} of {self.capacity} slots in bids "
+            f"(share {share} among {holders} originator(s) and newcomers)"
+        )
 
     def _remember_job(self, rec: _JobRecord, now: int) -> None:
         jobs = self._jobs
@@ -391,8 +426,16 @@ class Executor:
         )
         if ann.signer != ann.job.originator:
             raise _Reject("not_originator")
+        if env.signature in self._announce_replay:
+            raise _Reject("replay")
+        # RFC 0001 §6.3/§10.2: verify BEFORE anything costs capacity or counts toward a
+        # limit; a forged announce is dropped here (counted as bad_signature) and
+        # answered with nothing -- a NoBid to it would be an amplification vector.
+        env.verify()
         if self._trusted is not None and not self._trusted(ann.signer):
-            raise _Reject("untrusted")
+            self.metrics.reject("announce", "untrusted")
+            await self._decline(msg, ann, "untrusted", "this executor serves a trust list")
+            return
         if ann.closed:
             # Earlier jobs of this originator whose bidding is over (RFC 0001 §8.3): the
             # Close notices riding on this Announce. Only a reservation for one of the
@@ -405,14 +448,10 @@ class Executor:
         job_cid = job_cid_of_canonical(env.body["job"])
         # Key on the signature: unique per (key, body), and free (no hashing).
         self._announce_replay.remember(env.signature, ann.exp + 60_000, now)
-        # The announce signature is not checked before bidding (RFC 0001 §6.3): a bid
-        # reveals nothing a public advert does not, and nothing runs before the
-        # assignment is verified -- signed by the job's originator over the job CID,
-        # which hashes the very spec announced, it authenticates the job by itself.
         capability = ann.job.capability
         self.metrics.announces_seen.labels(capability=capability).inc()
         if self._draining:
-            self.metrics.bids_declined.labels(reason="draining").inc()
+            await self._decline(msg, ann, "draining", "executor is shutting down", job_cid=job_cid)
             return
         handler = self.handlers.get(capability)
         if handler is None:
@@ -420,7 +459,9 @@ class Executor:
             return
         self._expire_bids(now)
         if job_cid in self._jobs:
-            self.metrics.bids_declined.labels(reason="duplicate").inc()
+            await self._decline(
+                msg, ann, "duplicate", "this executor already accepted the job", job_cid=job_cid
+            )
             return
         live_bid = self._bids.get(job_cid)
         if live_bid is not None:
@@ -435,41 +476,88 @@ class Executor:
             return
         reason = handler.check(ann.job)
         if reason is not None:
-            self.metrics.bids_declined.labels(reason=reason).inc()
+            await self._decline(
+                msg,
+                ann,
+                _HANDLER_NO_BID.get(reason, reason),
+                f"{capability}: {reason}",
+                job_cid=job_cid,
+                counted_as=reason,
+            )
             return
         over = self.over_caps(ann.job)
         if over is not None:
             # The no-bid reason "over_caps" with its detail (which cap, asked vs allowed).
-            self.metrics.bids_declined.labels(reason=over.reason).inc()
             log.info("not bidding on job %s: %s", job_cid, over)
+            await self._decline(msg, ann, over.reason, str(over), job_cid=job_cid)
             return
         match_outcome: str = "compatible"
         warnings: tuple[str, ...] = ()
         if ann.job.requirements:
             try:
                 result = self._match(env.body["job"]["requirements"])
-            except CapabilitySpecError:
-                self.metrics.bids_declined.labels(reason="bad_requirements").inc()
+            except CapabilitySpecError as exc:
+                await self._decline(
+                    msg,
+                    ann,
+                    "requirements",
+                    str(exc),
+                    job_cid=job_cid,
+                    counted_as="bad_requirements",
+                )
                 return
             if not result.ok:
-                self.metrics.bids_declined.labels(reason="incompatible").inc()
-                if log.isEnabledFor(logging.DEBUG):
-                    log.debug("not bidding on %s: %s", job_cid, result.explain())
+                await self._decline(
+                    msg,
+                    ann,
+                    "requirements",
+                    result.explain(),
+                    job_cid=job_cid,
+                    counted_as="incompatible",
+                )
                 return
             match_outcome, warnings = result.outcome.value, result.warnings
         price = self.config.price_of(ann.job)
         if ann.job.max_price is not None and price > ann.job.max_price:
-            self.metrics.bids_declined.labels(reason="over_max_price").inc()
+            await self._decline(
+                msg,
+                ann,
+                "over_price",
+                f"price {price} > max_price {ann.job.max_price}",
+                job_cid=job_cid,
+                counted_as="over_max_price",
+            )
             return
         if ann.job.currency != self.config.currency:
-            self.metrics.bids_declined.labels(reason="currency").inc()
+            await self._decline(
+                msg, ann, "currency", f"prices in {self.config.currency}", job_cid=job_cid
+            )
             return
         self._expire_bids(now)
         if self.outstanding >= self.capacity:
-            self.metrics.bids_declined.labels(reason="no_capacity").inc()
+            await self._decline(
+                msg,
+                ann,
+                "full",
+                f"running {self._running} + queued {self._queued} + reserved {self._reserved} "
+                f"of capacity {self.capacity}",
+                job_cid=job_cid,
+                counted_as="no_capacity",
+            )
+            return
+        unfair = self._over_share(ann.signer)
+        if unfair is not None:
+            await self._decline(msg, ann, "full", unfair, job_cid=job_cid, counted_as="fair_share")
             return
         if not self._buckets.take(ann.signer, now):
-            self.metrics.bids_declined.labels(reason="rate_limited").inc()
+            await self._decline(
+                msg,
+                ann,
+                "rate_limited",
+                f"over {self.config.originator_rate:g} announces/s (burst "
+                f"{self.config.originator_burst}) from this originator",
+                job_cid=job_cid,
+            )
             return
         slo = self.slo_for(capability)
         queue_wait = (
@@ -498,6 +586,7 @@ class Executor:
         self._bids[job_cid] = rec
         heapq.heappush(self._bid_expiry, (rec.exp, job_cid))
         self._reserved += 1
+        self._reserved_by[ann.signer] = self._reserved_by.get(ann.signer, 0) + 1
         self.peak_outstanding = max(self.peak_outstanding, self.outstanding)
         await self._nc.publish(
             subjects.bids(self.federation, job_cid),
@@ -505,6 +594,47 @@ class Executor:
             headers=trace_headers(trace, job_cid),
         )
         self.metrics.job_bids.labels(capability=capability).inc()
+
+    async def _decline(
+        self,
+        msg: Any,
+        announce: Announce,
+        reason: str,
+        detail: str = "",
+        *,
+        job_cid: str | None = None,
+        counted_as: str | None = None,
+    ) -> None:
+        """Say no to a VERIFIED announce: count it in ``bids_declined{reason}``
+        (``counted_as`` or ``reason``) and publish a signed NoBid (RFC 0001 §8.13) on the
+        job's bids subject, so the originator's window closes early and its error names
+        ``reason``.  Only for an announce whose signature verified (a NoBid to a forged one
+        would amplify it); at most ``max(originator_rate, 1)``/s no-bids per originator
+        (burst ``max(originator_burst, 8)``), the rest are counted in
+        ``rejections_total{kind="nobid", reason="suppressed"}``.
+
+        ``reason`` is a wire token (see ``NO_BID_REASONS``); ``detail`` is cut to 1024."""
+        self.metrics.bids_declined.labels(reason=counted_as or reason).inc()
+        now = now_ms()
+        if not self._nobid_buckets.take(announce.signer, now):
+            self.metrics.reject("nobid", "suppressed")
+            return
+        if job_cid is None:
+            job_cid = job_cid_of_canonical(announce.job.to_wire())
+        nobid = NoBid.build(
+            signer=self.identity.did,
+            ts=now,
+            job=job_cid,
+            reason=reason,
+            detail=detail[:1024],
+        ).sign(self.identity)
+        await self._nc.publish(
+            subjects.bids(self.federation, job_cid),
+            nobid.raw,
+            headers=trace_headers(trace_of(msg) or default_trace(job_cid), job_cid),
+        )
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("no bid on %s: %s %s", job_cid, reason, detail)
 
     async def _on_close(self, msg: Any) -> None:
         # Every executor hears every Close: validate it (garbage is counted), then
@@ -551,13 +681,24 @@ class Executor:
         env, asg = decode_message(msg.data, Assignment, max_len=MAX_ASSIGNMENT_BYTES)
         now = now_ms()
         info = subjects.parse_subject(msg.subject)
-        if asg.executor != self.identity.did or info.node_id != did_node_id(asg.executor):
+        if info.node_id != did_node_id(self.identity.did):
             raise _Reject("not_for_us")
-        if info.job_cid != asg.job:
-            raise _Reject("subject_mismatch")
         if self._trusted is not None and not self._trusted(asg.signer):
             raise _Reject("untrusted")
         env.verify()
+        if asg.executor != self.identity.did or info.job_cid != asg.job:
+            # Signed and trusted, but misaddressed: say so at once (RFC 0001 §11) rather
+            # than let the sender wait out its accept timeout.  Verified first, so a
+            # forged assignment gets no signed answer.
+            reason = "not_addressed" if asg.executor != self.identity.did else "subject_mismatch"
+            self.metrics.reject("assignment", reason)
+            detail = (
+                f"assignment names executor {asg.executor}, this is {self.identity.did}"
+                if reason == "not_addressed"
+                else f"assignment for job {asg.job} came on the subject of job {info.job_cid}"
+            )
+            await self._reject(msg, asg, env.cid, reason, detail)
+            return
         # Idempotency first: a repeated assignment for a job we accepted never runs twice.
         known = self._jobs.get(asg.job)
         if known is not None:

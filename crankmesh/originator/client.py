@@ -63,6 +63,7 @@ from ..protocol.cid import cid_for_blob, verify_blob
 from ..protocol.envelope import Envelope, open_envelope
 from ..protocol.errors import (
     Attempt,
+    BidsDeclined,
     BudgetExceeded,
     CapabilityMismatch,
     ClientStateError,
@@ -84,6 +85,7 @@ from ..protocol.messages import (
     Bid,
     Close,
     JobSpec,
+    NoBid,
     Receipt,
     ReceiptDelivery,
     Reject,
@@ -145,6 +147,10 @@ class _JobTrack:
     job_cid: str
     bids: list[tuple[Envelope, Bid]] = field(default_factory=list)
     bidders: set[str] = field(default_factory=set)
+    #: executor -> (announce round, its verified NoBid), RFC 0001 §8.13.
+    declines: dict[str, tuple[int, NoBid]] = field(default_factory=dict)
+    #: Which announce round is on (a NoBid answers the round it arrived in).
+    round: int = 0
     deliveries: list[bytes] = field(default_factory=list)
     changed: anyio.Event = field(default_factory=anyio.Event)
     late_receipts: list[str] = field(default_factory=list)
@@ -158,6 +164,16 @@ class _JobTrack:
     def poke(self) -> None:
         self.changed.set()
         self.changed = anyio.Event()
+
+    def declined_now(self) -> set[str]:
+        """Executors whose NoBid answered the current announce round."""
+        return {d for d, (r, _) in self.declines.items() if r == self.round}
+
+    def decline_reasons(self) -> dict[str, str]:
+        return {
+            d: f"{nb.reason}: {nb.detail}" if nb.detail else nb.reason
+            for d, (_, nb) in self.declines.items()
+        }
 
 
 class Client:
@@ -547,7 +563,11 @@ class Client:
             kind = msg.subject.rsplit(".", 1)[-1]
             if kind == "bids":
                 try:
-                    env, bid = decode_message(msg.data, Bid, max_len=64 * 1024)
+                    env = open_envelope(msg.data, max_len=64 * 1024)
+                    if env.type == NoBid.TYPE:
+                        self._on_nobid(track, env)
+                        return
+                    env, bid = decode_message(env, Bid)
                     if bid.job != job_cid:
                         raise ProtocolError("bid for another job")
                     if self._trusted is not None and not self._trusted(bid.signer):
@@ -591,6 +611,28 @@ class Client:
             self._tracks.pop(job_cid, None)
             if track.sub is not None:  # else the settlement task unsubscribes
                 await unsubscribe_quietly(track.sub)
+
+    def _on_nobid(self, track: _JobTrack, env: Envelope) -> None:
+        """A signed NoBid (RFC 0001 §8.13): the executor answered this round with "no".
+        Verified before it counts: a forged one must neither close the window early
+        nor put words in an executor's mouth.  Error handling: defects are counted in
+        ``rejections_total{kind="nobid"}`` and ignored."""
+        try:
+            _, nobid = decode_message(env, NoBid)
+            if nobid.job != track.job_cid:
+                raise ProtocolError("no-bid for another job")
+            if self._trusted is not None and not self._trusted(nobid.signer):
+                self.metrics.reject("nobid", "untrusted")
+                return
+            if nobid.signer not in track.declines and len(track.declines) >= 256:
+                self.metrics.reject("nobid", "flood")
+                return
+            env.verify()
+        except ProtocolError as exc:
+            self.metrics.reject("nobid", exc.reason)
+            return
+        track.declines[nobid.signer] = (track.round, nobid)
+        track.poke()
 
     async def _announce(self, spec: JobSpec, spec_cid: str, trace: str = "") -> int:
         now = _now_ms()
@@ -637,12 +679,14 @@ class Client:
             while True:
                 now = time.perf_counter()
                 fresh = [b for _, b in track.bids if b.signer not in tried]  # failed DIDs
-                if only is not None and only in track.bidders:
+                # A bid or a signed NoBid of this round both answer (RFC 0001 §8.13).
+                answered = track.bidders | track.declined_now()
+                if only is not None and only in answered:
+                    break
+                if now >= min_deadline and expected and expected <= answered:
                     break
                 if fresh and now >= min_deadline:
-                    if expected and expected <= track.bidders:
-                        break
-                    if self._unbeatable(spec, track, fresh, expected, policy_name, terms):
+                    if self._unbeatable(spec, track, fresh, expected, answered, policy_name, terms):
                         break
                 if now >= deadline:
                     break
@@ -655,12 +699,14 @@ class Client:
         track: _JobTrack,
         fresh: list[Bid],
         expected: set[str],
+        answered: set[str],
         policy_name: str,
         terms: market.Terms,
     ) -> bool:
         if not expected:
             return False
-        waiting = [self.directory.get(d) for d in expected - track.bidders]
+        # Only executors that have not answered (neither bid nor NoBid) set the floors.
+        waiting = [self.directory.get(d) for d in expected - answered]
         prices = [p.price_of(spec.capability) for p in waiting if p is not None]
         floor_price = min((p for p in prices if p is not None), default=None)
         cands = self._candidates([(e, b) for e, b in track.bids if b in fresh], spec.capability)
@@ -721,6 +767,7 @@ class Client:
         backoff = 0.02
         for round_no in itertools.count(1):
             bids_before = len(track.bids)
+            track.round = round_no
             await self._announce(spec, job_cid, track.trace)
             await self._collect(spec, track, policy_name, terms, failed, job.only_executor)
             # Only a new bid this job could still use counts: an executor that already
@@ -824,11 +871,18 @@ class Client:
             peers = self._raise_if_mismatched(spec)
             if not peers or time.monotonic() + backoff > busy_until:
                 break
+            if self._declined_for_good(track, {p.did for p in peers} - failed):
+                break  # every live peer said no for a reason waiting will not cure
             await anyio.sleep(backoff)
             backoff = min(backoff * 2, 0.5)
         if not attempts and not track.bids:
             self.metrics.jobs_failed.labels(reason="no_bids").inc()
             peers = self._raise_if_mismatched(spec)
+            declines = track.decline_reasons()
+            if declines and not any(
+                nb.reason in _TRANSIENT_NO_BID for _, nb in track.declines.values()
+            ):
+                raise BidsDeclined(job_cid, spec.capability, declines)
             if peers:
                 loads = [
                     f"{p.did}: running {p.advert.load.running}, queued "
@@ -836,12 +890,20 @@ class Client:
                     for p in peers
                 ]
                 waited = int((time.perf_counter() - started) * 1000)
-                raise NoCapacity(job_cid, spec.capability, loads, waited)
+                raise NoCapacity(job_cid, spec.capability, loads, waited, declines)
             raise NoBids(job_cid, spec.capability, self.config.max_bid_window_ms)
         self.metrics.jobs_failed.labels(reason="exhausted").inc()
         if not attempts and ranking is not None:
             self._raise_no_eligible(ranking, job_cid, terms)
         raise ExecutorsExhausted(job_cid, attempts)
+
+    @staticmethod
+    def _declined_for_good(track: _JobTrack, executors: set[str]) -> bool:
+        """Whether every one of ``executors`` answered the current round with a NoBid
+        for a reason waiting will not cure (not full, rate-limited, draining)."""
+        if not executors or not executors <= track.declined_now():
+            return False
+        return all(track.declines[d][1].reason not in _TRANSIENT_NO_BID for d in executors)
 
     def _match_peers(self, spec: JobSpec) -> tuple[list[Peer], dict[str, MatchResult]]:
         """Live peers offering the capability, and how each matches the job's
@@ -995,6 +1057,9 @@ class Client:
             # The job finished before the executor answered: its ReceiptDelivery is
             # the answer and stands for the Accept (RFC 0001 §8.6).
             result = self._check_delivery(reply.data, job_cid, asg, bid_env, bid, attempt)
+            if isinstance(result, _BadDelivery):
+                self.metrics.reject("delivery", "invalid")
+                return None, f"bad_delivery: {result.reason}"
             if result is None:
                 return None, "bad_accept: the answer is no valid Accept, Reject or receipt"
             # Whatever came on the receipt subject meanwhile is checked (garbage counted,
@@ -1047,6 +1112,11 @@ class Client:
                 data = track.deliveries[seen]
                 seen += 1
                 result = self._check_delivery(data, job_cid, asg, bid_env, bid, attempt)
+                if isinstance(result, _BadDelivery):
+                    # The executor's delivery for this very assignment does not verify:
+                    # waiting or re-sending cannot help; the next bid gets the job now.
+                    self.metrics.reject("delivery", "invalid")
+                    return None, f"bad_delivery: {result.reason}"
                 if result is not None:
                     return self._use_result(spec, result, track, asg, bid), ""
             now = _now_ms()
@@ -1201,7 +1271,12 @@ class Client:
         bid_env: Envelope,
         bid: Bid,
         attempt: int,
-    ) -> JobResult | None:
+    ) -> JobResult | _BadDelivery | None:
+        """The verified result of the current attempt; None for a delivery that is not
+        about it (garbage is counted, a late receipt of an earlier attempt recorded);
+        a :class:`_BadDelivery` for one that names the current assignment and fails
+        verification: that ends the attempt at once (RFC 0001 §10.6)."""
+        current = False
         try:
             delivery = ReceiptDelivery.model_validate(_decode_map(data))
             renv, receipt = decode_message(delivery.receipt, Receipt)
@@ -1220,6 +1295,7 @@ class Client:
                     receipt.signer,
                 )
                 return None
+            current = True
             if receipt.signer != bid.signer or receipt.bid != bid_env.cid:
                 raise ProtocolError("receipt not signed by the assigned executor")
             if receipt.attempt != attempt or receipt.originator != self.identity.did:
@@ -1236,11 +1312,11 @@ class Client:
         except ProtocolError as exc:
             self.metrics.reject("receipt", exc.reason)
             log.warning("dropped receipt delivery for job %s: %s", job_cid, exc)
-            return None
+            return _BadDelivery(f"{exc.reason}: {exc}") if current else None
         except Exception as exc:  # pydantic ValidationError on the container, etc.
             self.metrics.reject("receipt", "decode")
             log.warning("dropped malformed receipt delivery for job %s: %s", job_cid, exc)
-            return None
+            return _BadDelivery(f"decode: {exc}") if current else None
         return JobResult(
             job_cid=job_cid,
             status=receipt.status,
@@ -1252,6 +1328,17 @@ class Client:
             currency=receipt.currency,
             latency_ms=0.0,
         )
+
+
+#: NoBid reasons that a later round may not meet again (RFC 0001 §8.13).
+_TRANSIENT_NO_BID: frozenset[str] = frozenset({"full", "rate_limited", "draining", "duplicate"})
+
+
+@dataclass(frozen=True, slots=True)
+class _BadDelivery:
+    """A delivery naming the current assignment that failed verification."""
+
+    reason: str
 
 
 #: First bytes of a ReceiptDelivery (a canonical map of 1 or 2 entries, RFC 0001 §8.11);

@@ -30,7 +30,8 @@ in exactly one place each, with ``raise ... from exc``.
     │   └── JobTimeout
     ├── SelectionError                 nothing could be selected
     │   ├── NoBids                     no executor answered the announcement
-    │   │   └── NoCapacity             executors offer it, but all are full or limiting you
+    │   │   ├── NoCapacity             executors offer it, but all are full or limiting you
+    │   │   └── BidsDeclined           every executor that answered said no, with reasons
     │   ├── NoEligibleBid              bids came, none passed the filters
     │   └── ExecutorsExhausted         every attempt failed; lists each one
     ├── BudgetError
@@ -41,7 +42,7 @@ in exactly one place each, with ``raise ... from exc``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 
@@ -207,17 +208,49 @@ class NoCapacity(NoBids):
     """Executors offering the capability are live, but none bid: all are at capacity
     (or rate-limiting this originator).  ``peers`` describes each one's last advertised load."""
 
-    def __init__(self, job_cid: str, capability: str, peers: Sequence[str], waited_ms: int) -> None:
+    def __init__(
+        self,
+        job_cid: str,
+        capability: str,
+        peers: Sequence[str],
+        waited_ms: int,
+        declines: Mapping[str, str] | None = None,
+    ) -> None:
         self.job_cid = job_cid
         self.capability = capability
         self.window_ms = waited_ms
         self.peers = tuple(peers)
+        #: executor DID -> "reason: detail" from its signed NoBid (RFC 0001 §8.13).
+        self.declines = dict(declines or {})
         body = "\n  - ".join(self.peers)
+        why = (
+            "they said:\n  - " + "\n  - ".join(f"{d}: {r}" for d, r in self.declines.items())
+            if self.declines
+            else "(full, or rate-limiting this originator)"
+        )
         SelectionError.__init__(
             self,
             f"no capacity for job {job_cid}: {len(self.peers)} executor(s) offer "
-            f"{capability!r} but none bid within {waited_ms} ms (full, or rate-limiting "
-            f"this originator); last advertised load:\n  - {body}",
+            f"{capability!r} but none bid within {waited_ms} ms; {why}\n"
+            f"last advertised load:\n  - {body}",
+        )
+
+
+class BidsDeclined(NoBids):
+    """Every executor that answered the announcement declined it with a signed NoBid
+    (RFC 0001 §8.13), at least one for a reason waiting will not cure (requirements,
+    price, trust, env profile, caps).  ``declines`` maps executor DID -> "reason: detail"."""
+
+    def __init__(self, job_cid: str, capability: str, declines: Mapping[str, str]) -> None:
+        self.job_cid = job_cid
+        self.capability = capability
+        self.window_ms = 0
+        self.declines = dict(declines)
+        body = "\n  - ".join(f"{d}: {r}" for d, r in self.declines.items())
+        SelectionError.__init__(
+            self,
+            f"every executor that answered declined job {job_cid} (capability {capability!r}):"
+            f"\n  - {body}",
         )
 
 

@@ -36,7 +36,9 @@ __all__ = [
     "CAPABILITY_RE",
     "MAX_CLOSED_PER_ANNOUNCE",
     "MESSAGE_TYPES",
+    "NO_BID_REASONS",
     "RECEIPT_STATUSES",
+    "REJECT_REASONS",
     "Accept",
     "Advert",
     "AdvertCapability",
@@ -50,6 +52,7 @@ __all__ = [
     "JobSpec",
     "Load",
     "Metering",
+    "NoBid",
     "Receipt",
     "ReceiptDelivery",
     "Reject",
@@ -369,6 +372,49 @@ class Reject(SignedMessage):
     detail: ShortText = ""
 
 
+#: Reason codes of a NoBid (RFC 0001 §8.13); any other ``Token`` is accepted as is
+#: (new codes need no new version), these are the ones every implementation knows.
+NO_BID_REASONS: Final[tuple[str, ...]] = (
+    "rate_limited",
+    "full",
+    "over_caps",
+    "unsupported_profile",
+    "untrusted",
+    "requirements",
+    "over_price",
+    "currency",
+    "draining",
+    "duplicate",
+    "unsupported",
+)
+#: Reason codes of a Reject (RFC 0001 §11); like NoBid reasons, open-ended.
+REJECT_REASONS: Final[tuple[str, ...]] = (
+    "not_addressed",
+    "subject_mismatch",
+    "unknown_bid",
+    "not_originator",
+    "stale",
+    "bid_expired",
+    "no_capacity",
+    "draining",
+    "budget_invalid",
+    "budget_exceeded",
+    "payload_mismatch",
+    "over_caps",
+)
+
+
+class NoBid(SignedMessage):
+    """An executor's signed "no" to an Announce it verified (RFC 0001 §8.13): the
+    originator stops waiting for it, and its final error names the reason.
+    Published on ``jobs.<cid>.bids``, like a Bid."""
+
+    TYPE: ClassVar[str] = "nobid"
+    job: DocCID
+    reason: Token
+    detail: ShortText = ""
+
+
 class Metering(_Model):
     wall_us: UInt = 0
     cpu_us: UInt = 0
@@ -432,7 +478,18 @@ class Advert(SignedMessage):
 
 MESSAGE_TYPES: Final[dict[str, type[SignedMessage]]] = {
     cls.TYPE: cls
-    for cls in (Announce, Bid, Assignment, Accept, Reject, Close, Receipt, Settlement, Advert)
+    for cls in (
+        Announce,
+        Bid,
+        Assignment,
+        Accept,
+        Reject,
+        Close,
+        Receipt,
+        Settlement,
+        Advert,
+        NoBid,
+    )
 }
 
 

@@ -28,7 +28,9 @@ from crankmesh.protocol.identity import Identity
 from crankmesh.protocol.messages import (
     CAPABILITY_RE,
     MESSAGE_TYPES,
+    NO_BID_REASONS,
     RECEIPT_STATUSES,
+    REJECT_REASONS,
     Accept,
     Advert,
     AdvertCapability,
@@ -42,6 +44,7 @@ from crankmesh.protocol.messages import (
     JobSpec,
     Load,
     Metering,
+    NoBid,
     Receipt,
     ReceiptDelivery,
     Reject,
@@ -129,6 +132,16 @@ def samples() -> dict[str, tuple[SignedMessage, Identity]]:
                 attempt=1,
                 reason="no_capacity",
                 detail="queue full (8/8)",
+            ),
+            e,
+        ),
+        "nobid": (
+            NoBid(
+                signer=e.did,
+                ts=T0,
+                job=JOB_CID,
+                reason="full",
+                detail="running 2 + queued 8 of capacity 10",
             ),
             e,
         ),
@@ -429,6 +442,13 @@ _DROP = object()
         ("accept", {"exp": T0}),  # accept has no exp
         ("reject", {"reason": "No Capacity"}),
         ("reject", {"reason": ""}),
+        ("nobid", {"reason": "Full"}),
+        ("nobid", {"reason": ""}),
+        ("nobid", {"reason": "x" * 65}),
+        ("nobid", {"reason": _DROP}),
+        ("nobid", {"detail": "x" * 1025}),
+        ("nobid", {"job": cid_for_blob(b"x")}),
+        ("nobid", {"exp": T0}),  # a no-bid has no exp
         ("receipt", {"status": "great"}),
         ("receipt", {"seq": 0}),
         ("receipt", {"result": JOB_CID}),  # document CID in a blob field
@@ -548,3 +568,37 @@ def test_decode_message_respects_max_len() -> None:
     with pytest.raises(ProtocolError):
         decode_message(raw, Advert, max_len=len(raw) - 1)
     decode_message(raw, Advert, max_len=len(raw))
+
+
+def test_nobid_and_reject_reason_codes_are_tokens_and_decode() -> None:
+    nobid, ident = SAMPLES["nobid"]
+    for reason in NO_BID_REASONS:
+        changed = nobid.model_copy(update={"reason": reason})
+        _, got = decode_message(changed.sign(ident).raw, NoBid)
+        assert got.reason == reason
+    reject, ident = SAMPLES["reject"]
+    for reason in REJECT_REASONS:
+        changed = reject.model_copy(update={"reason": reason})
+        _, got = decode_message(changed.sign(ident).raw, Reject)
+        assert got.reason == reason
+    assert {"rate_limited", "full", "over_caps", "unsupported_profile", "untrusted"} <= set(
+        NO_BID_REASONS
+    )
+    assert "not_addressed" in REJECT_REASONS
+
+
+def test_nobid_is_domain_separated_from_a_bid() -> None:
+    from crankmesh.protocol.envelope import Envelope
+    from crankmesh.protocol.errors import SignatureInvalid
+
+    nobid, ident = SAMPLES["nobid"]
+    env = nobid.sign(ident)
+    with pytest.raises(WrongMessageType):
+        decode_message(env.raw, Bid)
+    # The very signature, presented as another type, does not verify.
+    for other in ("bid", "reject"):
+        retyped = Envelope(
+            other, env.body, env.body_bytes, env.signature, raw=b"retyped" + other.encode()
+        )
+        with pytest.raises(SignatureInvalid):
+            retyped.verify()
