@@ -480,7 +480,7 @@ class Node:
     async def _publish_advert(self, *, draining: bool = False) -> None:
         advert = self.advert(draining=draining)
         self._own_adverts.append((advert.ts, advert.seq))
-        if self.executor is not None:  # at most once across pauses (RFC 0001 §10.6)
+        if self.executor is not None:  # at most once across pauses (RFC 0001 §10.7)
             self.executor.note_advert(advert.ts, advert.exp)
         await self.nc.publish(
             subjects.adverts(self.config.federation), advert.sign(self.identity).raw

@@ -132,7 +132,7 @@ class _JobRecord:
     #: Where the ReceiptDelivery goes as the answer to the Assignment (RFC 0001 §8.6),
     #: for a quick job that started at once; empty: published on the receipt subject.
     answer_to: str = ""
-    #: At most once (RFC 0001 §10.6): the assignment's deadline, the presence epoch it
+    #: At most once (RFC 0001 §10.7): the assignment's deadline, the presence epoch it
     #: was accepted in, why it was fenced, and the signed hand-back Reject sent instead.
     deadline: int = 0
     epoch: int = 0
@@ -356,7 +356,7 @@ class Executor:
 
     async def drain(self, grace_s: float = 30.0) -> None:
         """Stop bidding and wait (up to ``grace_s``) for accepted jobs to finish; hand
-        back those still running then (RFC 0001 §10.6): their sandboxes are killed and
+        back those still running then (RFC 0001 §10.7): their sandboxes are killed and
         each originator gets a signed ``handed_back`` Reject instead of a receipt."""
         self._draining = True
         with anyio.move_on_after(grace_s):
@@ -722,7 +722,7 @@ class Executor:
         self, rec: _BidRecord, asg: Assignment, asg_cid: str, job_rec: _JobRecord
     ) -> None:
         """Answer a fenced job with a signed ``handed_back`` Reject, never its result
-        (RFC 0001 §10.6); a repeated assignment gets the same Reject."""
+        (RFC 0001 §10.7); a repeated assignment gets the same Reject."""
         detail = job_rec.fenced
         cause = detail.split(":", 1)[0]
         job_rec.handed_back = (

@@ -1046,7 +1046,7 @@ class Client:
             while seen < len(track.deliveries):
                 data = track.deliveries[seen]
                 seen += 1
-                if data[:1] not in _DELIVERY_STARTS:  # an envelope: a hand-back (§10.6)?
+                if data[:1] not in _DELIVERY_STARTS:  # an envelope: a hand-back (§10.7)?
                     handed_back = self._check_hand_back(data, job_cid, asg, executor)
                     if handed_back is not None:
                         return None, handed_back
@@ -1202,7 +1202,7 @@ class Client:
         self, data: bytes, job_cid: str, asg: Envelope, executor: str
     ) -> str | None:
         """The attempt's outcome when ``data`` is the assigned executor's signed Reject
-        of this assignment sent after its Accept (RFC 0001 §10.6: handed back on a drain
+        of this assignment sent after its Accept (RFC 0001 §10.7: handed back on a drain
         or a pause): the job is reassigned at once.  Anything else is counted, dropped."""
         try:
             renv, rej = decode_message(data, Reject, max_len=64 * 1024)

@@ -1,4 +1,4 @@
-"""At most once across pauses and drains: when an executor must not deliver (RFC 0001 §10.6).
+"""At most once across pauses and drains: when an executor must not deliver (RFC 0001 §10.7).
 
 An originator ends an attempt -- and may assign the job to someone else -- when the
 assignment's ``deadline`` passes, or when the executor's newest Advert expires in its

@@ -1,4 +1,4 @@
-"""At most once across pauses and drains (RFC 0001 §10.6): an executor that was paused
+"""At most once across pauses and drains (RFC 0001 §10.7): an executor that was paused
 past its advert TTL, whose assignment deadline passed, or whose drain grace expired,
 hands its jobs back with a signed Reject instead of delivering them; the originator
 reassigns at once, and JetStream holds exactly one receipt per job."""

@@ -1,4 +1,4 @@
-"""The at-most-once rule (RFC 0001 §10.6) as a pure function of timestamps."""
+"""The at-most-once rule (RFC 0001 §10.7) as a pure function of timestamps."""
 
 from __future__ import annotations
 
