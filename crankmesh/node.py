@@ -39,6 +39,7 @@ from .originator.client import Client, ClientConfig
 from .originator.explain_service import serve_explanations
 from .protocol import subjects
 from .protocol.errors import ClientStateError, SandboxError, TransportError
+from .protocol.fencing import presence_margin_ms
 from .protocol.identity import Identity
 from .protocol.messages import Advert, AdvertCapability
 from .receipts.chain import ChainHead
@@ -304,6 +305,9 @@ class Node:
                 trusted=self.trusts if self.config.trusted is not None else None,
                 offer=self._merge_declared(CapabilityOffer(), isolation),
             )
+            self.executor.presence.margin_ms = presence_margin_ms(
+                int(self.config.advert_interval_s * 1000), int(self.config.advert_ttl_s * 1000)
+            )
             self.client = Client(
                 connection=self.nc,
                 identity=self.identity,
@@ -512,6 +516,8 @@ class Node:
     async def _publish_advert(self, *, draining: bool = False) -> None:
         advert = self.advert(draining=draining)
         self._own_adverts.append((advert.ts, advert.seq))
+        if self.executor is not None:  # at most once across pauses (RFC 0001 §10.7)
+            self.executor.note_advert(advert.ts, advert.exp)
         await self.nc.publish(
             subjects.adverts(self.config.federation), advert.sign(self.identity).raw
         )

@@ -194,6 +194,18 @@ class Metrics:
         self.directory_size = Gauge(
             "directory_peers", "Live peers in the advert directory", registry=r
         )
+        self.handed_back = Counter(
+            "jobs_handed_back",
+            "Accepted jobs fenced and handed back instead of delivered (RFC 0001 §10.6)",
+            ["cause"],
+            registry=r,
+        )
+        self.table_entries = Gauge(
+            "table_entries", "Entries held in each bounded table or cache", ["table"], registry=r
+        )
+        self.table_bytes = Gauge(
+            "table_bytes", "Bytes held in each bounded table or cache", ["table"], registry=r
+        )
 
     def reject(self, kind: str, reason: str) -> None:
         self.rejections.labels(kind=kind, reason=reason).inc()

@@ -32,6 +32,7 @@ from crankmesh.protocol.cid import cid_for_blob, cid_for_document
 from crankmesh.protocol.encoding import canonical_decode, canonical_encode
 from crankmesh.protocol.envelope import Envelope, signing_input
 from crankmesh.protocol.errors import DecodeError
+from crankmesh.protocol.fencing import HANDED_BACK
 from crankmesh.protocol.identity import Identity, open_sealed
 from crankmesh.protocol.messages import (
     Accept,
@@ -333,6 +334,16 @@ def build_vectors() -> dict[str, Any]:
         reason="not_addressed",
         detail=f"assignment names executor {executor.did}",
     ).sign(other)
+    # A drained (or paused) executor's hand-back of the accepted job, RFC 0001 §10.7.
+    handed_back = Reject(
+        signer=executor.did,
+        ts=T0 + 1_041,
+        job=job_cid,
+        assignment=assignment.cid,
+        attempt=1,
+        reason=HANDED_BACK,
+        detail="drained: drain grace of 1 s expired",
+    ).sign(executor)
 
     nonce_result = _label_key("crankmesh rfc 0001 box nonce 2")[:24]
     shared_result, key_result, sealed_result = box_with_nonce(
@@ -392,6 +403,7 @@ def build_vectors() -> dict[str, Any]:
             _signed_vector("receipt", "executor", receipt),
             _signed_vector("nobid", "second executor", nobid, full=True),
             _signed_vector("reject", "second executor", reject),
+            _signed_vector("reject (handed back)", "executor", handed_back),
         ],
         "receipt_delivery": {
             "receipt": "receipt",

@@ -37,6 +37,7 @@ from ..protocol.cid import cid_for_blob, cid_for_document, verify_blob
 from ..protocol.encoding import canonical_encode
 from ..protocol.envelope import Envelope, ReplayGuard, check_fresh
 from ..protocol.errors import BudgetExceeded, ProtocolError, TokenInvalid
+from ..protocol.fencing import HANDED_BACK, Presence, fence_reason
 from ..protocol.identity import Identity, did_node_id, open_sealed, seal
 from ..protocol.messages import (
     Accept,
@@ -154,6 +155,13 @@ class _JobRecord:
     #: Where the ReceiptDelivery goes as the answer to the Assignment (RFC 0001 §8.6),
     #: for a quick job that started at once; empty: published on the receipt subject.
     answer_to: str = ""
+    #: At most once (RFC 0001 §10.7): the assignment's deadline, the presence epoch it
+    #: was accepted in, why it was fenced, and the signed hand-back Reject sent instead.
+    deadline: int = 0
+    epoch: int = 0
+    fenced: str = ""
+    handed_back: bytes | None = None
+    scope: anyio.CancelScope | None = None
 
 
 class Executor:
@@ -220,6 +228,10 @@ class Executor:
         self._idle.set()
         #: Limits of the jobs admitted and not finished (the caps' totals).
         self.caps_ledger = CapsLedger()
+        #: This executor's advertised presence (fed by the node's adverts), and the jobs
+        #: accepted and not yet answered: what a lapse or a drain hands back.
+        self.presence = Presence()
+        self._live: dict[str, _JobRecord] = {}
 
     # ------------------------------------------------------------------ state
 
@@ -408,10 +420,45 @@ class Executor:
         return cb
 
     async def drain(self, grace_s: float = 30.0) -> None:
-        """Stop bidding and wait (up to ``grace_s``) for accepted jobs to finish."""
+        """Stop bidding and wait (up to ``grace_s``) for accepted jobs to finish; hand
+        back those still running then (RFC 0001 §10.7): their sandboxes are killed and
+        each originator gets a signed ``handed_back`` Reject instead of a receipt."""
         self._draining = True
         with anyio.move_on_after(grace_s):
             await self._idle.wait()
+        if self._live:
+            self.fence_all(f"drained: drain grace of {grace_s:g} s expired")
+            with anyio.move_on_after(10):
+                await self._idle.wait()
+
+    def note_advert(self, ts: int, exp: int) -> None:
+        """The node published an Advert living until ``exp``: after a lapse (a pause
+        longer than the TTL), every job accepted before it is fenced at once."""
+        if self.presence.advertised(ts, exp) and self._live:
+            self.fence_all("presence: this executor's adverts lapsed (it was paused or cut off)")
+
+    def fence_all(self, reason: str) -> None:
+        """Fence every accepted job not yet answered: it is cancelled (its sandbox
+        killed) and handed back with ``reason`` instead of delivered."""
+        for job_rec in list(self._live.values()):
+            if not job_rec.fenced:
+                job_rec.fenced = reason
+            if job_rec.scope is not None:
+                job_rec.scope.cancel()
+
+    def _fence_check(self, job_rec: _JobRecord) -> str:
+        """Why ``job_rec`` must not start or be delivered now ('' when it may)."""
+        if not job_rec.fenced:
+            job_rec.fenced = (
+                fence_reason(
+                    now_ms=now_ms(),
+                    deadline_ms=job_rec.deadline,
+                    presence=self.presence,
+                    accepted_epoch=job_rec.epoch,
+                )
+                or ""
+            )
+        return job_rec.fenced
 
     # ------------------------------------------------------------------ announce
 
@@ -489,7 +536,7 @@ class Executor:
         if over is not None:
             # The no-bid reason "over_caps" with its detail (which cap, asked vs allowed).
             log.info("not bidding on job %s: %s", job_cid, over)
-            await self._decline(msg, ann, over.reason, str(over), job_cid=job_cid)
+            await self._decline(msg, ann, over.reason, over.detail, job_cid=job_cid)
             return
         match_outcome: str = "compatible"
         warnings: tuple[str, ...] = ()
@@ -704,6 +751,9 @@ class Executor:
         if known is not None:
             job_rec = known[1]
             self.metrics.assignments.labels(outcome="duplicate").inc()
+            if job_rec.handed_back is not None:  # fenced: the answer is the hand-back
+                await self._reply(msg, job_rec.handed_back)
+                return
             if not job_rec.accept_raw:  # a quick job: its answer is (or was) the receipt
                 job_rec.accept_raw = self._accept(asg, env.cid, now).raw
                 # The first request may have timed out: a receipt still to come goes
@@ -780,12 +830,14 @@ class Executor:
         self.caps_ledger.admit(asg.job, self.config.caps.effective(rec.job.constraints))
         if quick:
             job_rec = _JobRecord(asg.job, b"", answer_to=msg.reply)
-            self._remember_job(job_rec, now)
         else:
             accept = self._accept(asg, env.cid, now)
             job_rec = _JobRecord(asg.job, accept.raw)
-            self._remember_job(job_rec, now)
-            await self._reply(msg, accept.raw)
+        job_rec.deadline, job_rec.epoch = asg.deadline, self.presence.epoch
+        self._remember_job(job_rec, now)
+        self._live[asg.job] = job_rec
+        if not quick:
+            await self._reply(msg, job_rec.accept_raw)
         self._jobs_running.spawn(self._execute, rec, asg, env.cid, payload, job_rec, arrived)
 
     def _accept(self, asg: Assignment, asg_cid: str, now: int) -> Envelope:
@@ -819,8 +871,13 @@ class Executor:
         ctx = structlog.contextvars.bound_contextvars(job_cid=rec.job_cid, trace_id=rec.trace)
         ctx.__enter__()
         try:
-            log.info("job %s started (%s, attempt %d)", rec.job_cid, job.capability, asg.attempt)
-            outcome, wall_us = await self._run_handler(job, payload, rec.job_cid)
+            outcome, wall_us = Outcome("killed", None, "handed back"), 0
+            with anyio.CancelScope() as job_rec.scope:
+                outcome, wall_us = await self._run_handler(job, payload, rec.job_cid, job_rec)
+            if self._fence_check(job_rec):
+                with anyio.CancelScope(shield=True):
+                    await self._hand_back(rec, asg, asg_cid, job_rec)
+                return
             service_us = (time.perf_counter_ns() - arrived_ns) // 1000
             self.bench.record(
                 job.capability,
@@ -839,16 +896,59 @@ class Executor:
         finally:
             self.caps_ledger.release(rec.job_cid)
             ctx.__exit__(None, None, None)
+            job_rec.scope = None
+            self._live.pop(rec.job_cid, None)
             if self._running == 0 and self._queued == 0:
                 self._idle.set()
 
-    async def _run_handler(self, job: JobSpec, payload: bytes, job_cid: str) -> tuple[Outcome, int]:
+    async def _hand_back(
+        self, rec: _BidRecord, asg: Assignment, asg_cid: str, job_rec: _JobRecord
+    ) -> None:
+        """Answer a fenced job with a signed ``handed_back`` Reject, never its result
+        (RFC 0001 §10.7); a repeated assignment gets the same Reject."""
+        detail = job_rec.fenced
+        cause = detail.split(":", 1)[0]
+        job_rec.handed_back = (
+            Reject(
+                signer=self.identity.did,
+                ts=now_ms(),
+                job=rec.job_cid,
+                assignment=asg_cid,
+                attempt=asg.attempt,
+                reason=HANDED_BACK,
+                detail=detail,
+            )
+            .sign(self.identity)
+            .raw
+        )
+        job_rec.done.set()
+        if rec.job.budget is not None:
+            self.budgets.release_if_reserved(rec.job_cid)
+        self.metrics.handed_back.labels(cause=cause).inc()
+        log.warning("job %s handed back, result fenced: %s", rec.job_cid, detail)
+        answer_to, job_rec.answer_to = job_rec.answer_to, ""
+        try:
+            await self._nc.publish(
+                answer_to or subjects.receipt_delivery(self.federation, rec.job_cid),
+                job_rec.handed_back,
+                headers=trace_headers(rec.trace, rec.job_cid),
+            )
+        except Exception:
+            self.metrics.reject("receipt", "publish_failed")
+            log.exception("hand-back of job %s could not be published", rec.job_cid)
+
+    async def _run_handler(
+        self, job: JobSpec, payload: bytes, job_cid: str, job_rec: _JobRecord
+    ) -> tuple[Outcome, int]:
         handler = self.handlers[job.capability]
         dequeued = False
         try:
             async with self._exec_slots:
                 self._queued -= 1
                 dequeued = True
+                if self._fence_check(job_rec):  # paused while queued: never started
+                    return Outcome("killed", None, job_rec.fenced), 0
+                log.info("job %s started (%s)", job_cid, job.capability)
                 self._running += 1
                 self.peak_running = max(self.peak_running, self._running)
                 self.metrics.execution_start.labels(capability=job.capability).inc()
@@ -875,6 +975,9 @@ class Executor:
         job_rec: _JobRecord,
     ) -> None:
         job = rec.job
+        if self._fence_check(job_rec):  # the last moment: no await from here to signing
+            await self._hand_back(rec, asg, asg_cid, job_rec)
+            return
         result = outcome.result
         limit = int(getattr(self._nc, "max_payload", 0) or (1 << 20))
         if result is not None and len(result) + _DELIVERY_OVERHEAD > limit:

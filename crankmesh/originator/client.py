@@ -1111,6 +1111,11 @@ class Client:
             while seen < len(track.deliveries):
                 data = track.deliveries[seen]
                 seen += 1
+                if data[:1] not in _DELIVERY_STARTS:  # an envelope: a hand-back (§10.7)?
+                    handed_back = self._check_hand_back(data, job_cid, asg, executor)
+                    if handed_back is not None:
+                        return None, handed_back
+                    continue
                 result = self._check_delivery(data, job_cid, asg, bid_env, bid, attempt)
                 if isinstance(result, _BadDelivery):
                     # The executor's delivery for this very assignment does not verify:
@@ -1262,6 +1267,24 @@ class Client:
             await store.submit(subject, raw, cid)
         else:
             await self._nc.publish(subject, raw, headers={"Nats-Msg-Id": cid})
+
+    def _check_hand_back(
+        self, data: bytes, job_cid: str, asg: Envelope, executor: str
+    ) -> str | None:
+        """The attempt's outcome when ``data`` is the assigned executor's signed Reject
+        of this assignment sent after its Accept (RFC 0001 §10.7: handed back on a drain
+        or a pause): the job is reassigned at once.  Anything else is counted, dropped."""
+        try:
+            renv, rej = decode_message(data, Reject, max_len=64 * 1024)
+            if rej.signer != executor or rej.assignment != asg.cid or rej.job != job_cid:
+                raise ProtocolError("reject not from the assigned executor for this attempt")
+            renv.verify()
+        except ProtocolError as exc:
+            self.metrics.reject("receipt", exc.reason)
+            log.warning("dropped a message on the receipt subject of job %s: %s", job_cid, exc)
+            return None
+        log.warning("job %s handed back by %s: %s %s", job_cid, executor, rej.reason, rej.detail)
+        return f"{rej.reason}: {rej.detail}".rstrip(": ")
 
     def _check_delivery(
         self,

@@ -401,6 +401,7 @@ REJECT_REASONS: Final[tuple[str, ...]] = (
     "budget_exceeded",
     "payload_mismatch",
     "over_caps",
+    "handed_back",
 )
 
 

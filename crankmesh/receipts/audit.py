@@ -77,6 +77,7 @@ FINDING_KINDS: Final[dict[str, str]] = {
     "bid_job_mismatch": "the bid a receipt names is for another job",
     "currency_mismatch": "a charge is in another currency than the bid or budget",
     "overcharge": "a receipt charges more than the price of its bid",
+    "double_execution": "two or more ok receipts for one job CID: the job ran more than once",
     "orphan_settlement": "a settlement names a receipt that is not in the stream",
     "settlement_not_by_originator": "a settlement is not signed by the receipt's originator",
     "executor_mismatch": "a settlement's executor is not the receipt's signer",
@@ -568,6 +569,7 @@ class _Auditor:
             seq_ranges[executor] = (min(seqs), max(seqs))
         for p in self.receipts.values():
             self._check_bid(p)
+        self._check_double_execution()
         settled = self._check_settlements()
         budgets = self._check_budgets(settled)
         executors = {
@@ -741,6 +743,29 @@ class _Auditor:
                 f"receipt seq {r.seq} charges {r.charge} µ{r.currency}, above its bid's "
                 f"price of {bid.price} µ{bid.currency} (bid {r.bid})",
             )
+
+    def _check_double_execution(self) -> None:
+        """A job CID with more than one ``ok`` receipt ran (and was delivered) more than
+        once (RFC 0002 §5.4): one finding per receipt after the first, by ``ts`` then CID."""
+        by_job: dict[str, list[_Parsed]] = defaultdict(list)
+        for p in self.receipts.values():
+            if p.msg.status == "ok":
+                by_job[p.msg.job].append(p)
+        for job, oks in by_job.items():
+            if len(oks) < 2:
+                continue
+            oks.sort(key=lambda p: (p.env.ts, p.cid))
+            first: Receipt = oks[0].msg
+            for p in oks[1:]:
+                r: Receipt = p.msg
+                self.find(
+                    "double_execution",
+                    p.cid,
+                    p.env.signer,
+                    f"job {job} has {len(oks)} ok receipts: this one (attempt {r.attempt}, "
+                    f"seq {r.seq}) after {oks[0].cid} by {oks[0].env.signer} "
+                    f"(attempt {first.attempt}, seq {first.seq})",
+                )
 
     def _check_settlements(self) -> dict[str, _Parsed]:
         """Settlement checks; returns receipt CID → the settlement that settled it.

@@ -118,10 +118,11 @@ class History:
         bid_job: str | None = None,
         add: bool = True,
         advance: bool = True,
+        job_cid: str | None = None,
     ) -> Job:
         """One executed job; keyword arguments forge the pieces for tamper tests."""
         self.n += 1
-        job_cid = doc_cid("job", self.n)
+        job_cid = job_cid or doc_cid("job", self.n)
         ts = T0 + self.n * 1000
         bidder = bid_by or executor
         bid = Bid(

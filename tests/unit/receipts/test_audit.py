@@ -200,6 +200,26 @@ def test_receipt_with_someone_elses_bid_or_another_jobs_bid() -> None:
     assert {f.cid for f in report.findings} == {foreign.receipt.cid, other.receipt.cid}
 
 
+def test_two_ok_receipts_for_one_job_are_a_double_execution() -> None:
+    h, people = clean_history(1)
+    first = h.job(people["orig-1"], people["ex-a"])
+    again = h.job(people["orig-1"], people["ex-b"], job_cid=first.receipt.body["job"])
+    report = run(h.records)
+    assert kinds(report) == ["double_execution"], report.render()
+    assert not report.ok
+    (f,) = report.findings
+    assert f.cid == again.receipt.cid and f.executor == people["ex-b"].did
+    assert first.receipt.cid in f.message and first.receipt.body["job"] in f.message
+
+
+def test_a_failed_run_then_an_ok_one_for_the_same_job_is_no_finding() -> None:
+    h, people = clean_history(1)
+    failed = h.job(people["orig-1"], people["ex-a"], status="error")
+    h.job(people["orig-1"], people["ex-b"], job_cid=failed.receipt.body["job"])
+    report = run(h.records)
+    assert report.ok, report.render()
+
+
 def test_missing_bid() -> None:
     h, people = clean_history(1)
     j = h.job(people["orig-1"], people["ex-a"])
