@@ -574,13 +574,15 @@ class Executor:
         job's bids subject, so the originator's window closes early and its error names
         ``reason``.  Only for an announce whose signature verified (a NoBid to a forged one
         would amplify it); at most ``max(originator_rate, 1)``/s no-bids per originator
-        (burst ``max(originator_burst, 8)``), the rest are counted in
-        ``rejections_total{kind="nobid", reason="suppressed"}``.
+        (burst ``max(originator_burst, 8)``; all signers off the trust list share one such
+        bound), the rest are counted in ``rejections_total{kind="nobid", reason="suppressed"}``.
 
         ``reason`` is a wire token (see ``NO_BID_REASONS``); ``detail`` is cut to 1024."""
         self.metrics.bids_declined.labels(reason=counted_as or reason).inc()
         now = now_ms()
-        if not self._nobid_buckets.take(announce.signer, now):
+        # Signers off the trust list share one bound: fresh keys buy no more NoBids.
+        trusted = self._trusted is None or self._trusted(announce.signer)
+        if not self._nobid_buckets.take(announce.signer if trusted else "", now):
             self.metrics.reject("nobid", "suppressed")
             return
         if job_cid is None:

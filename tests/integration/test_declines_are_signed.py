@@ -319,3 +319,28 @@ async def test_nobids_to_one_originator_are_bounded_and_the_rest_counted(nats_se
         assert sorted(kinds) == ["bid"] + ["nobid"] * 8, kinds
         assert node.metrics.rejection_count("nobid", "suppressed") == 3
         assert _declined(node, "rate_limited") == 11
+
+
+async def test_untrusted_signers_share_one_nobid_bound_however_many_keys(nats_server):
+    """Twelve genuine announces from twelve fresh untrusted keys: eight NoBids (the
+    shared burst), four suppressed -- fresh keys buy no more signed answers."""
+    member = Identity.generate()
+    # NoBid bound: max(rate, 1)/s, burst max(burst, 8) -- 8 here.
+    cfg = node_config(0, trusted=frozenset({member.did}), originator_rate=0.001, originator_burst=1)
+    async with mesh(nats_server.url, [cfg]) as (node,):
+        async with raw_connection(nats_server.url) as nc:
+            kinds: list[str] = []
+
+            async def cb(msg) -> None:
+                kinds.append(open_envelope(msg.data).type)
+
+            await nc.subscribe("crank.default.jobs.*.bids", cb=cb)
+            await nc.flush()
+            for _ in range(12):
+                _, raw = _announce(Identity.generate())
+                await nc.publish(subjects.announce("default", "echo"), raw)
+            await nc.flush()
+            await anyio.sleep(0.5)
+        assert kinds == ["nobid"] * 8, kinds
+        assert node.metrics.rejection_count("nobid", "suppressed") == 4
+        assert node.metrics.rejection_count("announce", "untrusted") == 12
