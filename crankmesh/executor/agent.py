@@ -450,7 +450,7 @@ class Executor:
                 msg,
                 ann,
                 _HANDLER_NO_BID.get(reason, reason),
-                f"{capability}: {reason}",
+                _handler_detail(capability, reason, ann.job),
                 job_cid=job_cid,
                 counted_as=reason,
             )
@@ -912,6 +912,22 @@ class Executor:
             renv.cid,
             seq,
         )
+
+
+def _handler_detail(capability: str, reason: str, job: JobSpec) -> str:
+    """A NoBid detail for a handler's decline: its token and what the job asked."""
+    c = job.constraints
+    asked = ", ".join(
+        f"{name}={value}"
+        for name, value in (
+            ("runtime", c.runtime),
+            ("env_profile", c.env_profile),
+            ("isolation", c.isolation),
+            ("accelerator", c.accelerator),
+        )
+        if value is not None
+    )
+    return f"{capability}: {reason}" + (f" (job asks {asked})" if asked else "")
 
 
 class _TokenBuckets:

@@ -344,3 +344,18 @@ async def test_untrusted_signers_share_one_nobid_bound_however_many_keys(nats_se
         assert kinds == ["nobid"] * 8, kinds
         assert node.metrics.rejection_count("nobid", "suppressed") == 4
         assert node.metrics.rejection_count("announce", "untrusted") == 12
+
+
+async def test_an_unsupported_env_profile_is_named_in_the_error_at_once(nats_server):
+    cfg = node_config(0, capabilities=("python.run",))
+    async with mesh(nats_server.url, [cfg]) as (node,):
+        async with client_for(nats_server.url, "python.run", 1, max_bid_window_ms=5_000) as c:
+            t0 = time.monotonic()
+            with pytest.raises(BidsDeclined) as info:
+                await c.run(Job.python("print(1)", env_profile="no-such-profile"))
+            assert time.monotonic() - t0 < 2.0
+        (reason,) = info.value.declines.values()
+        assert reason.startswith("unsupported_profile: python.run: unsupported_env_profile")
+        assert "env_profile=no-such-profile" in reason, reason
+        assert info.value.declines.keys() == {node.did}
+        assert _declined(node, "unsupported_env_profile") == 1
