@@ -527,7 +527,7 @@ class Executor:
                 msg,
                 ann,
                 _HANDLER_NO_BID.get(reason, reason),
-                f"{capability}: {reason}",
+                _handler_detail(capability, reason, ann.job),
                 job_cid=job_cid,
                 counted_as=reason,
             )
@@ -657,13 +657,15 @@ class Executor:
         job's bids subject, so the originator's window closes early and its error names
         ``reason``.  Only for an announce whose signature verified (a NoBid to a forged one
         would amplify it); at most ``max(originator_rate, 1)``/s no-bids per originator
-        (burst ``max(originator_burst, 8)``), the rest are counted in
-        ``rejections_total{kind="nobid", reason="suppressed"}``.
+        (burst ``max(originator_burst, 8)``; all signers off the trust list share one such
+        bound), the rest are counted in ``rejections_total{kind="nobid", reason="suppressed"}``.
 
         ``reason`` is a wire token (see ``NO_BID_REASONS``); ``detail`` is cut to 1024."""
         self.metrics.bids_declined.labels(reason=counted_as or reason).inc()
         now = now_ms()
-        if not self._nobid_buckets.take(announce.signer, now):
+        # Signers off the trust list share one bound: fresh keys buy no more NoBids.
+        trusted = self._trusted is None or self._trusted(announce.signer)
+        if not self._nobid_buckets.take(announce.signer if trusted else "", now):
             self.metrics.reject("nobid", "suppressed")
             return
         if job_cid is None:
@@ -1055,6 +1057,22 @@ class Executor:
             renv.cid,
             seq,
         )
+
+
+def _handler_detail(capability: str, reason: str, job: JobSpec) -> str:
+    """A NoBid detail for a handler's decline: its token and what the job asked."""
+    c = job.constraints
+    asked = ", ".join(
+        f"{name}={value}"
+        for name, value in (
+            ("runtime", c.runtime),
+            ("env_profile", c.env_profile),
+            ("isolation", c.isolation),
+            ("accelerator", c.accelerator),
+        )
+        if value is not None
+    )
+    return f"{capability}: {reason}" + (f" (job asks {asked})" if asked else "")
 
 
 class _TokenBuckets:

@@ -478,7 +478,9 @@ class Client:
 
         Error handling: raises :class:`~crankmesh.protocol.errors.CapabilityMismatch`
         when the live peers offering the capability cannot meet its requirements
-        (with every mismatch), :class:`NoBids` when no executor answered,
+        (with every mismatch), :class:`NoBids` when no executor answered
+        (:class:`NoCapacity` when they are busy, :class:`BidsDeclined` when every one
+        that answered declined for good; both name each executor's NoBid reason),
         :class:`~crankmesh.protocol.errors.NoEligibleBid` when every bid failed
         a filter, :class:`ExecutorsExhausted` when every attempt (of every
         fallback) failed, and :class:`TransportError` when NATS is unusable.  A

@@ -319,3 +319,43 @@ async def test_nobids_to_one_originator_are_bounded_and_the_rest_counted(nats_se
         assert sorted(kinds) == ["bid"] + ["nobid"] * 8, kinds
         assert node.metrics.rejection_count("nobid", "suppressed") == 3
         assert _declined(node, "rate_limited") == 11
+
+
+async def test_untrusted_signers_share_one_nobid_bound_however_many_keys(nats_server):
+    """Twelve genuine announces from twelve fresh untrusted keys: eight NoBids (the
+    shared burst), four suppressed -- fresh keys buy no more signed answers."""
+    member = Identity.generate()
+    # NoBid bound: max(rate, 1)/s, burst max(burst, 8) -- 8 here.
+    cfg = node_config(0, trusted=frozenset({member.did}), originator_rate=0.001, originator_burst=1)
+    async with mesh(nats_server.url, [cfg]) as (node,):
+        async with raw_connection(nats_server.url) as nc:
+            kinds: list[str] = []
+
+            async def cb(msg) -> None:
+                kinds.append(open_envelope(msg.data).type)
+
+            await nc.subscribe("crank.default.jobs.*.bids", cb=cb)
+            await nc.flush()
+            for _ in range(12):
+                _, raw = _announce(Identity.generate())
+                await nc.publish(subjects.announce("default", "echo"), raw)
+            await nc.flush()
+            await anyio.sleep(0.5)
+        assert kinds == ["nobid"] * 8, kinds
+        assert node.metrics.rejection_count("nobid", "suppressed") == 4
+        assert node.metrics.rejection_count("announce", "untrusted") == 12
+
+
+async def test_an_unsupported_env_profile_is_named_in_the_error_at_once(nats_server):
+    cfg = node_config(0, capabilities=("python.run",))
+    async with mesh(nats_server.url, [cfg]) as (node,):
+        async with client_for(nats_server.url, "python.run", 1, max_bid_window_ms=5_000) as c:
+            t0 = time.monotonic()
+            with pytest.raises(BidsDeclined) as info:
+                await c.run(Job.python("print(1)", env_profile="no-such-profile"))
+            assert time.monotonic() - t0 < 2.0
+        (reason,) = info.value.declines.values()
+        assert reason.startswith("unsupported_profile: python.run: unsupported_env_profile")
+        assert "env_profile=no-such-profile" in reason, reason
+        assert info.value.declines.keys() == {node.did}
+        assert _declined(node, "unsupported_env_profile") == 1
