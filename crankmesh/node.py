@@ -156,6 +156,7 @@ class Node:
     def health(self) -> dict[str, Any]:
         """What /healthz reports: 200 when ``status`` is ``ok``."""
         ex = self.executor
+        load = ex.load if ex else None  # what the adverts carry, so `peers` shows the same
         connected = bool(self.nc is not None and self.nc.is_connected)
         status = "ok"
         if ex is not None and ex._draining:
@@ -168,9 +169,9 @@ class Node:
             "federation": self.config.federation,
             "name": self.config.name,
             "peers": len(self.directory),
-            "running": ex.load.running if ex else 0,
-            "queued": ex.load.queued if ex else 0,
-            "capacity": ex.capacity if ex else 0,
+            "running": load.running if load else 0,
+            "queued": load.queued if load else 0,
+            "capacity": load.capacity if load else 0,
             "records_pending": self.record_store.pending if self.record_store else 0,
         }
 
