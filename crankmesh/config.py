@@ -180,6 +180,7 @@ class NodeSettings:
     trust_file: Path | None = None
     sandbox_profiles: tuple[str, ...] = ("python-core",)
     isolation_min: str | None = None
+    receipts_replicas: int = 1
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
@@ -350,6 +351,7 @@ class NodeSettings:
             metrics_host=self.metrics_host,
             metrics_port=self.metrics_port if self.metrics_enabled else None,
             isolation_min=self.isolation_min,
+            receipts_replicas=self.receipts_replicas,
         )
 
 
@@ -520,6 +522,12 @@ _INFOS: Final = (
         "refuse to start unless the sandbox reaches this isolation level "
         "(none, basic, standard, strict)",
         choices=_ISOLATION_LEVELS,
+    ),
+    _info(
+        "receipts_replicas",
+        "int",
+        "replicas of the receipts stream when this node creates it (default: 1; 3 on a "
+        "3-server JetStream cluster)",
     ),
 )
 
@@ -756,6 +764,7 @@ def _check(s: NodeSettings) -> list[tuple[str, str]]:
     _int_at_least(bad, "queue_depth", s.queue_depth, 0, 1_000_000)
     _int_at_least(bad, "bid_valid_ms", s.bid_valid_ms, 1, 3_600_000)
     _int_at_least(bad, "metrics_port", s.metrics_port, 0, 65535)
+    _int_at_least(bad, "receipts_replicas", s.receipts_replicas, 1, 5)  # JetStream's limit
     for name, message in advert_timing_problems(s.advert_interval_s, s.advert_ttl_s):
         bad(name, message)
     if not isinstance(s.drain_grace_s, int | float) or not 0 <= s.drain_grace_s <= 86_400:

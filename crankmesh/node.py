@@ -92,6 +92,9 @@ class NodeConfig:
     probe_interval_s: float = 60.0
     #: Follow the audit records on the stream into a shared reputation book.
     follow_reputation: bool = True
+    #: Replicas of the receipts (records) stream when this node creates it: 3 on a 3-server
+    #: JetStream cluster, 1 on a single server (an existing stream keeps its own).
+    receipts_replicas: int = 1
 
     def __post_init__(self) -> None:
         problems = advert_timing_problems(self.advert_interval_s, self.advert_ttl_s)
@@ -281,6 +284,7 @@ class Node:
             self.record_store = RecordStore(
                 self.nc,
                 federation=self.config.federation,
+                replicas=self.config.receipts_replicas,
                 spill_path=(
                     Path(self.config.state_dir) / "records.spill" if self.config.state_dir else None
                 ),

@@ -481,3 +481,17 @@ def test_every_setting_is_documented_in_operating_md() -> None:
         assert f"`{name}`" in doc, f"docs/operating.md does not mention the setting {name}"
         assert f"`{info.env}`" in doc, f"docs/operating.md does not mention {info.env}"
         assert f"`{info.flags[0]}" in doc, f"docs/operating.md does not mention {info.flags[0]}"
+
+
+def test_receipts_replicas_reaches_the_node_from_every_layer(tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    add_node_arguments(parser)
+    flags = flags_from_args(parser.parse_args(["--receipts-replicas", "3"]))
+    assert load(flags=flags).node_config().receipts_replicas == 3
+    assert load(env={"CRANKMESH_RECEIPTS_REPLICAS": "5"}).receipts_replicas == 5
+    cfg = tmp_path / "node.toml"
+    cfg.write_text("receipts_replicas = 2\n")
+    assert load(file=cfg).node_config().receipts_replicas == 2
+    assert load().node_config().receipts_replicas == 1
+    with pytest.raises(ConfigError, match="receipts_replicas"):
+        load(env={"CRANKMESH_RECEIPTS_REPLICAS": "6"})
