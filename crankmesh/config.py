@@ -1,6 +1,8 @@
 """Node settings: one typed, immutable model of everything an operator can set.
 
-:func:`load_settings` builds a :class:`NodeSettings` from four layers, highest first:
+:class:`NodeSettings` is a ``pydantic-settings`` model (one field per setting, declared
+once); the environment and TOML layers are read by pydantic-settings' sources.
+:func:`load_settings` builds it from four layers, highest first:
 
 ==========  =========================================================================
 flags       command-line options (a mapping of setting name -> value; ``None`` means
@@ -49,12 +51,22 @@ import os
 import re
 import stat
 import tomllib
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, Literal, cast
+
+from pydantic import AliasChoices, Field, ValidationError, ValidationInfo, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+from pydantic_settings.sources.utils import parse_env_vars
 
 from .protocol.errors import CrankmeshError, InvalidDID
 from .protocol.identity import public_key_from_did
@@ -132,85 +144,300 @@ class ConfigError(CrankmeshError, ValueError):
 
 # ----------------------------------------------------------------------------- the model
 
+Kind = Literal[
+    "str", "opt_str", "int", "float", "bool", "path", "opt_path", "list", "price", "prices"
+]
 
-@dataclass(frozen=True, kw_only=True, repr=False)
-class NodeSettings:
+
+@dataclass(frozen=True, kw_only=True)
+class SettingInfo:
+    """How one setting is named and parsed in each layer.
+
+    ``name`` is the field of :class:`NodeSettings`, the TOML key and the flags-mapping key;
+    ``env`` the environment variable; ``flags`` the command-line options
+    (:func:`add_node_arguments`); ``choices`` the allowed values, if limited.
+    """
+
+    name: str
+    kind: Kind
+    help: str
+    env: str
+    flags: tuple[str, ...]
+    secret: bool = False
+    choices: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Opt:
+    """What a :class:`NodeSettings` field declares besides its type and default (kept in
+    the field's metadata); with the field's name it becomes its :class:`SettingInfo`."""
+
+    kind: Kind
+    flags: tuple[str, ...] = ()
+    secret: bool = False
+    choices: tuple[str, ...] = ()
+    env: str | None = None
+
+
+def _opt(
+    default: Any,
+    kind: Kind,
+    help: str,
+    *,
+    factory: Callable[[], Any] | None = None,
+    flags: tuple[str, ...] = (),
+    secret: bool = False,
+    choices: tuple[str, ...] = (),
+    env: str | None = None,
+) -> Any:
+    """One setting: a pydantic ``Field`` (default, help as its description, and the env
+    variable as its alias when it is not ``CRANKMESH_<NAME>``) carrying an :class:`_Opt`."""
+    extra: dict[str, Any] = {"validation_alias": AliasChoices(env)} if env else {}
+    info = (
+        Field(default_factory=factory, description=help, **extra)
+        if factory is not None
+        else Field(default, description=help, **extra)
+    )
+    info.metadata.append(_Opt(kind, flags, secret, choices, env))
+    return info
+
+
+class NodeSettings(BaseSettings):
     """Everything an operator can set on a ``crankmesh node``; see :data:`SETTINGS`.
 
-    Build it with :func:`load_settings`. Direct construction is allowed (tests, embedding)
-    and validates every value, but uses the *development* defaults for ``metrics_port``
-    and ``log_format`` whatever the ``mode``. Prices are integer micro-units of
+    A ``pydantic-settings`` model: each field is one setting, declared once with its type,
+    default, parsing kind, help and flags (:func:`_opt`); :data:`SETTINGS` is derived from
+    the fields. Build it with :func:`load_settings`, which layers flags >
+    env > TOML > defaults through pydantic-settings' sources. Direct construction is
+    allowed (tests, embedding), reads no environment, validates every value (raising
+    :class:`ConfigError`), but uses the *development* defaults for ``metrics_port`` and
+    ``log_format`` whatever the ``mode``. Instances are immutable; use
+    ``model_copy(update=...)`` for a changed copy. Prices are integer micro-units of
     ``currency``. ``sources`` says where each value came from (``"flag --price"``,
     ``"env CRANKMESH_NATS"``, ``"file /etc/crankmesh/node.toml"``, ``"default"``);
     ``warnings`` lists ignored inputs (e.g. an unknown ``CRANKMESH_*`` variable) for the
-    daemon to log once logging is configured.
+    daemon to log once logging is configured. Equality compares the settings only.
+
+    Adding a setting: declare a field here (``name: type = _opt(default, kind, help)``);
+    it then has an env variable ``CRANKMESH_<NAME>``, a flag ``--<name>``, a TOML key, a
+    line in ``--print-config`` and a row to add to docs/operating.md. Range checks go in
+    :func:`_check`, production checks in :func:`validate_for_mode`.
     """
 
-    mode: Mode = "development"
-    state_dir: Path = field(default_factory=lambda: _home(os.environ))
-    key: Path | None = None
-    nats: tuple[str, ...] = ()
-    tls_ca_file: Path | None = None
-    tls_cert_file: Path | None = None
-    tls_key_file: Path | None = None
-    nats_creds_file: Path | None = None
-    nats_nkey_seed_file: Path | None = None
-    nats_token: str | None = None
-    nats_user: str | None = None
-    nats_password: str | None = None
-    federation: str = "default"
-    name: str | None = None
-    region: str | None = None
-    capabilities: tuple[str, ...] = ("echo", "python.run")
-    price: int = 1_000
-    prices: Mapping[str, int] = field(default_factory=dict)
-    currency: str = "USD"
-    max_concurrency: int = 2
-    queue_depth: int = 8
-    bid_valid_ms: int = 10_000
-    advert_interval_s: float = 1.0
-    advert_ttl_s: float = 5.0
-    drain_grace_s: float = 30.0
-    metrics_enabled: bool = True
-    metrics_host: str = "127.0.0.1"
-    metrics_port: int = 0
-    log_format: LogFormat = "console"
-    log_level: str = "INFO"
-    trust: tuple[str, ...] = ()
-    trust_file: Path | None = None
-    sandbox_profiles: tuple[str, ...] = ("python-core",)
-    isolation_min: str | None = None
-    # executor caps (crankmesh.executor.caps): what one job, and all admitted jobs, may use
-    max_job_timeout_s: float = 600.0
-    max_job_memory_mb: int = 4096
-    default_job_memory_mb: int = 1024
-    max_job_cpu_s: int = 600
-    max_job_output_bytes: int = 8 * 1024 * 1024
-    max_job_disk_mb: int = 64
-    max_total_memory_mb: int = 0
-    max_total_disk_mb: int = 0
-    price_per_gib_s: int = 0
-    sources: Mapping[str, str] = field(default_factory=dict, compare=False)
-    warnings: tuple[str, ...] = field(default=(), compare=False)
+    model_config = SettingsConfigDict(
+        env_prefix=_ENV_PREFIX,
+        case_sensitive=False,  # field names are lower-case; _EnvSource passes exact names only
+        env_ignore_empty=True,
+        enable_decoding=False,  # env values are crankmesh's own formats, parsed by _parse
+        frozen=True,
+        extra="forbid",
+        validate_by_name=True,
+        validate_by_alias=True,
+        hide_input_in_errors=True,  # never echo a secret
+    )
 
-    def __post_init__(self) -> None:
-        # Normalise containers (callers may pass lists/dicts) and freeze the mappings.
-        for name in ("nats", "capabilities", "trust", "sandbox_profiles"):
-            value = getattr(self, name)
-            if isinstance(value, str):
-                raise ConfigError([f"{name} must be a sequence of strings, not one string"])
-            object.__setattr__(self, name, tuple(value))
-        object.__setattr__(self, "prices", MappingProxyType(dict(self.prices)))
-        object.__setattr__(self, "sources", MappingProxyType(dict(self.sources)))
-        object.__setattr__(self, "warnings", tuple(self.warnings))
-        object.__setattr__(self, "log_level", str(self.log_level).upper())
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, str) and f.name in _PATH_FIELDS:
-                object.__setattr__(self, f.name, Path(value))
+    mode: Mode = _opt(
+        "development",
+        "str",
+        "development or production (default: production if $CI is truthy, else development)",
+        choices=MODES,
+        env=ENV_MODE,
+    )
+    state_dir: Path = _opt(
+        None,
+        "path",
+        "directory for the receipt-chain head and (by default) the key (default: the "
+        "key file's directory when key is set, else $CRANKMESH_HOME or ~/.crankmesh)",
+        factory=lambda: _home(os.environ),
+    )
+    key: Path | None = _opt(
+        None,
+        "opt_path",
+        "identity key file (default: <state_dir>/node.key; created in development mode only)",
+    )
+    nats: tuple[str, ...] = _opt(
+        (),
+        "list",
+        "NATS server URL(s), comma-separated (default: an embedded nats-server; development only)",
+    )
+    tls_ca_file: Path | None = _opt(None, "opt_path", "CA bundle to verify the NATS servers")
+    tls_cert_file: Path | None = _opt(None, "opt_path", "client certificate for mutual TLS to NATS")
+    tls_key_file: Path | None = _opt(None, "opt_path", "private key of the client certificate")
+    nats_creds_file: Path | None = _opt(None, "opt_path", "NATS .creds file (JWT + nkey seed)")
+    nats_nkey_seed_file: Path | None = _opt(None, "opt_path", "NATS nkey seed file")
+    nats_token: str | None = _opt(
+        None,
+        "opt_str",
+        "NATS token (secret: prefer the env variable, flags show in `ps`)",
+        secret=True,
+    )
+    nats_user: str | None = _opt(None, "opt_str", "NATS user name (with nats_password)")
+    nats_password: str | None = _opt(
+        None,
+        "opt_str",
+        "NATS password (secret: prefer the env variable, flags show in `ps`)",
+        secret=True,
+    )
+    federation: str = _opt(
+        "default", "str", "federation name: subjects live under crank.<federation>.>"
+    )
+    name: str | None = _opt(None, "opt_str", "human-readable node name, shown in adverts")
+    region: str | None = _opt(None, "opt_str", "region label, shown in adverts")
+    capabilities: tuple[str, ...] = _opt(
+        ("echo", "python.run"),
+        "list",
+        "capabilities to offer, comma-separated (default: echo,python.run)",
+    )
+    price: int = _opt(
+        1000,
+        "price",
+        "default price per job: micro-units (1000) or units with a decimal point (0.001)",
+    )
+    prices: Mapping[str, int] = _opt(
+        None,
+        "prices",
+        "per-capability price CAP=PRICE (flag repeatable; env comma-separated)",
+        flags=("--capability-price",),
+        factory=dict,
+    )
+    currency: str = _opt("USD", "str", "currency code of all prices (default: USD)")
+    max_concurrency: int = _opt(2, "int", "jobs executing at once (default: 2)")
+    queue_depth: int = _opt(8, "int", "accepted jobs waiting for a slot (default: 8)")
+    bid_valid_ms: int = _opt(
+        10000,
+        "int",
+        "milliseconds a bid (and its capacity reservation) stays valid (default: 10000)",
+    )
+    advert_interval_s: float = _opt(
+        1.0, "float", "seconds between advert heartbeats (default: 1)", flags=("--advert-interval",)
+    )
+    advert_ttl_s: float = _opt(
+        5.0,
+        "float",
+        "seconds an advert stays valid (default: 5; at most 120)",
+        flags=("--advert-ttl",),
+    )
+    drain_grace_s: float = _opt(
+        30.0,
+        "float",
+        "seconds a draining node waits for accepted jobs (default: 30)",
+        flags=("--drain-grace", "--grace"),
+    )
+    metrics_enabled: bool = _opt(
+        True, "bool", "serve /metrics and /healthz over HTTP (default: on)", flags=("--metrics",)
+    )
+    metrics_host: str = _opt(
+        "127.0.0.1", "str", "address of the metrics/health endpoint (default: 127.0.0.1)"
+    )
+    metrics_port: int = _opt(
+        0,
+        "int",
+        "port of the metrics/health endpoint (default: 9464 in production, 0 = any free "
+        "port in development)",
+    )
+    log_format: LogFormat = _opt(
+        "console",
+        "str",
+        "json or console (default: json in production, console in development)",
+        choices=("json", "console"),
+    )
+    log_level: str = _opt(
+        "INFO", "str", "DEBUG, INFO, WARNING or ERROR (default: INFO)", choices=_LOG_LEVELS
+    )
+    trust: tuple[str, ...] = _opt(
+        (), "list", "trusted peer DIDs, comma-separated (flag repeatable)"
+    )
+    trust_file: Path | None = _opt(
+        None, "opt_path", "file of trusted peer DIDs, one per line (# comments)"
+    )
+    sandbox_profiles: tuple[str, ...] = _opt(
+        ("python-core",), "list", "env profiles of the python.run sandbox (default: python-core)"
+    )
+    isolation_min: str | None = _opt(
+        None,
+        "opt_str",
+        "refuse to start unless the sandbox reaches this isolation level "
+        "(none, basic, standard, strict)",
+        choices=_ISOLATION_LEVELS,
+    )
+    receipts_replicas: int = _opt(
+        1,
+        "int",
+        "replicas of the receipts stream when this node creates it (default: 1; 3 on a "
+        "3-server JetStream cluster)",
+    )
+    # executor caps (crankmesh.executor.caps): a job asking more is declined (over_caps)
+    max_job_timeout_s: float = _opt(
+        600.0, "float", "longest timeout one job may ask, s (default: 600)"
+    )
+    max_job_memory_mb: int = _opt(4096, "int", "most memory one job may ask, MB (default: 4096)")
+    default_job_memory_mb: int = _opt(
+        1024, "int", "memory of a job that asks none, MB (default: 1024)"
+    )
+    max_job_cpu_s: int = _opt(600, "int", "CPU seconds one job may use (default: 600)")
+    max_job_output_bytes: int = _opt(
+        8 * 1024 * 1024, "int", "largest max_output_bytes one job may ask (default: 8388608)"
+    )
+    max_job_disk_mb: int = _opt(64, "int", "disk quota of one job, MB (default: 64)")
+    max_total_memory_mb: int = _opt(
+        0, "int", "memory of all admitted jobs together, MB (default: 0 = no total cap)"
+    )
+    max_total_disk_mb: int = _opt(
+        0, "int", "disk of all admitted jobs together, MB (default: 0 = no total cap)"
+    )
+    price_per_gib_s: int = _opt(
+        0,
+        "price",
+        "added to a job's price per GiB-second it reserves (memory x timeout; default: 0)",
+    )
+    # not settings: where each value came from, and what was ignored
+    sources: Mapping[str, str] = Field(default_factory=dict, repr=False)
+    warnings: tuple[str, ...] = Field(default=(), repr=False)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Construction takes the values it is given and nothing else: load_settings runs
+        # the env and TOML sources itself, to record where each value came from.
+        return (init_settings,)
+
+    def __init__(self, **values: Any) -> None:
+        sources = values.get("sources") or {}
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise ConfigError(_problems_of(exc, sources)) from None
         problems = [self._where(name, msg) for name, msg in _check(self)]
         if problems:
             raise ConfigError(problems)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _parse_setting(cls, value: Any, info: ValidationInfo) -> Any:
+        setting = SETTINGS.get(info.field_name or "")
+        if setting is None or value is None:
+            return value
+        if setting.kind == "list" and isinstance(value, str):
+            raise ValueError("must be a sequence of strings, not one string")
+        return _parse(setting, value)
+
+    @field_validator("prices", "sources", mode="after")
+    @classmethod
+    def _freeze(cls, value: Mapping[str, Any]) -> Mapping[str, Any]:
+        return MappingProxyType(dict(value))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, NodeSettings):
+            return NotImplemented
+        return all(getattr(self, n) == getattr(other, n) for n in SETTINGS)
+
+    __hash__ = None  # type: ignore[assignment]  # the prices mapping is not hashable
 
     # ------------------------------------------------------------------ derived values
 
@@ -332,6 +559,13 @@ class NodeSettings:
         from .executor.caps import ExecutorCaps
 
         return ExecutorConfig(
+            prices=dict(self.prices),
+            default_price=self.price,
+            currency=self.currency,
+            max_concurrency=self.max_concurrency,
+            queue_depth=self.queue_depth,
+            bid_valid_ms=self.bid_valid_ms,
+            isolation=isolation,
             caps=ExecutorCaps(
                 max_timeout_ms=round(self.max_job_timeout_s * 1000),
                 max_memory_mb=self.max_job_memory_mb,
@@ -343,13 +577,6 @@ class NodeSettings:
                 max_total_disk_mb=self.max_total_disk_mb,
             ),
             price_per_gib_s=self.price_per_gib_s,
-            prices=dict(self.prices),
-            default_price=self.price,
-            currency=self.currency,
-            max_concurrency=self.max_concurrency,
-            queue_depth=self.queue_depth,
-            bid_valid_ms=self.bid_valid_ms,
-            isolation=isolation,
         )
 
     def node_config(self) -> NodeConfig:
@@ -373,214 +600,35 @@ class NodeSettings:
             metrics_host=self.metrics_host,
             metrics_port=self.metrics_port if self.metrics_enabled else None,
             isolation_min=self.isolation_min,
+            receipts_replicas=self.receipts_replicas,
         )
 
 
 # ----------------------------------------------------------------------------- the table
 
 
-Kind = Literal[
-    "str", "opt_str", "int", "float", "bool", "path", "opt_path", "list", "price", "prices"
-]
+def _settings_table() -> dict[str, SettingInfo]:
+    table: dict[str, SettingInfo] = {}
+    for name, f in NodeSettings.model_fields.items():
+        opt = next((m for m in f.metadata if isinstance(m, _Opt)), None)
+        if opt is None:  # sources, warnings
+            continue
+        table[name] = SettingInfo(
+            name=name,
+            kind=opt.kind,
+            help=f.description or "",
+            env=opt.env or _ENV_PREFIX + name.upper(),
+            flags=opt.flags or ("--" + name.replace("_", "-"),),
+            secret=opt.secret,
+            choices=opt.choices,
+        )
+    return table
 
 
-@dataclass(frozen=True, kw_only=True)
-class SettingInfo:
-    """How one setting is named and parsed in each layer.
-
-    ``name`` is the field of :class:`NodeSettings`, the TOML key and the flags-mapping key;
-    ``env`` the environment variable; ``flags`` the command-line options
-    (:func:`add_node_arguments`); ``choices`` the allowed values, if limited.
-    """
-
-    name: str
-    kind: Kind
-    help: str
-    env: str
-    flags: tuple[str, ...]
-    secret: bool = False
-    choices: tuple[str, ...] = ()
-
-
-def _info(
-    name: str,
-    kind: Kind,
-    help: str,
-    *,
-    flags: tuple[str, ...] = (),
-    env: str | None = None,
-    secret: bool = False,
-    choices: tuple[str, ...] = (),
-) -> SettingInfo:
-    return SettingInfo(
-        name=name,
-        kind=kind,
-        help=help,
-        env=env or _ENV_PREFIX + name.upper(),
-        flags=flags or ("--" + name.replace("_", "-"),),
-        secret=secret,
-        choices=choices,
-    )
-
-
-_INFOS: Final = (
-    _info(
-        "mode",
-        "str",
-        "development or production (default: production if $CI is truthy, else development)",
-        env=ENV_MODE,
-        choices=MODES,
-    ),
-    _info(
-        "state_dir",
-        "path",
-        "directory for the receipt-chain head and (by default) the key (default: the "
-        "key file's directory when key is set, else $CRANKMESH_HOME or ~/.crankmesh)",
-    ),
-    _info(
-        "key",
-        "opt_path",
-        "identity key file (default: <state_dir>/node.key; created in development mode only)",
-    ),
-    _info(
-        "nats",
-        "list",
-        "NATS server URL(s), comma-separated (default: an embedded nats-server; development only)",
-    ),
-    _info("tls_ca_file", "opt_path", "CA bundle to verify the NATS servers"),
-    _info("tls_cert_file", "opt_path", "client certificate for mutual TLS to NATS"),
-    _info("tls_key_file", "opt_path", "private key of the client certificate"),
-    _info("nats_creds_file", "opt_path", "NATS .creds file (JWT + nkey seed)"),
-    _info("nats_nkey_seed_file", "opt_path", "NATS nkey seed file"),
-    _info(
-        "nats_token",
-        "opt_str",
-        "NATS token (secret: prefer the env variable, flags show in `ps`)",
-        secret=True,
-    ),
-    _info("nats_user", "opt_str", "NATS user name (with nats_password)"),
-    _info(
-        "nats_password",
-        "opt_str",
-        "NATS password (secret: prefer the env variable, flags show in `ps`)",
-        secret=True,
-    ),
-    _info("federation", "str", "federation name: subjects live under crank.<federation>.>"),
-    _info("name", "opt_str", "human-readable node name, shown in adverts"),
-    _info("region", "opt_str", "region label, shown in adverts"),
-    _info(
-        "capabilities",
-        "list",
-        "capabilities to offer, comma-separated (default: echo,python.run)",
-    ),
-    _info(
-        "price",
-        "price",
-        "default price per job: micro-units (1000) or units with a decimal point (0.001)",
-    ),
-    _info(
-        "prices",
-        "prices",
-        "per-capability price CAP=PRICE (flag repeatable; env comma-separated)",
-        flags=("--capability-price",),
-    ),
-    _info("currency", "str", "currency code of all prices (default: USD)"),
-    _info("max_concurrency", "int", "jobs executing at once (default: 2)"),
-    _info("queue_depth", "int", "accepted jobs waiting for a slot (default: 8)"),
-    _info(
-        "bid_valid_ms",
-        "int",
-        "milliseconds a bid (and its capacity reservation) stays valid (default: 10000)",
-    ),
-    _info(
-        "advert_interval_s",
-        "float",
-        "seconds between advert heartbeats (default: 1)",
-        flags=("--advert-interval",),
-    ),
-    _info(
-        "advert_ttl_s",
-        "float",
-        "seconds an advert stays valid (default: 5; at most 120)",
-        flags=("--advert-ttl",),
-    ),
-    _info(
-        "drain_grace_s",
-        "float",
-        "seconds a draining node waits for accepted jobs (default: 30)",
-        flags=("--drain-grace", "--grace"),
-    ),
-    _info(
-        "metrics_enabled",
-        "bool",
-        "serve /metrics and /healthz over HTTP (default: on)",
-        flags=("--metrics",),
-    ),
-    _info("metrics_host", "str", "address of the metrics/health endpoint (default: 127.0.0.1)"),
-    _info(
-        "metrics_port",
-        "int",
-        "port of the metrics/health endpoint (default: 9464 in production, 0 = any free "
-        "port in development)",
-    ),
-    _info(
-        "log_format",
-        "str",
-        "json or console (default: json in production, console in development)",
-        choices=("json", "console"),
-    ),
-    _info("log_level", "str", "DEBUG, INFO, WARNING or ERROR (default: INFO)", choices=_LOG_LEVELS),
-    _info("trust", "list", "trusted peer DIDs, comma-separated (flag repeatable)"),
-    _info("trust_file", "opt_path", "file of trusted peer DIDs, one per line (# comments)"),
-    _info(
-        "sandbox_profiles",
-        "list",
-        "env profiles of the python.run sandbox (default: python-core)",
-    ),
-    _info(
-        "isolation_min",
-        "opt_str",
-        "refuse to start unless the sandbox reaches this isolation level "
-        "(none, basic, standard, strict)",
-        choices=_ISOLATION_LEVELS,
-    ),
-    # executor caps: a job asking more is declined (reason over_caps), never run
-    _info("max_job_timeout_s", "float", "longest timeout one job may ask, s (default: 600)"),
-    _info("max_job_memory_mb", "int", "most memory one job may ask, MB (default: 4096)"),
-    _info(
-        "default_job_memory_mb",
-        "int",
-        "memory of a job that asks none, MB (default: 1024)",
-    ),
-    _info("max_job_cpu_s", "int", "CPU seconds one job may use (default: 600)"),
-    _info(
-        "max_job_output_bytes",
-        "int",
-        "largest max_output_bytes one job may ask (default: 8388608)",
-    ),
-    _info("max_job_disk_mb", "int", "disk quota of one job, MB (default: 64)"),
-    _info(
-        "max_total_memory_mb",
-        "int",
-        "memory of all admitted jobs together, MB (default: 0 = no total cap)",
-    ),
-    _info(
-        "max_total_disk_mb",
-        "int",
-        "disk of all admitted jobs together, MB (default: 0 = no total cap)",
-    ),
-    _info(
-        "price_per_gib_s",
-        "price",
-        "added to a job's price per GiB-second it reserves (memory x timeout; default: 0)",
-    ),
-)
-
-SETTINGS: Final[Mapping[str, SettingInfo]] = MappingProxyType({i.name: i for i in _INFOS})
+SETTINGS: Final[Mapping[str, SettingInfo]] = MappingProxyType(_settings_table())
 """Every setting by name, in display order: its env variable, flags, type and help."""
 
-_PATH_FIELDS: Final = frozenset(n for n, i in SETTINGS.items() if i.kind in ("path", "opt_path"))
-_ENV_TO_NAME: Final = MappingProxyType({i.env: i.name for i in _INFOS})
+_ENV_TO_NAME: Final = MappingProxyType({i.env: i.name for i in SETTINGS.values()})
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -809,25 +857,7 @@ def _check(s: NodeSettings) -> list[tuple[str, str]]:
     _int_at_least(bad, "queue_depth", s.queue_depth, 0, 1_000_000)
     _int_at_least(bad, "bid_valid_ms", s.bid_valid_ms, 1, 3_600_000)
     _int_at_least(bad, "metrics_port", s.metrics_port, 0, 65535)
-    for name, message in advert_timing_problems(s.advert_interval_s, s.advert_ttl_s):
-        bad(name, message)
-    if not isinstance(s.drain_grace_s, int | float) or not 0 <= s.drain_grace_s <= 86_400:
-        bad("drain_grace_s", f"must be a number of seconds in [0, 86400], got {s.drain_grace_s!r}")
-    if not isinstance(s.metrics_host, str) or not s.metrics_host.strip():
-        bad("metrics_host", "must be a host name or address")
-    if s.log_format not in ("json", "console"):
-        bad("log_format", f"must be json or console, got {s.log_format!r}")
-    if s.log_level not in _LOG_LEVELS:
-        bad("log_level", f"must be one of {', '.join(_LOG_LEVELS)}, got {s.log_level!r}")
-    for did in s.trust:
-        try:
-            public_key_from_did(did)
-        except InvalidDID:
-            bad("trust", f"{did!r:.80} is not an Ed25519 did:key")
-    if not s.sandbox_profiles:
-        bad("sandbox_profiles", "name at least one env profile (e.g. python-core)")
-    if s.isolation_min is not None and s.isolation_min not in _ISOLATION_LEVELS:
-        bad("isolation_min", f"must be one of {', '.join(_ISOLATION_LEVELS)}")
+    _int_at_least(bad, "receipts_replicas", s.receipts_replicas, 1, 5)  # JetStream's limit
     if not isinstance(s.max_job_timeout_s, int | float) or not (
         0.001 <= s.max_job_timeout_s <= 86_400
     ):
@@ -851,6 +881,25 @@ def _check(s: NodeSettings) -> list[tuple[str, str]]:
         or (s.price_per_gib_s < 0)
     ):
         bad("price_per_gib_s", "must be a non-negative integer of micro-units")
+    for name, message in advert_timing_problems(s.advert_interval_s, s.advert_ttl_s):
+        bad(name, message)
+    if not isinstance(s.drain_grace_s, int | float) or not 0 <= s.drain_grace_s <= 86_400:
+        bad("drain_grace_s", f"must be a number of seconds in [0, 86400], got {s.drain_grace_s!r}")
+    if not isinstance(s.metrics_host, str) or not s.metrics_host.strip():
+        bad("metrics_host", "must be a host name or address")
+    if s.log_format not in ("json", "console"):
+        bad("log_format", f"must be json or console, got {s.log_format!r}")
+    if s.log_level not in _LOG_LEVELS:
+        bad("log_level", f"must be one of {', '.join(_LOG_LEVELS)}, got {s.log_level!r}")
+    for did in s.trust:
+        try:
+            public_key_from_did(did)
+        except InvalidDID:
+            bad("trust", f"{did!r:.80} is not an Ed25519 did:key")
+    if not s.sandbox_profiles:
+        bad("sandbox_profiles", "name at least one env profile (e.g. python-core)")
+    if s.isolation_min is not None and s.isolation_min not in _ISOLATION_LEVELS:
+        bad("isolation_min", f"must be one of {', '.join(_ISOLATION_LEVELS)}")
     if s.nats_token is not None and (s.nats_user is not None or s.nats_password is not None):
         bad("nats_token", "give either a token or nats_user/nats_password, not both")
     if s.nats_password is not None and s.nats_user is None:
@@ -906,6 +955,37 @@ def _defaults(mode: Mode, env: Mapping[str, str]) -> dict[str, Any]:
     }
 
 
+class _EnvSource(EnvSettingsSource):
+    """pydantic-settings' environment source over a given mapping (not ``os.environ``),
+    reading only the exact upper-case variable names of :data:`SETTINGS`; a value of
+    blanks counts as unset."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = {k: v for k, v in env.items() if k in _ENV_TO_NAME and v.strip()}
+        super().__init__(NodeSettings)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return parse_env_vars(
+            self._env, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str
+        )
+
+
+def _problems_of(exc: ValidationError, sources: Mapping[str, str]) -> list[str]:
+    """pydantic's errors as crankmesh's one-line problems (``name: message (from ...)``)."""
+    problems = []
+    for err in exc.errors(include_input=False):
+        loc = str(err["loc"][0]) if err["loc"] else ""
+        name = _ENV_TO_NAME.get(loc, loc)
+        if err["type"] == "extra_forbidden":
+            problems.append(f"unknown setting {name!r}{_suggest(name)}")
+            continue
+        message = str(err["msg"]).removeprefix("Value error, ")
+        source = sources.get(name, "default")
+        shown = "" if source.startswith("default") else f" (from {source})"
+        problems.append(f"{name}: {message}{shown}")
+    return problems
+
+
 def load_settings(
     *,
     flags: Mapping[str, Any] | None = None,
@@ -939,27 +1019,23 @@ def load_settings(
             continue
         flag_sources[name] = f"flag {info.flags[0]}"
 
-    # environment
+    # environment: read by pydantic-settings' env source (the variables named in SETTINGS)
     env_values: dict[str, Any] = {}
     env_sources: dict[str, str] = {}
-    for var, raw in env.items():
-        if not var.startswith(_ENV_PREFIX) or var in _ENV_OTHER:
-            continue
-        setting = _ENV_TO_NAME.get(var)
-        if setting is None:
+    for var in env:
+        if var.startswith(_ENV_PREFIX) and var not in _ENV_OTHER and var not in _ENV_TO_NAME:
             close = difflib.get_close_matches(var, list(_ENV_TO_NAME), n=1)
             hint = f"; did you mean {close[0]}?" if close else ""
             warnings.append(f"ignored unknown environment variable {var}{hint}")
-            continue
-        if not raw.strip():
-            continue
+    for key, raw in _EnvSource(env)().items():
+        setting = _ENV_TO_NAME.get(key, key)
         info = SETTINGS[setting]
         try:
             env_values[setting] = _parse(info, raw)
         except ValueError as exc:
-            problems.append(f"{setting}: {var}={_show(info, raw)}: {exc}")
+            problems.append(f"{setting}: {info.env}={_show(info, raw)}: {exc}")
             continue
-        env_sources[setting] = f"env {var}"
+        env_sources[setting] = f"env {info.env}"
 
     # file
     path: Path | None = None
@@ -1029,16 +1105,14 @@ def load_settings(
 
 def _read_file(path: Path) -> tuple[dict[str, Any], list[str]]:
     where = f"config file {path}"
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    if not path.exists():
         return {}, [f"{where} does not exist"]
-    except (OSError, UnicodeDecodeError) as exc:
-        return {}, [f"cannot read {where}: {exc}"]
-    try:
-        doc = tomllib.loads(text)
+    try:  # pydantic-settings' TOML source (it skips a missing file: checked above)
+        doc = TomlConfigSettingsSource(NodeSettings, toml_file=path).toml_data
     except tomllib.TOMLDecodeError as exc:
         return {}, [f"{where} is not valid TOML: {exc}"]
+    except (OSError, UnicodeDecodeError) as exc:
+        return {}, [f"cannot read {where}: {exc}"]
     values: dict[str, Any] = {}
     problems: list[str] = []
     base = path.parent.resolve()

@@ -92,7 +92,7 @@ class PeerDirectory:
         dead = [did for did, p in self._peers.items() if p.expires_ms < now]
         for did in dead:
             del self._peers[did]
-            log.info("peer %s expired from the directory", did)
+            log.info("peer expired from the directory", extra={"peer": did})
         if dead:
             self._notify()
         self.metrics.directory_size.set(len(self._peers))
@@ -131,7 +131,11 @@ class PeerDirectory:
         self._peers[advert.signer] = Peer(advert.signer, advert, now)
         if known is None:
             log.info(
-                "peer %s joined (%s)", advert.signer, ", ".join(c.name for c in advert.capabilities)
+                "peer joined",
+                extra={
+                    "peer": advert.signer,
+                    "capability": ",".join(c.name for c in advert.capabilities),
+                },
             )
         self._notify()
         self.metrics.directory_size.set(len(self._peers))

@@ -101,6 +101,9 @@ class NodeConfig:
     #: Who may run ``python.run`` when the sandbox cannot protect this node (see
     #: ``crankmesh.executor.untrusted_code``); None = this node and the trust list.
     python_run_allow: frozenset[str] | None = None
+    #: Replicas of the receipts (records) stream when this node creates it: 3 on a 3-server
+    #: JetStream cluster, 1 on a single server (an existing stream keeps its own).
+    receipts_replicas: int = 1
 
     def __post_init__(self) -> None:
         problems = advert_timing_problems(self.advert_interval_s, self.advert_ttl_s)
@@ -165,6 +168,7 @@ class Node:
     def health(self) -> dict[str, Any]:
         """What /healthz reports: 200 when ``status`` is ``ok``."""
         ex = self.executor
+        load = ex.load if ex else None  # what the adverts carry, so `peers` shows the same
         connected = bool(self.nc is not None and self.nc.is_connected)
         status = "ok"
         if ex is not None and ex._draining:
@@ -177,9 +181,9 @@ class Node:
             "federation": self.config.federation,
             "name": self.config.name,
             "peers": len(self.directory),
-            "running": ex.load.running if ex else 0,
-            "queued": ex.load.queued if ex else 0,
-            "capacity": ex.capacity if ex else 0,
+            "running": load.running if load else 0,
+            "queued": load.queued if load else 0,
+            "capacity": load.capacity if load else 0,
             "records_pending": self.record_store.pending if self.record_store else 0,
         }
 
@@ -320,6 +324,7 @@ class Node:
             self.record_store = RecordStore(
                 self.nc,
                 federation=self.config.federation,
+                replicas=self.config.receipts_replicas,
                 spill_path=(
                     Path(self.config.state_dir) / "records.spill" if self.config.state_dir else None
                 ),

@@ -2,8 +2,16 @@
 
 Each :class:`Metrics` owns its own Prometheus ``CollectorRegistry`` so that
 several nodes can live in one process (tests, the demo) without colliding.
-Metric names follow RFC 0022 §7 (``job_bids_total``, ``assignments_total``,
-``execution_start_total``) plus crankmesh's own.
+Metric names follow the Prometheus conventions: a ``crankmesh_`` prefix, counters end in
+``_total``, units in the name (``crankmesh_job_seconds``).  The registry also holds the
+process, platform and GC collectors of ``prometheus_client`` (``process_resident_memory_bytes``,
+``python_info``, ...).  RFC 0022 §7's three names (``job_bids_total``, ``assignments_total``,
+``execution_start_total``) are exported as documented aliases, computed from the crankmesh
+counters when scraped (no cost on the hot path).
+
+Log lines carry their facts as fields (``status``, ``duration_ms``, ``receipt_cid``, ``peer``,
+``capability``, ...) passed as ``extra=``; :func:`configure_logging` puts them in the JSON (or
+console) output next to the ``event``.
 
 The library never configures logging; :func:`configure_logging` is called by
 the daemon and the CLI only.
@@ -13,14 +21,23 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import (
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client import Counter as _Counter
 from prometheus_client import Gauge as _Gauge
 from prometheus_client import Histogram as _Histogram
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
 
 __all__ = [
+    "METRIC_PREFIX",
+    "RFC0022_ALIASES",
     "TRACE_HEADER",
     "Metrics",
     "configure_logging",
@@ -29,6 +46,16 @@ __all__ = [
     "trace_headers",
     "trace_of",
 ]
+
+#: The namespace of every crankmesh metric.
+METRIC_PREFIX = "crankmesh"
+
+#: RFC 0022 §7 metric names (without ``_total``) and the crankmesh counter each one mirrors.
+RFC0022_ALIASES: dict[str, str] = {
+    "job_bids": "crankmesh_job_bids",
+    "assignments": "crankmesh_assignments",
+    "execution_start": "crankmesh_executions_started",
+}
 
 #: NATS header carrying a job's trace id from the originator to every node it touches.
 TRACE_HEADER = "Crank-Trace"
@@ -109,45 +136,102 @@ class Histogram(_MemoLabels, _Histogram):
     pass
 
 
+_NS = METRIC_PREFIX
+
+
+class _Rfc0022Aliases:
+    """Exports RFC 0022 §7's unprefixed counters as copies of crankmesh's own, at scrape time."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._sources: dict[str, tuple[Counter, tuple[str, ...]]] = {
+            "job_bids": (metrics.job_bids, ("capability",)),
+            "assignments": (metrics.assignments, ("outcome",)),
+            "execution_start": (metrics.execution_start, ("capability",)),
+        }
+
+    def describe(self) -> list[Metric]:
+        return [
+            CounterMetricFamily(alias, f"RFC 0022 alias of {RFC0022_ALIASES[alias]}_total")
+            for alias in self._sources
+        ]
+
+    def collect(self) -> Iterator[Metric]:
+        for alias, (counter, labels) in self._sources.items():
+            family = CounterMetricFamily(
+                alias, f"RFC 0022 alias of {RFC0022_ALIASES[alias]}_total", labels=labels
+            )
+            for metric in counter.collect():
+                for sample in metric.samples:
+                    if sample.name.endswith("_total"):
+                        family.add_metric([sample.labels[n] for n in labels], sample.value)
+            yield family
+
+
 class Metrics:
     """The Prometheus metrics of one node (executor and originator sides)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        ProcessCollector(registry=r)  # process_resident_memory_bytes, _cpu_seconds_total, ...
+        PlatformCollector(registry=r)  # python_info
+        GCCollector(registry=r)  # python_gc_* (where the interpreter has gc.get_stats)
         # executor side
         self.job_bids = Counter(
-            "job_bids", "Bids published by this node's executor", ["capability"], registry=r
+            "job_bids",
+            "Bids published by this node's executor",
+            ["capability"],
+            namespace=_NS,
+            registry=r,
         )
         self.announces_seen = Counter(
-            "announces_seen", "Valid announcements received", ["capability"], registry=r
+            "announces_seen",
+            "Valid announcements received",
+            ["capability"],
+            namespace=_NS,
+            registry=r,
         )
         self.bids_declined = Counter(
-            "bids_declined", "Announcements this executor did not bid on", ["reason"], registry=r
+            "bids_declined",
+            "Announcements this executor did not bid on",
+            ["reason"],
+            namespace=_NS,
+            registry=r,
         )
         self.assignments = Counter(
             "assignments",
             "Assignments received for our bids, by outcome",
             ["outcome"],
+            namespace=_NS,
             registry=r,
         )
         self.execution_start = Counter(
-            "execution_start", "Jobs whose execution started", ["capability"], registry=r
+            "executions_started",
+            "Jobs whose execution started",
+            ["capability"],
+            namespace=_NS,
+            registry=r,
         )
-        self.receipts = Counter("receipts", "Receipts published, by status", ["status"], registry=r)
+        self.receipts = Counter(
+            "receipts", "Receipts published, by status", ["status"], namespace=_NS, registry=r
+        )
         self.rejections = Counter(
             "rejections",
             "Inbound messages dropped, by subject kind and reason",
             ["kind", "reason"],
+            namespace=_NS,
             registry=r,
         )
-        self.running = Gauge("jobs_running", "Jobs executing now", registry=r)
-        self.reserved = Gauge("slots_reserved", "Capacity reserved by outstanding bids", registry=r)
+        self.running = Gauge("jobs_running", "Jobs executing now", namespace=_NS, registry=r)
+        self.reserved = Gauge(
+            "slots_reserved", "Capacity reserved by outstanding bids", namespace=_NS, registry=r
+        )
         self.execution_seconds = Histogram(
             "execution_seconds",
             "Job execution wall time",
             ["capability"],
             buckets=_LATENCY_BUCKETS,
+            namespace=_NS,
             registry=r,
         )
         # originator side
@@ -155,33 +239,41 @@ class Metrics:
             "jobs_submitted",
             "Jobs announced by this node's originator",
             ["capability"],
+            namespace=_NS,
             registry=r,
         )
         self.jobs_completed = Counter(
             "jobs_completed",
             "Jobs that ended with a verified receipt, by status",
             ["status"],
+            namespace=_NS,
             registry=r,
         )
         self.jobs_failed = Counter(
             "jobs_failed",
             "Jobs that ended without a usable receipt, by reason",
             ["reason"],
+            namespace=_NS,
             registry=r,
         )
         self.assignments_sent = Counter(
-            "assignments_sent", "Assignments published by this originator", registry=r
+            "assignments_sent",
+            "Assignments published by this originator",
+            namespace=_NS,
+            registry=r,
         )
         self.reassignments = Counter(
             "reassignments",
             "Assignments retried on another executor, by cause",
             ["cause"],
+            namespace=_NS,
             registry=r,
         )
         self.bid_window_seconds = Histogram(
             "bid_window_seconds",
             "Time from announce to bid-window close",
             buckets=_LATENCY_BUCKETS,
+            namespace=_NS,
             registry=r,
         )
         self.job_seconds = Histogram(
@@ -189,23 +281,35 @@ class Metrics:
             "End-to-end job latency seen by the originator",
             ["capability"],
             buckets=_LATENCY_BUCKETS,
+            namespace=_NS,
             registry=r,
         )
         self.directory_size = Gauge(
-            "directory_peers", "Live peers in the advert directory", registry=r
+            "directory_peers", "Live peers in the advert directory", namespace=_NS, registry=r
         )
         self.handed_back = Counter(
             "jobs_handed_back",
             "Accepted jobs fenced and handed back instead of delivered (RFC 0001 §10.6)",
             ["cause"],
+            namespace=_NS,
             registry=r,
         )
         self.table_entries = Gauge(
-            "table_entries", "Entries held in each bounded table or cache", ["table"], registry=r
+            "table_entries",
+            "Entries held in each bounded table or cache",
+            ["table"],
+            namespace=_NS,
+            registry=r,
         )
         self.table_bytes = Gauge(
-            "table_bytes", "Bytes held in each bounded table or cache", ["table"], registry=r
+            "table_bytes",
+            "Bytes held in each bounded table or cache",
+            ["table"],
+            namespace=_NS,
+            registry=r,
         )
+
+        r.register(_Rfc0022Aliases(self))
 
     def reject(self, kind: str, reason: str) -> None:
         self.rejections.labels(kind=kind, reason=reason).inc()
@@ -237,6 +341,7 @@ def configure_logging(*, json: bool = False, level: str | int = "INFO") -> None:
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
+        structlog.stdlib.ExtraAdder(),  # the fields of ``log.info(..., extra={...})``
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     renderer: Any = (

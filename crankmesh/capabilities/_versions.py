@@ -1,15 +1,19 @@
-"""Versions and version constraints: the part of PEP 440 that capability matching needs.
+"""Versions and version constraints, on ``packaging`` (PEP 440).
 
-No dependency on ``packaging``.  Versions are parsed and ordered as PEP 440 says
+Versions are parsed, normalised and ordered by :class:`packaging.version.Version`
 (``1.0.dev1 < 1.0a1 < 1.0rc1 < 1.0 < 1.0.post1``; trailing zeros do not matter; a local label
-``+cpu`` sorts after the same public version).  Constraints are comma-joined specifiers with
-the operators ``>= > <= < == != ~=`` and ``==X.*`` / ``!=X.*`` wildcards.
+``+cpu`` sorts after the same public version), and specifiers are checked by
+:class:`packaging.specifiers.Specifier`: comma-joined clauses with the operators
+``>= > <= < == != ~=`` and ``==X.*`` / ``!=X.*`` wildcards.  This module keeps crankmesh's
+API (:class:`Version`, :class:`Specifier`, :class:`SpecifierSet`), its errors
+(:class:`CapabilitySpecError` with a message that says what to write) and its two choices:
 
-One deliberate difference from installers: a specifier set does *not* exclude pre-releases by
-default.  Matching checks a version an executor already has installed, not one to choose, so
-``2.2.0rc1`` satisfies ``>=2.1``.  PEP 440's exclusive-ordering rules are kept, so ``<3`` is not
-satisfied by ``3.0.0rc1`` and ``>2`` is not satisfied by ``2.0.post1``; a candidate's local
-label is ignored unless the specifier has one.
+- a specifier set does *not* exclude pre-releases by default.  Matching checks a version an
+  executor already has installed, not one to choose, so ``2.2.0rc1`` satisfies ``>=2.1``.
+  PEP 440's exclusive-ordering rules are kept, so ``<3`` is not satisfied by ``3.0.0rc1`` and
+  ``>2`` is not satisfied by ``2.0.post1``; a candidate's local label is ignored unless the
+  specifier has one.
+- ``===`` (arbitrary equality) and a bare version without an operator are refused.
 """
 
 from __future__ import annotations
@@ -19,42 +23,15 @@ import re
 from dataclasses import dataclass, field
 from typing import Final
 
+from packaging.specifiers import InvalidSpecifier
+from packaging.specifiers import Specifier as _PkgSpecifier
+from packaging.version import InvalidVersion
+from packaging.version import Version as _PkgVersion
+
 from ._errors import CapabilitySpecError
 
-_VERSION_RE: Final = re.compile(
-    r"""
-    ^\s*v?
-    (?:(?P<epoch>[0-9]+)!)?
-    (?P<release>[0-9]+(?:\.[0-9]+)*)
-    (?P<pre>[-_.]?(?P<pre_l>alpha|a|beta|b|preview|pre|c|rc)[-_.]?(?P<pre_n>[0-9]+)?)?
-    (?P<post>-(?P<post_n1>[0-9]+)|[-_.]?(?P<post_l>post|rev|r)[-_.]?(?P<post_n2>[0-9]+)?)?
-    (?P<dev>[-_.]?dev[-_.]?(?P<dev_n>[0-9]+)?)?
-    (?:\+(?P<local>[a-z0-9]+(?:[-_.][a-z0-9]+)*))?
-    \s*$
-    """,
-    re.VERBOSE | re.IGNORECASE,
-)
-_PRE_NAMES: Final = {
-    "a": "a",
-    "alpha": "a",
-    "b": "b",
-    "beta": "b",
-    "c": "rc",
-    "rc": "rc",
-    "pre": "rc",
-    "preview": "rc",
-}
-_PRE_ORDER: Final = {"a": 0, "b": 1, "rc": 2}
 _SPEC_RE: Final = re.compile(r"^\s*(~=|==|!=|<=|>=|<|>)\s*(\S.*?)\s*$")
-
-_Key = tuple[
-    int,
-    tuple[int, ...],
-    tuple[int, ...],
-    tuple[int, ...],
-    tuple[int, ...],
-    tuple[tuple[int, int, str], ...],
-]
+_PRE_ORDER: Final = ("a", "b", "rc")
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -67,67 +44,66 @@ class Version:
     post: int | None = None
     dev: int | None = None
     local: str | None = None
-    _key: _Key = field(init=False, repr=False, compare=False)
+    _v: _PkgVersion = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.release or any(n < 0 for n in self.release):
             raise CapabilitySpecError("", f"invalid release segment {self.release!r}")
         if self.pre is not None and self.pre[0] not in _PRE_ORDER:
             raise CapabilitySpecError("", f"invalid pre-release {self.pre!r}")
-        release = list(self.release)
-        while len(release) > 1 and release[-1] == 0:
-            release.pop()
-        if self.pre is None and self.post is None and self.dev is not None:
-            pre_key: tuple[int, ...] = (0,)  # 1.0.dev1 sorts before 1.0a1
-        elif self.pre is None:
-            pre_key = (3,)
-        else:
-            pre_key = (1, _PRE_ORDER[self.pre[0]], self.pre[1])
-        post_key = (0,) if self.post is None else (1, self.post)
-        dev_key = (1,) if self.dev is None else (0, self.dev)
-        local_key: tuple[tuple[int, int, str], ...] = ()
+        text = f"{self.epoch}!" if self.epoch else ""
+        text += ".".join(str(n) for n in self.release)
+        if self.pre is not None:
+            text += f"{self.pre[0]}{self.pre[1]}"
+        if self.post is not None:
+            text += f".post{self.post}"
+        if self.dev is not None:
+            text += f".dev{self.dev}"
         if self.local is not None:
-            local_key = tuple(
-                (1, int(part), "") if part.isdigit() else (0, 0, part)
-                for part in re.split(r"[-_.]", self.local.lower())
-            )
-        key: _Key = (self.epoch, tuple(release), pre_key, post_key, dev_key, local_key)
-        object.__setattr__(self, "_key", key)
+            text += f"+{self.local}"
+        try:
+            object.__setattr__(self, "_v", _PkgVersion(text))
+        except InvalidVersion:
+            raise CapabilitySpecError("", f"{text!r} is not a version") from None
 
     @classmethod
     def parse(cls, text: str) -> Version:
         """Parse ``"2.13.0"``, ``"2.13.0+cpu"``, ``"2.0.0rc1"``, ``"v1.26"`` …"""
         return _parse_version(text)
 
+    @classmethod
+    def _of(cls, v: _PkgVersion) -> Version:
+        return cls(v.release, v.epoch, v.pre, v.post, v.dev, v.local)
+
     # ------------------------------------------------------------------ ordering
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Version):
             return NotImplemented
-        return self._key == other._key
+        return self._v == other._v
 
     def __hash__(self) -> int:
-        return hash(self._key)
+        return hash(self._v)
 
     def __lt__(self, other: Version) -> bool:
         if not isinstance(other, Version):
             return NotImplemented
-        return self._key < other._key
+        return self._v < other._v
 
     def __le__(self, other: Version) -> bool:
         if not isinstance(other, Version):
             return NotImplemented
-        return self._key <= other._key
+        return self._v <= other._v
 
     def __gt__(self, other: Version) -> bool:
         if not isinstance(other, Version):
             return NotImplemented
-        return self._key > other._key
+        return self._v > other._v
 
     def __ge__(self, other: Version) -> bool:
         if not isinstance(other, Version):
             return NotImplemented
-        return self._key >= other._key
+        return self._v >= other._v
 
     # ------------------------------------------------------------------ parts
 
@@ -145,24 +121,14 @@ class Version:
 
     @property
     def is_prerelease(self) -> bool:
-        return self.pre is not None or self.dev is not None
+        return self._v.is_prerelease
 
     @property
     def is_postrelease(self) -> bool:
-        return self.post is not None
+        return self._v.is_postrelease
 
     def __str__(self) -> str:
-        text = f"{self.epoch}!" if self.epoch else ""
-        text += ".".join(str(n) for n in self.release)
-        if self.pre is not None:
-            text += f"{self.pre[0]}{self.pre[1]}"
-        if self.post is not None:
-            text += f".post{self.post}"
-        if self.dev is not None:
-            text += f".dev{self.dev}"
-        if self.local is not None:
-            text += f"+{self.local}"
-        return text
+        return str(self._v)
 
 
 def _parse_version(text: object) -> Version:
@@ -173,26 +139,20 @@ def _parse_version(text: object) -> Version:
 
 @functools.lru_cache(maxsize=1024)
 def _parse_version_text(text: str) -> Version:
-    m = _VERSION_RE.match(text)
-    if m is None:
+    try:
+        return Version._of(_PkgVersion(text))
+    except InvalidVersion:
         raise CapabilitySpecError(
             "", f"{text!r} is not a version (expected something like '2.1', '2.13.0+cpu', '2.0rc1')"
-        )
-    pre = None
-    if m["pre"]:
-        pre = (_PRE_NAMES[m["pre_l"].lower()], int(m["pre_n"] or 0))
-    post = None
-    if m["post"]:
-        post = int(m["post_n1"] or m["post_n2"] or 0)
-    local = m["local"]
-    return Version(
-        release=tuple(int(n) for n in m["release"].split(".")),
-        epoch=int(m["epoch"] or 0),
-        pre=pre,
-        post=post,
-        dev=int(m["dev_n"] or 0) if m["dev"] else None,
-        local=re.sub(r"[-_]", ".", local.lower()) if local else None,
-    )
+        ) from None
+
+
+def _is_version(text: str) -> bool:
+    try:
+        _PkgVersion(text)
+    except InvalidVersion:
+        return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +162,14 @@ class Specifier:
     operator: str
     version: Version
     wildcard: bool = False
+    _spec: _PkgSpecifier = field(init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        text = f"{self.operator}{self.version}{'.*' if self.wildcard else ''}"
+        try:
+            object.__setattr__(self, "_spec", _PkgSpecifier(text, prereleases=True))
+        except InvalidSpecifier:
+            raise CapabilitySpecError("", f"{text!r} is not a version specifier") from None
 
     @classmethod
     def parse(cls, text: str) -> Specifier:
@@ -234,48 +202,10 @@ class Specifier:
         return cls(op, version, wildcard)
 
     def contains(self, candidate: Version) -> bool:
-        op, spec = self.operator, self.version
-        if op == "==":
-            return self._equal(candidate)
-        if op == "!=":
-            return not self._equal(candidate)
-        public = candidate.public
-        if op == "~=":
-            prefix = spec.release[:-1]
-            return public >= spec and _release_startswith(public, spec.epoch, prefix)
-        if op == "<=":
-            return public <= spec
-        if op == ">=":
-            return public >= spec
-        if op == "<":
-            # "<3" must not admit a pre-release of 3 (3.0rc1), although it sorts below 3.
-            if public >= spec:
-                return False
-            # 1a1.post1 is a pre-release of 1; 1.post1.dev0 is one of 1.post1.
-            post = None if public.pre is not None else public.post
-            family = Version(public.release, public.epoch, post=post)
-            return spec.is_prerelease or not (public.is_prerelease and family == spec)
-        # op == ">": ">2" must not admit a post-release of 2 (2.post1).
-        if public <= spec:
-            return False
-        family = Version(public.release, public.epoch, pre=public.pre)
-        return spec.is_postrelease or not (public.is_postrelease and family == spec)
-
-    def _equal(self, candidate: Version) -> bool:
-        spec = self.version
-        if self.wildcard:
-            return _release_startswith(candidate, spec.epoch, spec.release)
-        if spec.local is None:
-            return candidate.public == spec
-        return candidate == spec
+        return self._spec.contains(candidate._v, prereleases=True)
 
     def __str__(self) -> str:
         return f"{self.operator}{self.version}{'.*' if self.wildcard else ''}"
-
-
-def _release_startswith(version: Version, epoch: int, prefix: tuple[int, ...]) -> bool:
-    release = version.release + (0,) * max(0, len(prefix) - len(version.release))
-    return version.epoch == epoch and release[: len(prefix)] == prefix
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,7 +249,7 @@ def _parse_specifier_text(text: str) -> SpecifierSet:
     for part in text.split(","):
         if not part.strip():
             raise CapabilitySpecError("", f"{text!r} has an empty clause between commas")
-        if _VERSION_RE.match(part):
+        if _is_version(part):
             raise CapabilitySpecError(
                 "",
                 f"{part.strip()!r} has no operator; write '=={part.strip()}', "

@@ -723,7 +723,15 @@ class Executor:
             detail=detail,
         ).sign(self.identity)
         await self._reply(msg, rej.raw)
-        log.info("rejected assignment for job %s: %s %s", assignment.job, reason, detail)
+        log.info(
+            "rejected an assignment",
+            extra={
+                "job_cid": assignment.job,
+                "peer": assignment.signer,
+                "reason": reason,
+                "detail": detail,
+            },
+        )
 
     async def _on_assignment(self, msg: Any) -> None:
         arrived = time.perf_counter_ns()
@@ -873,6 +881,10 @@ class Executor:
         ctx = structlog.contextvars.bound_contextvars(job_cid=rec.job_cid, trace_id=rec.trace)
         ctx.__enter__()
         try:
+            log.info(
+                "job started",
+                extra={"capability": job.capability, "attempt": asg.attempt, "peer": asg.signer},
+            )
             outcome, wall_us = Outcome("killed", None, "handed back"), 0
             with anyio.CancelScope() as job_rec.scope:
                 outcome, wall_us = await self._run_handler(job, payload, rec.job_cid, job_rec)
@@ -958,7 +970,7 @@ class Executor:
                 try:
                     outcome = await handler.execute(job, payload)
                 except Exception as exc:
-                    log.exception("capability %s crashed on job %s", job.capability, job_cid)
+                    log.exception("capability crashed", extra={"capability": job.capability})
                     outcome = Outcome("error", None, f"{type(exc).__name__}: {exc}"[:1000])
                 finally:
                     self._running -= 1
@@ -1050,12 +1062,14 @@ class Executor:
             await self._nc.publish(subjects.receipts(self.federation, self.identity.did), renv.raw)
         self.metrics.receipts.labels(status=outcome.status).inc()
         log.info(
-            "job %s finished: %s in %d µs (receipt %s, seq %d)",
-            rec.job_cid,
-            outcome.status,
-            wall_us,
-            renv.cid,
-            seq,
+            "job finished",
+            extra={
+                "capability": rec.job.capability,
+                "status": outcome.status,
+                "duration_ms": round(wall_us / 1000, 3),
+                "receipt_cid": renv.cid,
+                "seq": seq,
+            },
         )
 
 

@@ -17,6 +17,13 @@ drift instead of averaging over a node's whole life.
 
 Wire form (:meth:`StreamingQuantiles.to_wire`): integers, lists and string-keyed maps only,
 so it can travel in canonical MessagePack or be stored and restored.
+
+Why not the ``ddsketch`` package (measured by ``scripts/bench_quantiles.py``, 200,000
+latencies, alpha 1%, this 2-core machine): the same accuracy (worst p50/p95/p99 error 0.90%
+both) and the same cost per ``add`` (0.73 µs here, 0.75 µs ddsketch); ddsketch answers a
+quantile in 18 µs against 34 µs here, which bids do not feel (``slo_for`` recomputes at most
+every 100 ms).  What ddsketch lacks is what this class is for: the two-window decay, integer
+answers, and a wire form without protobuf and without reaching into its private stores.
 """
 
 from __future__ import annotations

@@ -861,7 +861,10 @@ class Client:
                 self._record_outcome(bid.signer, success=False, observed_us=None, bid=bid)
                 _emit("attempt_failed", job_cid, executor=bid.signer, attempt=n, outcome=outcome)
                 attempts.append(Attempt(n, bid.signer, outcome))
-                log.info("job %s attempt %d on %s failed: %s", job_cid, n, bid.signer, outcome)
+                log.info(
+                    "attempt failed",
+                    extra={"job_cid": job_cid, "attempt": n, "peer": bid.signer, "reason": outcome},
+                )
                 self.metrics.reassignments.labels(cause=outcome.split(":")[0]).inc()
             if len(attempts) >= self.config.max_attempts:
                 break
@@ -961,11 +964,14 @@ class Client:
         """Stop routing ``capability`` work to ``executor`` (e.g. it failed a canary);
         lifted after ``for_ms`` or by :meth:`readmit`."""
         self._excluded[(executor, capability)] = (reason, _now_ms() + for_ms)
-        log.warning("excluding %s from %s work: %s", executor, capability, reason)
+        log.warning(
+            "excluding an executor",
+            extra={"peer": executor, "capability": capability, "reason": reason},
+        )
 
     def readmit(self, executor: str, capability: str) -> None:
         if self._excluded.pop((executor, capability), None) is not None:
-            log.info("readmitting %s for %s work", executor, capability)
+            log.info("readmitting an executor", extra={"peer": executor, "capability": capability})
 
     def excluded(self, executor: str, capability: str) -> str | None:
         """Why ``executor`` is excluded from ``capability`` work, or None."""
@@ -1314,10 +1320,8 @@ class Client:
                 if track is not None:
                     track.late_receipts.append(renv.cid)
                 log.info(
-                    "late receipt %s for job %s from %s recorded, not used",
-                    renv.cid,
-                    job_cid,
-                    receipt.signer,
+                    "late receipt recorded, not used",
+                    extra={"job_cid": job_cid, "receipt_cid": renv.cid, "peer": receipt.signer},
                 )
                 return None
             current = True

@@ -276,6 +276,14 @@ class RecordStore:
             # An existing stream belongs to whoever created it (an operator may run it
             # replicated, with their own limits): only bind subjects it lacks, and keep
             # its replicas and limits as they are.
+            if (info.config.num_replicas or 1) < self._replicas:
+                logger.warning(
+                    "JetStream stream %s has %d replica(s), fewer than the %d configured; "
+                    "it is left as it is (scale it with `nats stream edit --replicas`)",
+                    self.stream,
+                    info.config.num_replicas or 1,
+                    self._replicas,
+                )
             have = list(info.config.subjects or [])
             merged = have + [s for s in wanted if s not in have]
             if merged != have:

@@ -154,6 +154,17 @@ async def test_job_published_through_server_0_runs_on_a_node_attached_to_server_
             assert report.ok, report.render()
 
 
+async def test_a_node_set_to_three_receipts_replicas_creates_an_r3_records_stream(
+    nats_cluster: NatsCluster,
+) -> None:
+    # receipts_replicas (CRANKMESH_RECEIPTS_REPLICAS=3 in compose.yaml) reaches the stream
+    async with mesh(nats_cluster.urls[0], [node_config(0, receipts_replicas=3)]):
+        async with _connections(nats_cluster, [1]) as (nc,):
+            info = await nc.jetstream().stream_info(stream_name(FED))
+    assert info.config.num_replicas == 3
+    assert info.cluster is not None and len(info.cluster.replicas or []) == 2  # + the leader
+
+
 @pytest.mark.parametrize("nodes_list", ["every_server", "own_server_only"])
 async def test_killing_the_server_under_the_busiest_executor_loses_no_job_and_no_receipt(
     nats_cluster: NatsCluster, nodes_list: str

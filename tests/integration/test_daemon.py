@@ -84,13 +84,25 @@ def test_metrics_match_jobs_and_sigterm_drains_a_running_job(nats_server, tmp_pa
                 done = [await client.run(Job.echo(b"%d" % i)) for i in range(5)]
                 done += [await client.run(Job.python("print(1)")) for _ in range(3)]
                 m = await anyio.to_thread.run_sync(_metrics, ready["metrics"])
+                assert _sum(m, "crankmesh_job_bids_total") == 8
+                assert _sum(m, "crankmesh_assignments_total", outcome="accepted") == 8
+                assert _sum(m, "crankmesh_executions_started_total", capability="echo") == 5
+                assert _sum(m, "crankmesh_executions_started_total", capability="python.run") == 3
+                assert _sum(m, "crankmesh_receipts_total", status="ok") == 8
+                assert ("crankmesh_directory_peers", ()) in m
+                assert _sum(m, "crankmesh_rejections_total") == 0
+                # RFC 0022 §7's names, as aliases with the same values
                 assert _sum(m, "job_bids_total") == 8
                 assert _sum(m, "assignments_total", outcome="accepted") == 8
-                assert _sum(m, "execution_start_total", capability="echo") == 5
                 assert _sum(m, "execution_start_total", capability="python.run") == 3
-                assert _sum(m, "receipts_total", status="ok") == 8
-                assert ("directory_peers", ()) in m
-                assert _sum(m, "rejections_total") == 0
+                # every family is crankmesh's, the process collector's or the platform's
+                names = {n for n, _ in m}
+                assert all(
+                    n.startswith(("crankmesh_", "process_", "python_"))
+                    or n in {"job_bids_total", "assignments_total", "execution_start_total"}
+                    for n in names
+                ), sorted(names)
+                assert _sum(m, "process_resident_memory_bytes") > 1_000_000
                 health_url = ready["metrics"].replace("/metrics", "/healthz")
                 health = json.loads(
                     await anyio.to_thread.run_sync(
@@ -98,6 +110,11 @@ def test_metrics_match_jobs_and_sigterm_drains_a_running_job(nats_server, tmp_pa
                     )
                 )
                 assert health["status"] == "ok" and health["did"] == ready["did"]
+                # the load the node advertises, as `peers` shows it: max_concurrency slots
+                peer = client.directory.get(ready["did"])
+                assert peer is not None
+                load = peer.advert.load
+                assert health["capacity"] == load.capacity > 0
                 # SIGTERM while a 2 s job runs: the job's receipt still arrives.
                 handle = client.submit(
                     Job.python("import time\ntime.sleep(2)\nprint('done')", timeout_sec=10)
@@ -192,8 +209,8 @@ async def test_production_node_rejects_and_counts_untrusted_signers(tmp_path: Pa
                 await nc.flush()
                 await anyio.sleep(0.5)
             m = await anyio.to_thread.run_sync(_metrics, ready["metrics"])
-            assert _sum(m, "rejections_total", kind="announce", reason="untrusted") == 1
-            assert _sum(m, "job_bids_total") == 1  # the member's job got a bid
+            assert _sum(m, "crankmesh_rejections_total", kind="announce", reason="untrusted") == 1
+            assert _sum(m, "crankmesh_job_bids_total") == 1  # the member's job got a bid
         finally:
             proc.send_signal(signal.SIGTERM)
             await anyio.to_thread.run_sync(lambda: proc.communicate(timeout=20))
@@ -250,6 +267,17 @@ def test_json_logs_carry_job_cid_and_the_originators_trace_id(nats_server, tmp_p
     assert about_job, err[-2000:]
     assert all(x.get("trace_id") == r.trace_id for x in about_job)
     assert {"timestamp", "level", "logger", "event"} <= set(about_job[0])
+    # facts are fields, not words in the event string
+    started = [x for x in about_job if x["event"] == "job started"]
+    assert started and started[0]["capability"] == "echo" and started[0]["attempt"] == 1
+    assert started[0]["peer"].startswith("did:key:z6Mk")
+    finished = [x for x in about_job if x["event"] == "job finished"]
+    assert finished, [x["event"] for x in about_job]
+    assert finished[0]["status"] == "ok" and finished[0]["capability"] == "echo"
+    assert finished[0]["receipt_cid"] == r.receipt_cid
+    assert isinstance(finished[0]["duration_ms"], float) and finished[0]["duration_ms"] >= 0
+    joined = [x for x in lines if x["event"] == "peer joined"]
+    assert all(x["peer"].startswith("did:key:") and x["capability"] for x in joined)
 
 
 @pytest.mark.anyio

