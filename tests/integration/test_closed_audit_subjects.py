@@ -9,10 +9,12 @@ import dataclasses
 from pathlib import Path
 
 import anyio
+import anyio.to_thread
 import nats
 import nats.errors
 import pytest
 
+from crankmesh.keystore import save_identity
 from crankmesh.node import Node
 from crankmesh.originator import Client, Job
 from crankmesh.protocol import subjects
@@ -24,6 +26,7 @@ from crankmesh.testing import closed_nats_server, member_options
 from crankmesh.transport import NatsOptions, connect
 
 from .helpers import node_config
+from .test_cli import run_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
@@ -149,3 +152,25 @@ async def test_an_originator_identity_cannot_bid_or_write_receipts(tmp_path: Pat
     text = " ".join(errors)
     assert "bids" in text and "receipts" in text and "adverts" in text, errors
     assert "settlements" not in text, errors
+
+
+async def test_cli_submit_authenticates_with_its_nkey_seed_and_key(tmp_path: Path):
+    executor, origin = Identity.generate(), Identity.generate()
+    members = {"node": [executor.did], "originator": [origin.did]}
+    key = tmp_path / "origin.key"
+    save_identity(origin, key)
+    with closed_nats_server(members, federation=FED) as server:
+        seed = member_options(server.url, origin, tmp_path).nkeys_seed
+        assert seed is not None
+        cfg = node_config(0, capabilities=("echo",))
+        opts = member_options(server.url, executor, tmp_path)
+        async with Node(identity=executor, nats=opts, config=cfg):
+            base = ["submit", "--nats", server.url, "--capability", "echo", "--payload", "hi"]
+            ok = await anyio.to_thread.run_sync(
+                lambda: run_cli(*base, "--key", str(key), "--nats-nkey-seed-file", seed)
+            )
+            assert ok.returncode == 0, ok.stderr
+            assert "hi" in ok.stdout and executor.did in ok.stdout
+            refused = await anyio.to_thread.run_sync(lambda: run_cli(*base))
+            assert refused.returncode != 0
+            assert "error:" in refused.stderr and "refused the connection" in refused.stderr
