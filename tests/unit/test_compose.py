@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "compose.yaml").read_text())
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
 NATS = {n: s for n, s in SERVICES.items() if str(s.get("image", "")).startswith("nats:2.10")}
-NODES = {n: s for n, s in SERVICES.items() if "build" in s}
+NODES = {n: s for n, s in SERVICES.items() if "build" in s and "entrypoint" not in s}
 KNOWN_ENV = {info.env for info in SETTINGS.values()} | {ENV_MODE, "CRANKMESH_HOME"}
 
 
