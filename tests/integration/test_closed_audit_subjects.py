@@ -47,11 +47,11 @@ async def _connect(opts, errors: list[str]):
 
 
 async def test_attacker_cannot_publish_into_other_nodes_audit_subjects(tmp_path: Path):
-    honest, attacker, origin, admin = (Identity.generate() for _ in range(4))
+    honest, attacker, origin, auditor = (Identity.generate() for _ in range(4))
     members = {
         "node": [honest.did, attacker.did],
         "originator": [origin.did],
-        "admin": [admin.did],
+        "auditor": [auditor.did],
     }
     with closed_nats_server(members, federation=FED) as server:
         url = server.url
@@ -95,22 +95,30 @@ async def test_attacker_cannot_publish_into_other_nodes_audit_subjects(tmp_path:
                 )
             assert "subscription" in violations and "assignment" in violations, errors
 
-        # What the record stream holds (read with the admin's identity): the honest node's
+        # What the record stream holds (read as the auditor): the honest node's
         # receipts and winning bids, the originator's settlements, and nothing forged
         # under another member's id.
-        admin_nc = await _connect(member_options(url, admin, tmp_path), [])
+        audit_errors: list[str] = []
+        audit_nc = await _connect(member_options(url, auditor, tmp_path), audit_errors)
         try:
             with anyio.fail_after(10):
                 while True:
-                    records = await read_stream(admin_nc, stream_name(FED), idle_timeout_s=0.5)
+                    records = await read_stream(audit_nc, stream_name(FED), idle_timeout_s=0.5)
                     by_subject: dict[str, list[bytes]] = {}
                     for rec in records:
                         by_subject.setdefault(rec.subject, []).append(rec.data)
                     if len(by_subject.get(subjects.receipts(FED, honest.did), [])) >= 5:
                         break
                     await anyio.sleep(0.1)
+            # The auditor reads but writes nothing on the federation's subjects.
+            await audit_nc.publish(subjects.receipts(FED, honest.did), MARK)
+            await audit_nc.flush()
+            with anyio.fail_after(5):
+                while not audit_errors:  # noqa: ASYNC110
+                    await anyio.sleep(0.02)
         finally:
-            await admin_nc.close()
+            await audit_nc.close()
+        assert "permissions violation" in audit_errors[0].lower(), audit_errors
         assert not any(MARK == d for data in by_subject.values() for d in data), by_subject.keys()
         assert len(by_subject[subjects.receipts(FED, honest.did)]) == 5
         assert len(by_subject[subjects.bid_records(FED, honest.did)]) == 5
