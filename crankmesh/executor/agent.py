@@ -441,7 +441,8 @@ class Executor:
         if over is not None:
             # The no-bid reason "over_caps" with its detail (which cap, asked vs allowed).
             self.metrics.bids_declined.labels(reason=over.reason).inc()
-            log.info("not bidding on job %s: %s", job_cid, over)
+            if log.isEnabledFor(logging.DEBUG):  # counted; a flood must not flood the log
+                log.debug("not bidding on job %s: %s", job_cid, over)
             return
         match_outcome: str = "compatible"
         warnings: tuple[str, ...] = ()
