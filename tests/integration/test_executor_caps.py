@@ -96,3 +96,34 @@ async def test_assignment_past_the_total_memory_cap_is_rejected_naming_the_cap(n
     assert "over_caps" in text and "max_total_memory_mb" in text and "1536" in text, text
     assert _count(node.metrics.assignments, outcome="over_caps") == 1
     assert node.executor is not None and len(node.executor.caps_ledger) == 0
+
+
+async def test_python_job_disk_is_capped_by_max_job_disk_mb(nats_server):
+    caps = ExecutorCaps(max_disk_mb=1)
+    cfg = node_config(0, capabilities=("python.run",), caps=caps)
+    code = "with open('big', 'wb') as f:\n    f.write(b'x' * (2 * 1024 * 1024))"
+    async with mesh(nats_server.url, [cfg]):
+        async with client_for(nats_server.url, "python.run", 1) as client:
+            r = await client.run(Job.python(code, timeout_sec=10))
+            assert r.status == "error" and "file size limit of 1048576 bytes" in r.receipt.detail, (
+                r.status,
+                r.receipt.detail,
+            )
+            r = await client.run(Job.python(code.replace("2 * 1024", "512"), timeout_sec=10))
+            assert r.ok, (r.status, r.receipt.detail)
+
+
+async def test_price_scales_with_the_reserved_gib_seconds_in_bid_and_receipt(nats_server):
+    # 1000 µ base + 100 µ per GiB-second: 1024 MB (the default) held for 2 s adds 200 µ.
+    cfg = node_config(0, price=1000, price_per_gib_s=100, caps=ExecutorCaps())
+    async with mesh(nats_server.url, [cfg]):
+        async with client_for(
+            nats_server.url, "echo", 1, busy_wait_s=0, max_bid_window_ms=100, max_attempts=1
+        ) as client:
+            r = await client.run(Job.echo(b"x", timeout_sec=2))
+            assert r.ok and r.price == 1200 and r.receipt.charge == 1200
+            r = await client.run(Job.echo(b"x", timeout_sec=4))
+            assert r.ok and r.price == 1400 and r.receipt.charge == 1400
+            # The scaled price is what max_price is compared with: 1200 > 1199, no bid.
+            with pytest.raises((NoBids, NoCapacity)):
+                await client.run(Job.echo(b"x", timeout_sec=2, max_price=1199))
