@@ -11,6 +11,7 @@ from crankmesh import NoCapacity
 from crankmesh.executor.caps import ExecutorCaps
 from crankmesh.originator import Job
 from crankmesh.protocol.errors import ExecutorsExhausted, NoBids
+from crankmesh.protocol.messages import Constraints
 
 from .helpers import client_for, mesh, node_config
 
@@ -27,7 +28,7 @@ def _count(metric, **labels: str) -> float:
 
 
 async def test_job_over_the_executors_caps_is_declined_and_never_run(nats_server):
-    caps = ExecutorCaps(max_timeout_ms=2_000, max_output_bytes=4096)
+    caps = ExecutorCaps(max_timeout_ms=2_000, max_output_bytes=4096)  # memory: 4096 MB
     async with mesh(nats_server.url, [node_config(0, caps=caps)]) as (node,):
         async with client_for(
             nats_server.url, "echo", 1, busy_wait_s=0, max_bid_window_ms=100, max_attempts=1
@@ -35,10 +36,11 @@ async def test_job_over_the_executors_caps_is_declined_and_never_run(nats_server
             for job in (
                 Job.echo(b"x", timeout_sec=3),  # asks 3 s, the cap is 2 s
                 Job.call("echo", b"x", timeout_sec=1, max_output_bytes=4097),
+                Job(capability="echo", payload=b"x", constraints=Constraints(memory_mb=1 << 24)),
             ):
                 with pytest.raises((NoBids, NoCapacity)):
                     await client.run(job)
-            assert _count(node.metrics.bids_declined, reason="over_caps") >= 2
+            assert _count(node.metrics.bids_declined, reason="over_caps") >= 3
             assert _count(node.metrics.execution_start) == 0
             ok = await client.run(Job.call("echo", b"fits", timeout_sec=2, max_output_bytes=4096))
             assert ok.ok and ok.output == b"fits"
