@@ -4,11 +4,11 @@ totals is rejected with a reason naming the cap."""
 
 from __future__ import annotations
 
-import anyio
 import pytest
 
 from crankmesh import NoCapacity
 from crankmesh.executor.caps import ExecutorCaps
+from crankmesh.market import get_policy
 from crankmesh.originator import Job
 from crankmesh.protocol.errors import ExecutorsExhausted, NoBids
 from crankmesh.protocol.messages import Constraints
@@ -69,35 +69,47 @@ async def test_python_job_within_caps_runs_with_the_caps_memory_and_cpu_applied(
             assert r.ok and r.stdout == f"{20 * 1024 * 1024}\n"
 
 
+class _RoomTakenWhileRanking:
+    """The 'cost' policy, plus a side effect: while the originator ranks the bids, another
+    job takes the executor's room (deterministically between its bid and the Assignment)."""
+
+    name = "cost"
+
+    def __init__(self, take_room) -> None:
+        self._inner = get_policy("cost")
+        self._take_room = take_room
+
+    def rank(self, candidates, terms, now_ms):
+        self._take_room()
+        return self._inner.rank(candidates, terms, now_ms)
+
+
 async def test_assignment_past_the_total_memory_cap_is_rejected_naming_the_cap(nats_server):
-    # Each job gets 1024 MB by default; together, admitted jobs may hold 1536 MB. Both jobs
-    # are announced (and bid on) before either is assigned: the second Assignment finds the
-    # first job holding the room and gets a signed Reject "over_caps" naming the cap.
+    # Each job gets 1024 MB by default; together, admitted jobs may hold 1536 MB. The job is
+    # bid on while the room is free; by the time its Assignment arrives another job holds
+    # 1024 MB, so the executor answers with a signed Reject "over_caps" naming the cap.
     caps = ExecutorCaps(default_memory_mb=1024, max_total_memory_mb=1536)
-    cfg = node_config(0, capabilities=("python.run",), caps=caps, max_concurrency=2)
+    cfg = node_config(0, caps=caps)
     async with mesh(nats_server.url, [cfg]) as (node,):
+        ex = node.executor
+        assert ex is not None
+        other = caps.effective(Constraints())
+        policy = _RoomTakenWhileRanking(lambda: ex.caps_ledger.admit("other-job", other))
         async with client_for(
-            nats_server.url, "python.run", 1, busy_wait_s=0, max_attempts=1
+            nats_server.url, "echo", 1, busy_wait_s=0, max_bid_window_ms=100, max_attempts=1
         ) as client:
-            outcomes: list[object] = []
-
-            async def one() -> None:
-                try:
-                    outcomes.append(await client.run(Job.python("import time; time.sleep(1)")))
-                except (ExecutorsExhausted, NoBids, NoCapacity) as exc:
-                    outcomes.append(exc)
-
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(one)
-                tg.start_soon(one)
-    done = [o for o in outcomes if not isinstance(o, Exception)]
-    failed = [o for o in outcomes if isinstance(o, Exception)]
-    assert len(done) == 1 and len(failed) == 1, outcomes
-    assert isinstance(failed[0], ExecutorsExhausted), failed[0]
-    text = str(failed[0])
-    assert "over_caps" in text and "max_total_memory_mb" in text and "1536" in text, text
-    assert _count(node.metrics.assignments, outcome="over_caps") == 1
-    assert node.executor is not None and len(node.executor.caps_ledger) == 0
+            with pytest.raises(ExecutorsExhausted) as info:
+                await client.run(Job.echo(b"x"), policy=policy)
+            text = str(info.value)
+            assert "over_caps" in text and "max_total_memory_mb" in text, text
+            assert "2048 MB asked > cap max_total_memory_mb 1536 MB" in text, text
+            assert _count(node.metrics.assignments, outcome="over_caps") == 1
+            assert _count(node.metrics.execution_start) == 0
+            # The room frees up: the same job now runs, and leaves the ledger as it found it.
+            ex.caps_ledger.release("other-job")
+            r = await client.run(Job.echo(b"y"))
+            assert r.ok and r.output == b"y"
+            assert len(ex.caps_ledger) == 0 and ex.caps_ledger.memory_mb == 0
 
 
 async def test_python_job_disk_is_capped_by_max_job_disk_mb(nats_server):
