@@ -46,7 +46,9 @@ async def _connect(opts, errors: list[str]):
     )
 
 
-async def test_attacker_cannot_publish_into_other_nodes_audit_subjects(tmp_path: Path):
+async def test_attacker_cannot_publish_into_other_nodes_audit_subjects(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
     honest, attacker, origin, auditor = (Identity.generate() for _ in range(4))
     members = {
         "node": [honest.did, attacker.did],
@@ -94,6 +96,11 @@ async def test_attacker_cannot_publish_into_other_nodes_audit_subjects(tmp_path:
                     errors,
                 )
             assert "subscription" in violations and "assignment" in violations, errors
+            # The honest node and client needed nothing their roles do not grant.
+            honest_errors = [
+                r.getMessage() for r in caplog.records if r.name == "crankmesh.transport"
+            ]
+            assert not any("violation" in m.lower() for m in honest_errors), honest_errors
 
         # What the record stream holds (read as the auditor): the honest node's
         # receipts and winning bids, the originator's settlements, and nothing forged
