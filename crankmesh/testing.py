@@ -21,6 +21,7 @@ import collections
 import enum
 import importlib.util
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -30,7 +31,7 @@ import time
 import urllib.error
 import urllib.request
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -41,7 +42,7 @@ import anyio.to_thread
 from crankmesh.protocol.errors import ClientStateError, ServerError
 from crankmesh.transport import NatsOptions, find_nats_server_binary
 
-__all__ = ["NatsCluster", "NatsServer"]
+__all__ = ["NatsCluster", "NatsServer", "closed_nats_server", "member_options"]
 
 _LOG_LINES_KEPT = 5000
 _TAIL_LINES = 30
@@ -817,6 +818,31 @@ class NatsCluster(_Lifecycle):
         except (OSError, ValueError, urllib.error.URLError) as exc:
             return f"monitoring endpoint not answering ({exc!r})"
         return None
+
+
+def closed_nats_server(
+    members: Mapping[str, Iterable[str]], *, federation: str = "default", **kwargs: Any
+) -> NatsServer:
+    """A :class:`NatsServer` with closed audit subjects: only the listed DIDs connect
+    (each as its own nkey), with the permissions of its role (``node``, ``originator``,
+    ``auditor``, ``admin``; see :mod:`crankmesh.nats_auth`). ``kwargs`` go to
+    :class:`NatsServer`. Connect with :func:`member_options`."""
+    from crankmesh.nats_auth import authorization_block
+
+    block = authorization_block(members, federation=federation)
+    return NatsServer(authorization=block, **kwargs)
+
+
+def member_options(url: str, identity: Any, directory: str | Path) -> NatsOptions:
+    """NatsOptions that authenticate to a :func:`closed_nats_server` as ``identity``:
+    writes its nkey seed file (mode 0600) into ``directory``."""
+    from crankmesh.nats_auth import nkey_seed
+
+    path = Path(directory) / f"{identity.node_id}.nk"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as fh:
+        fh.write(nkey_seed(identity) + "\n")
+    return NatsOptions(servers=(url,), nkeys_seed=str(path))
 
 
 # ---------------------------------------------------------------------- pytest fixtures

@@ -203,9 +203,27 @@ def _cmd_submit(args: argparse.Namespace) -> int:
         data = (args.payload or "").encode()
         job = Job.call(args.capability, data, timeout_sec=args.timeout, max_price=args.max_price)
 
+    nats_target: Any = args.nats
+    if args.nats_nkey_seed_file:  # closed audit subjects: connect as the key's NATS user
+        from ..transport import NatsOptions
+
+        nats_target = NatsOptions.from_url(args.nats, nkeys_seed=args.nats_nkey_seed_file)
+    identity = None
+    if args.key:
+        from ..keystore import load_identity
+        from ..protocol.errors import KeystoreError
+
+        try:
+            identity = load_identity(args.key)
+        except KeystoreError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+
     async def run() -> int:
         failures = 0
-        async with Client(nats=args.nats, federation=args.federation, policy=args.policy) as c:
+        async with Client(
+            nats=nats_target, identity=identity, federation=args.federation, policy=args.policy
+        ) as c:
             # The nodes answer the client's advert sync together: settle briefly so the
             # first job can go to the best of them, not the first to answer.
             await c.wait_for_peers(job.capability, 1, wait_s=args.wait_peers, settle_s=0.05)
@@ -241,7 +259,11 @@ def _cmd_submit(args: argparse.Namespace) -> int:
                     failures += 1
         return 1 if failures else 0
 
-    return run_loop(run)
+    try:
+        return run_loop(run)
+    except CrankmeshError as exc:  # e.g. NATS refused the credentials: one line, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 # ----------------------------------------------------------------------------- demo
@@ -333,6 +355,11 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--slo-p95-ms", type=float, help="required p95 latency (ms), for --policy slo")
     sb.add_argument("--budget", metavar="TOKENFILE", help="pay from this budget token chain")
     sb.add_argument("--key", help="originator key file (needed to spend a --budget token)")
+    sb.add_argument(
+        "--nats-nkey-seed-file",
+        help="NATS nkey seed file (`python -m crankmesh.nats_auth seed`), for servers with "
+        "closed audit subjects; use with --key, the identity it belongs to",
+    )
     sb.add_argument("--explain", action="store_true", help="print why the executor was chosen")
     sb.add_argument("--count", type=int, default=1)
     sb.add_argument(

@@ -535,7 +535,8 @@ class Executor:
         over = self.over_caps(ann.job)
         if over is not None:
             # The no-bid reason "over_caps" with its detail (which cap, asked vs allowed).
-            log.info("not bidding on job %s: %s", job_cid, over)
+            if log.isEnabledFor(logging.DEBUG):  # counted; a flood must not flood the log
+                log.debug("not bidding on job %s: %s", job_cid, over)
             await self._decline(msg, ann, over.reason, over.detail, job_cid=job_cid)
             return
         match_outcome: str = "compatible"
