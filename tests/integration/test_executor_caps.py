@@ -33,13 +33,22 @@ async def test_job_over_the_executors_caps_is_declined_and_never_run(nats_server
         async with client_for(
             nats_server.url, "echo", 1, busy_wait_s=0, max_bid_window_ms=100, max_attempts=1
         ) as client:
-            for job in (
-                Job.echo(b"x", timeout_sec=3),  # asks 3 s, the cap is 2 s
-                Job.call("echo", b"x", timeout_sec=1, max_output_bytes=4097),
-                Job(capability="echo", payload=b"x", constraints=Constraints(memory_mb=1 << 24)),
+            for job, cap in (
+                (Job.echo(b"x", timeout_sec=3), "timeout"),  # asks 3 s, the cap is 2 s
+                (Job.call("echo", b"x", timeout_sec=1, max_output_bytes=4097), "output"),
+                (
+                    Job(
+                        capability="echo",
+                        payload=b"x",
+                        constraints=Constraints(memory_mb=1 << 24, timeout_ms=1_000),
+                    ),
+                    "memory",
+                ),
             ):
-                with pytest.raises((NoBids, NoCapacity)):
+                with pytest.raises((NoBids, NoCapacity)) as info:
                     await client.run(job)
+                # the executor's signed NoBid names the cap, and the error quotes it
+                assert "over_caps" in str(info.value) and cap in str(info.value), str(info.value)
             assert _count(node.metrics.bids_declined, reason="over_caps") >= 3
             assert _count(node.metrics.execution_start) == 0
             ok = await client.run(Job.call("echo", b"fits", timeout_sec=2, max_output_bytes=4096))
