@@ -13,6 +13,7 @@ While collecting bids, :func:`can_be_beaten` says when the bid window may close 
 
 from __future__ import annotations
 
+from . import _negotiation as negotiation
 from ._budget import BudgetLedger, JobCharge, JobChargeState
 from ._candidate import Candidate, Terms
 from ._early_close import can_be_beaten
@@ -25,6 +26,7 @@ from ._filters import (
     apply_filters,
     effective_p95_us,
 )
+from ._negotiation import Negotiation, sample_executors
 from ._policies import (
     POLICIES,
     KeyPolicy,
@@ -49,6 +51,7 @@ __all__ = [
     "JobChargeState",
     "KeyPolicy",
     "LocalReputation",
+    "Negotiation",
     "POLICIES",
     "Policy",
     "Ranking",
@@ -63,8 +66,10 @@ __all__ = [
     "effective_p95_us",
     "expected_latency_us",
     "get_policy",
+    "negotiation",
     "policy_from_key",
     "reputation_score",
     "resource_price",
+    "sample_executors",
     "select",
 ]
