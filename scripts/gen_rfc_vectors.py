@@ -372,6 +372,7 @@ def build_vectors() -> dict[str, Any]:
         exp=T0 + 40 + 2_000,
         job=job_cid,
         quote=quote.cid,
+        spec=job,
         executor=executor.did,
         attempt=1,
         nonce=bytes(range(48, 64)),

@@ -349,11 +349,15 @@ class Assignment(SignedMessage):
     deadline: UInt  # receipt due (ms since the epoch)
     budget_chain: bytes | None = None  # budget token chain (RFC 0001 §8.12), leaf = job.budget
     quote: DocCID | None = None
+    #: The job document, on a quote only (no Announce brought it): ``job`` is its CID.
+    spec: JobSpec | None = None
 
     @model_validator(mode="after")
     def _one_offer(self) -> Self:
         if (self.bid is None) == (self.quote is None):
             raise ValueError("an assignment names exactly one of bid and quote")
+        if (self.spec is None) != (self.quote is None):
+            raise ValueError("an assignment carries the job's spec exactly when it is on a quote")
         return self
 
     @property

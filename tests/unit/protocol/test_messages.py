@@ -641,18 +641,25 @@ def _assignment_body(**changes: Any) -> dict[str, Any]:
 
 
 def test_assignment_on_a_quote_round_trips() -> None:
-    body = _assignment_body(bid=None, quote=DOC)
+    body = _assignment_body(bid=None, quote=DOC, spec=JOB.to_wire())
     _, asg = decode_message(signed_body("assignment", body, ORIGINATOR), Assignment)
-    assert asg.quote == DOC and asg.bid is None and asg.offer == DOC
+    assert asg.quote == DOC and asg.bid is None and asg.offer == DOC and asg.spec == JOB
     _, on_bid = decode_message(SAMPLES["assignment"][0].sign(ORIGINATOR).raw, Assignment)
     assert on_bid.offer == on_bid.bid == DOC and on_bid.quote is None
 
 
 @pytest.mark.parametrize(
-    "changes", [{"bid": None, "quote": None}, {"quote": DOC}], ids=["neither", "both"]
+    ("changes", "error"),
+    [
+        ({"bid": None, "quote": None}, "exactly one of bid and quote"),
+        ({"quote": DOC, "spec": JOB.to_wire()}, "exactly one of bid and quote"),
+        ({"bid": None, "quote": DOC}, "spec exactly when it is on a quote"),
+        ({"spec": JOB.to_wire()}, "spec exactly when it is on a quote"),
+    ],
+    ids=["neither", "both", "quote_without_spec", "spec_on_a_bid"],
 )
-def test_assignment_names_exactly_one_offer(changes: dict[str, Any]) -> None:
-    with pytest.raises(DecodeError, match="exactly one of bid and quote"):
+def test_assignment_names_exactly_one_offer(changes: dict[str, Any], error: str) -> None:
+    with pytest.raises(DecodeError, match=error):
         decode_message(
             signed_body("assignment", _assignment_body(**changes), ORIGINATOR), Assignment
         )

@@ -206,6 +206,8 @@ def test_assignment_on_a_quote_links_up() -> None:
         bytes.fromhex(by_name["assignment on a quote"]["envelope_hex"]), Assignment
     )
     assert asg.quote == quote_env.cid and asg.bid is None
+    body = open_envelope(bytes.fromhex(by_name["assignment on a quote"]["envelope_hex"])).body
+    assert job_cid_of(body["spec"]) == asg.job  # the job document rides on the assignment
     assert asg.executor == quote.signer and asg.job == VECTORS["job"]["cid"]
     assert quote.capability == from_json(VECTORS["job"]["wire"])["capability"]
     assert quote.exp > asg.ts > quote.ts
