@@ -45,6 +45,8 @@ from crankmesh.protocol.messages import (
     Load,
     Metering,
     NoBid,
+    Quote,
+    QuoteTerms,
     Receipt,
     ReceiptDelivery,
     Reject,
@@ -345,6 +347,39 @@ def build_vectors() -> dict[str, Any]:
         detail="drained: drain grace of 1 s expired",
     ).sign(executor)
 
+    # Revision 2 (§8.14): the executor's firm quote, and an Assignment made on it.
+    quote = Quote(
+        signer=executor.did,
+        ts=T0 - 5_000,
+        capability="text.summarize",
+        price=1_000,
+        currency="USD",
+        slo=BidSlo(p50_us=800, p95_us=1_500, p99_us=2_100, samples=200),
+        load=Load(running=0, queued=0, capacity=2),
+        isolation="standard",
+        exp=T0 - 5_000 + 15_000,
+        seq=42,
+        terms=QuoteTerms(
+            max_timeout_ms=30_000,
+            max_memory_mb=1_024,
+            max_output_bytes=1 << 20,
+            max_payload_bytes=1 << 16,
+        ),
+    ).sign(executor)
+    assignment_on_quote = Assignment(
+        signer=originator.did,
+        ts=T0 + 40,
+        exp=T0 + 40 + 2_000,
+        job=job_cid,
+        quote=quote.cid,
+        spec=job,
+        executor=executor.did,
+        attempt=1,
+        nonce=bytes(range(48, 64)),
+        payload=sealed_payload,
+        deadline=T0 + 40 + 10_000,
+    ).sign(originator)
+
     nonce_result = _label_key("crankmesh rfc 0001 box nonce 2")[:24]
     shared_result, key_result, sealed_result = box_with_nonce(
         result, executor, originator, nonce_result
@@ -404,6 +439,8 @@ def build_vectors() -> dict[str, Any]:
             _signed_vector("nobid", "second executor", nobid, full=True),
             _signed_vector("reject", "second executor", reject),
             _signed_vector("reject (handed back)", "executor", handed_back),
+            _signed_vector("quote", "executor", quote),
+            _signed_vector("assignment on a quote", "originator", assignment_on_quote),
         ],
         "receipt_delivery": {
             "receipt": "receipt",

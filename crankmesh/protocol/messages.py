@@ -17,7 +17,7 @@ import re
 from typing import Annotated, Any, ClassVar, Final, Literal, Self, TypeVar, get_args
 
 import pydantic
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .cid import CODEC_MESSAGEPACK, CODEC_RAW, cid_for_document, parse_cid
 from .encoding import canonical_encode, canonicalize, encode_canonicalized
@@ -36,6 +36,7 @@ __all__ = [
     "CAPABILITY_RE",
     "MAX_CLOSED_PER_ANNOUNCE",
     "MESSAGE_TYPES",
+    "PROTOCOL_REVISION",
     "NO_BID_REASONS",
     "RECEIPT_STATUSES",
     "REJECT_REASONS",
@@ -53,6 +54,8 @@ __all__ = [
     "Load",
     "Metering",
     "NoBid",
+    "Quote",
+    "QuoteTerms",
     "Receipt",
     "ReceiptDelivery",
     "Reject",
@@ -336,13 +339,33 @@ class Assignment(SignedMessage):
     TYPE: ClassVar[str] = "assignment"
     exp: UInt
     job: DocCID
-    bid: DocCID
+    #: The envelope CID of the Bid, or of the Quote (RFC 0001 §8.14), being accepted:
+    #: exactly one of the two is set.
+    bid: DocCID | None = None
     executor: DID
     attempt: Annotated[int, Field(ge=1, le=1000)]
     nonce: Nonce
     payload: bytes  # box (RFC 0001 §3.3) of the payload bytes from the signer to ``executor``
     deadline: UInt  # receipt due (ms since the epoch)
     budget_chain: bytes | None = None  # budget token chain (RFC 0001 §8.12), leaf = job.budget
+    quote: DocCID | None = None
+    #: The job document, on a quote only (no Announce brought it): ``job`` is its CID.
+    spec: JobSpec | None = None
+
+    @model_validator(mode="after")
+    def _one_offer(self) -> Self:
+        if (self.bid is None) == (self.quote is None):
+            raise ValueError("an assignment names exactly one of bid and quote")
+        if (self.spec is None) != (self.quote is None):
+            raise ValueError("an assignment carries the job's spec exactly when it is on a quote")
+        return self
+
+    @property
+    def offer(self) -> str:
+        """The CID of the Bid or Quote this assignment accepts (the one that is set)."""
+        offer = self.bid if self.bid is not None else self.quote
+        assert offer is not None  # validated: exactly one is set
+        return offer
 
 
 class Close(SignedMessage):
@@ -402,6 +425,9 @@ REJECT_REASONS: Final[tuple[str, ...]] = (
     "payload_mismatch",
     "over_caps",
     "handed_back",
+    "quote_expired",
+    "quote_unknown",
+    "terms",
 )
 
 
@@ -457,11 +483,44 @@ class Settlement(SignedMessage):
     budget: DocCID | None = None  # leaf budget token CID the charge is booked against
 
 
+class QuoteTerms(_Model):
+    """The job shapes a Quote covers (RFC 0001 §8.14); an absent term means "up to
+    the executor's own cap"."""
+
+    max_timeout_ms: PosInt | None = None
+    max_memory_mb: PosInt | None = None
+    max_output_bytes: UInt | None = None
+    max_payload_bytes: UInt | None = None
+    env_profiles: Annotated[list[Token], Field(max_length=32)] | None = None
+
+
+class Quote(SignedMessage):
+    """An executor's standing, firm offer for one capability (RFC 0001 §8.14): any
+    job that fits ``terms`` may be assigned on it directly, at exactly ``price``,
+    until ``exp``."""
+
+    TYPE: ClassVar[str] = "quote"
+    capability: Capability
+    price: UInt
+    currency: Currency = "USD"
+    slo: BidSlo = BidSlo()
+    load: Load = Load()
+    isolation: IsolationToken = "none"
+    exp: UInt
+    seq: UInt
+    terms: QuoteTerms = QuoteTerms()
+
+
+#: The RFC 0001 revision this implementation speaks (Advert ``proto``; absent = 1).
+PROTOCOL_REVISION: Final = 2
+
+
 class AdvertCapability(_Model):
     name: Capability
     price: UInt
     currency: Currency = "USD"
     slo: BidSlo | None = None
+    quote: Annotated[bytes, Field(max_length=4096)] | None = None  # signed Quote envelope
 
 
 class Advert(SignedMessage):
@@ -475,6 +534,7 @@ class Advert(SignedMessage):
     load: Load = Load()
     isolation: IsolationToken = "none"
     draining: bool = False
+    proto: PosInt | None = None  # RFC 0001 revision the signer speaks; absent = 1
 
 
 MESSAGE_TYPES: Final[dict[str, type[SignedMessage]]] = {
@@ -490,6 +550,7 @@ MESSAGE_TYPES: Final[dict[str, type[SignedMessage]]] = {
         Settlement,
         Advert,
         NoBid,
+        Quote,
     )
 }
 

@@ -14,7 +14,11 @@ subject                                         carries
 ``crank.<fed>.tokens.<id>``                     budget tokens used, by issuer (persisted)
 ``crank.<fed>.nodes.adverts``                   Advert heartbeats
 ``crank.<fed>.nodes.sync``                      empty: "whoever is there, advertise now"
+``crank.<fed>.nodes.<id>.announce``             Announce sampled to one executor (§10.8)
 ==============================================  ==========================================
+
+The directory (RFC 0001 §8.15) is the JetStream key-value bucket
+``crank_<fed>_directory`` (:func:`directory_bucket`), one key per node id.
 
 ``<id>`` is a node's DID without ``did:key:`` (``z6Mk…``).  Putting the
 capability in the announce subject lets NATS deliver an announcement only to
@@ -44,6 +48,8 @@ __all__ = [
     "check_federation",
     "closed",
     "closed_all",
+    "directory_bucket",
+    "node_announce",
     "parse_subject",
     "receipt_delivery",
     "receipts",
@@ -129,9 +135,21 @@ def advert_sync(federation: str) -> str:
     return f"{ROOT}.{federation}.nodes.sync"
 
 
+def node_announce(federation: str, executor_did: str) -> str:
+    """Where an originator sends an Announce sampled to one executor (RFC 0001 §10.8)."""
+    return f"{ROOT}.{federation}.nodes.{did_node_id(executor_did)}.announce"
+
+
+def directory_bucket(federation: str) -> str:
+    """The JetStream key-value bucket of the federation's directory (RFC 0001 §8.15):
+    key = a node id, value = that node's latest signed Advert."""
+    return f"{ROOT}_{federation}_directory"
+
+
 @dataclass(frozen=True, slots=True)
 class SubjectInfo:
-    kind: str  # announce|bids|assignment|receipt|closed|receipts|settlements|adverts|sync
+    # announce|bids|assignment|receipt|closed|receipts|settlements|adverts|sync|node_announce
+    kind: str
     federation: str
     job_cid: str | None = None
     capability: str | None = None
@@ -155,4 +173,6 @@ def parse_subject(subject: str) -> SubjectInfo:
         return SubjectInfo(area, fed, node_id=rest[0])
     elif area == "nodes" and rest in (["adverts"], ["sync"]):
         return SubjectInfo(rest[0], fed)
+    elif area == "nodes" and len(rest) == 2 and rest[1] == "announce" and rest[0]:
+        return SubjectInfo("node_announce", fed, node_id=rest[0])
     raise ValueError(f"not a crankmesh subject: {subject!r}")

@@ -45,6 +45,8 @@ from crankmesh.protocol.messages import (
     Load,
     Metering,
     NoBid,
+    Quote,
+    QuoteTerms,
     Receipt,
     ReceiptDelivery,
     Reject,
@@ -189,13 +191,36 @@ def samples() -> dict[str, tuple[SignedMessage, Identity]]:
                 name="gpu-box",
                 region="eu-west",
                 capabilities=[
-                    AdvertCapability(name="text.summarize", price=1_000),
+                    AdvertCapability(name="text.summarize", price=1_000, quote=b"quote bytes"),
                     AdvertCapability(name="image.resize", price=50, slo=BidSlo(p95_us=10)),
                 ],
                 hardware={"cpu": {"cores": 16}, "gpus": []},
                 load=Load(capacity=2),
                 isolation="strict",
                 draining=True,
+                proto=2,
+            ),
+            e,
+        ),
+        "quote": (
+            Quote(
+                signer=e.did,
+                ts=T0,
+                capability="text.summarize",
+                price=1_000,
+                currency="EUR",
+                slo=BidSlo(p50_us=800, p95_us=1_500, samples=20),
+                load=Load(running=1, capacity=4),
+                isolation="standard",
+                exp=T0 + 15_000,
+                seq=7,
+                terms=QuoteTerms(
+                    max_timeout_ms=30_000,
+                    max_memory_mb=512,
+                    max_output_bytes=1 << 20,
+                    max_payload_bytes=1 << 16,
+                    env_profiles=["python-core"],
+                ),
             ),
             e,
         ),
@@ -247,6 +272,8 @@ def test_minimal_messages_round_trip(mtype: str) -> None:
     msg, ident = SAMPLES[mtype]
     model = type(msg)
     required = {n for n, f in model.model_fields.items() if f.is_required()}
+    if model is Assignment:
+        required.add("bid")  # one of bid / quote (the other case: test_assignment_on_a_quote…)
     minimal = model.model_validate({k: v for k, v in msg.to_wire().items() if k in required})
     _, got = decode_message(minimal.sign(ident).raw, model)
     assert got == minimal
@@ -602,3 +629,76 @@ def test_nobid_is_domain_separated_from_a_bid() -> None:
         )
         with pytest.raises(SignatureInvalid):
             retyped.verify()
+
+
+# --------------------------------------------------------------------------- quotes
+
+
+def _assignment_body(**changes: Any) -> dict[str, Any]:
+    body = SAMPLES["assignment"][0].to_wire()
+    body.update(changes)
+    return {k: v for k, v in body.items() if v is not None}
+
+
+def test_assignment_on_a_quote_round_trips() -> None:
+    body = _assignment_body(bid=None, quote=DOC, spec=JOB.to_wire())
+    _, asg = decode_message(signed_body("assignment", body, ORIGINATOR), Assignment)
+    assert asg.quote == DOC and asg.bid is None and asg.offer == DOC and asg.spec == JOB
+    _, on_bid = decode_message(SAMPLES["assignment"][0].sign(ORIGINATOR).raw, Assignment)
+    assert on_bid.offer == on_bid.bid == DOC and on_bid.quote is None
+
+
+@pytest.mark.parametrize(
+    ("changes", "error"),
+    [
+        ({"bid": None, "quote": None}, "exactly one of bid and quote"),
+        ({"quote": DOC, "spec": JOB.to_wire()}, "exactly one of bid and quote"),
+        ({"bid": None, "quote": DOC}, "spec exactly when it is on a quote"),
+        ({"spec": JOB.to_wire()}, "spec exactly when it is on a quote"),
+    ],
+    ids=["neither", "both", "quote_without_spec", "spec_on_a_bid"],
+)
+def test_assignment_names_exactly_one_offer(changes: dict[str, Any], error: str) -> None:
+    with pytest.raises(DecodeError, match=error):
+        decode_message(
+            signed_body("assignment", _assignment_body(**changes), ORIGINATOR), Assignment
+        )
+
+
+def test_quote_terms_are_all_optional() -> None:
+    body = SAMPLES["quote"][0].to_wire()
+    del body["terms"], body["slo"], body["load"], body["isolation"], body["currency"]
+    _, q = decode_message(signed_body("quote", body, EXECUTOR), Quote)
+    assert q.terms == QuoteTerms() and q.terms.max_timeout_ms is None and q.currency == "USD"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("capability", "Not A Capability"),
+        ("price", -1),
+        ("seq", -1),
+        ("exp", "soon"),
+        ("terms", {"max_timeout_ms": 0}),
+        ("terms", {"env_profiles": ["Bad Profile"]}),
+        ("terms", {"unknown": 1}),
+    ],
+)
+def test_bad_quotes_are_decode_errors(field: str, value: Any) -> None:
+    body = SAMPLES["quote"][0].to_wire()
+    body[field] = value
+    with pytest.raises(DecodeError):
+        decode_message(signed_body("quote", body, EXECUTOR), Quote)
+
+
+def test_advert_proto_and_quote_bytes_are_optional() -> None:
+    body = SAMPLES["advert"][0].to_wire()
+    del body["proto"]
+    for cap in body["capabilities"]:
+        cap.pop("quote", None)
+    _, advert = decode_message(signed_body("advert", body, EXECUTOR), Advert)
+    assert advert.proto is None and all(c.quote is None for c in advert.capabilities)
+
+
+def test_new_reject_reasons_are_known() -> None:
+    assert {"quote_expired", "quote_unknown", "terms", "no_capacity"} <= set(REJECT_REASONS)

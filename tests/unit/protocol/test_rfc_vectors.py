@@ -24,7 +24,9 @@ from crankmesh.protocol.identity import Identity, open_sealed
 from crankmesh.protocol.messages import (
     MESSAGE_TYPES,
     Announce,
+    Assignment,
     JobSpec,
+    Quote,
     Receipt,
     ReceiptDelivery,
     decode_message,
@@ -174,8 +176,8 @@ def test_bid_signing_input_is_spelled_out() -> None:
 
 def test_messages_link_up() -> None:
     """The vectors form one consistent flow: announce → bid → assignment → accept → receipt."""
-    by_type = {m["type"]: m for m in VECTORS["messages"]}
-    envs = {t: open_envelope(bytes.fromhex(m["envelope_hex"])) for t, m in by_type.items()}
+    by_name = {m["name"]: m for m in VECTORS["messages"]}
+    envs = {t: open_envelope(bytes.fromhex(m["envelope_hex"])) for t, m in by_name.items()}
     job_cid = VECTORS["job"]["cid"]
     _, announce = decode_message(envs["announce"], Announce)
     assert job_cid_of(envs["announce"].body["job"]) == job_cid
@@ -193,6 +195,22 @@ def test_messages_link_up() -> None:
         boxes["delivered result"], IDENTITIES["originator"], sender_did=receipt.signer
     )
     assert cid_for_blob(result) == receipt.result and len(result) == receipt.result_size
+
+
+def test_assignment_on_a_quote_links_up() -> None:
+    """Revision 2: the second assignment is made on the executor's quote, not a bid."""
+    by_name = {m["name"]: m for m in VECTORS["messages"]}
+    quote_env = open_envelope(bytes.fromhex(by_name["quote"]["envelope_hex"]))
+    _, quote = decode_message(quote_env, Quote)
+    _, asg = decode_message(
+        bytes.fromhex(by_name["assignment on a quote"]["envelope_hex"]), Assignment
+    )
+    assert asg.quote == quote_env.cid and asg.bid is None
+    body = open_envelope(bytes.fromhex(by_name["assignment on a quote"]["envelope_hex"])).body
+    assert job_cid_of(body["spec"]) == asg.job  # the job document rides on the assignment
+    assert asg.executor == quote.signer and asg.job == VECTORS["job"]["cid"]
+    assert quote.capability == from_json(VECTORS["job"]["wire"])["capability"]
+    assert quote.exp > asg.ts > quote.ts
 
 
 def test_receipt_delivery() -> None:

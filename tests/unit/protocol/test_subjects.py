@@ -34,6 +34,10 @@ JOB = cid_for_document(b"job")
         (subjects.receipts(FED, EXECUTOR.did), SubjectInfo("receipts", FED, node_id=NODE)),
         (subjects.settlements(FED, EXECUTOR.did), SubjectInfo("settlements", FED, node_id=NODE)),
         (subjects.adverts(FED), SubjectInfo("adverts", FED)),
+        (
+            subjects.node_announce(FED, EXECUTOR.did),
+            SubjectInfo("node_announce", FED, node_id=NODE),
+        ),
     ],
 )
 def test_build_and_parse(subject: str, expected: SubjectInfo) -> None:
@@ -54,6 +58,8 @@ def test_exact_names() -> None:
     assert subjects.adverts(FED) == "crank.lab-1.nodes.adverts"
     assert subjects.advert_sync(FED) == "crank.lab-1.nodes.sync"
     assert parse_subject(subjects.advert_sync(FED)).kind == "sync"
+    assert subjects.node_announce(FED, EXECUTOR.did) == f"crank.lab-1.nodes.{NODE}.announce"
+    assert subjects.directory_bucket(FED) == "crank_lab-1_directory"
 
 
 def test_wildcard_subscriptions() -> None:
