@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import itertools
 import logging
 import os
 import time
@@ -57,19 +56,18 @@ from ..capabilities import (
 from ..capabilities import match as match_capabilities
 from ..directory import Peer, PeerDirectory
 from ..executor.stats import LatencyWindow
+from ..market import negotiation as ng
 from ..observability import Metrics, default_trace, trace_headers
 from ..protocol import subjects
 from ..protocol.cid import cid_for_blob, verify_blob
 from ..protocol.envelope import Envelope, open_envelope
 from ..protocol.errors import (
     Attempt,
-    BidsDeclined,
     BudgetExceeded,
     CapabilityMismatch,
     ClientStateError,
     ExecutorsExhausted,
     NoBids,
-    NoCapacity,
     OversizedMessage,
     ProtocolError,
     SelectionError,
@@ -142,15 +140,17 @@ class _State(enum.Enum):
 
 @dataclass(slots=True)
 class _JobTrack:
-    """Everything that arrives for one job on ``jobs.<cid>.*``."""
+    """Everything that arrives for one job on ``jobs.<cid>.*``.
+
+    Bids and NoBids wait in ``inbox`` (as negotiation events) until the job's loop feeds
+    them to its :class:`~crankmesh.market.Negotiation`; ``offers`` keeps each bid's (or
+    quote's) envelope by CID for the assignment."""
 
     job_cid: str
     bids: list[tuple[Envelope, Bid]] = field(default_factory=list)
-    bidders: set[str] = field(default_factory=set)
-    #: executor -> (announce round, its verified NoBid), RFC 0001 §8.13.
-    declines: dict[str, tuple[int, NoBid]] = field(default_factory=dict)
-    #: Which announce round is on (a NoBid answers the round it arrived in).
-    round: int = 0
+    offers: dict[str, tuple[Envelope, Any]] = field(default_factory=dict)
+    inbox: list[Any] = field(default_factory=list)
+    declined: int = 0
     deliveries: list[bytes] = field(default_factory=list)
     changed: anyio.Event = field(default_factory=anyio.Event)
     late_receipts: list[str] = field(default_factory=list)
@@ -160,20 +160,12 @@ class _JobTrack:
     #: The job's subscription; handed to the settlement task once a result is in,
     #: so that its UNSUB and the settlement's PUB leave in one write.
     sub: Any = None
+    #: The verified result of the attempt that delivered.
+    result: JobResult | None = None
 
     def poke(self) -> None:
         self.changed.set()
         self.changed = anyio.Event()
-
-    def declined_now(self) -> set[str]:
-        """Executors whose NoBid answered the current announce round."""
-        return {d for d, (r, _) in self.declines.items() if r == self.round}
-
-    def decline_reasons(self) -> dict[str, str]:
-        return {
-            d: f"{nb.reason}: {nb.detail}" if nb.detail else nb.reason
-            for d, (_, nb) in self.declines.items()
-        }
 
 
 class Client:
@@ -581,8 +573,9 @@ class Client:
                 if len(track.bids) >= 256:
                     self.metrics.reject("bid", "flood")
                     return
-                track.bidders.add(bid.signer)
                 track.bids.append((env, bid))
+                track.offers[env.cid] = (env, bid)
+                track.inbox.append(ng.BidReceived(self._candidate(env, bid, job.capability)))
                 track.poke()
             elif kind == "receipt":
                 if len(track.deliveries) < 64:
@@ -626,17 +619,27 @@ class Client:
             if self._trusted is not None and not self._trusted(nobid.signer):
                 self.metrics.reject("nobid", "untrusted")
                 return
-            if nobid.signer not in track.declines and len(track.declines) >= 256:
+            if track.declined >= 256:
                 self.metrics.reject("nobid", "flood")
                 return
             env.verify()
         except ProtocolError as exc:
             self.metrics.reject("nobid", exc.reason)
             return
-        track.declines[nobid.signer] = (track.round, nobid)
+        track.declined += 1
+        track.inbox.append(ng.NoBidReceived(nobid.signer, nobid.reason, nobid.detail or ""))
         track.poke()
 
-    async def _announce(self, spec: JobSpec, spec_cid: str, trace: str = "") -> int:
+    async def _announce(
+        self,
+        spec: JobSpec,
+        spec_cid: str,
+        trace: str = "",
+        targets: Sequence[str] | None = None,
+    ) -> int:
+        """Publish the job's signed Announce: on the capability's subject, or (a sampled
+        call for bids, RFC 0001 §10.8) the same envelope on each of ``targets``' own
+        announce subject."""
         now = _now_ms()
         _emit("announced", spec_cid, capability=spec.capability)
         # Earlier jobs' Close notices ride along (RFC 0001 §8.3): same receivers.
@@ -648,12 +651,16 @@ class Client:
             job=spec,
             closed=closed,
         ).sign(self.identity)
+        fed = self.config.federation
+        to = (
+            [subjects.announce(fed, spec.capability)]
+            if targets is None
+            else [subjects.node_announce(fed, t) for t in targets]
+        )
+        headers = trace_headers(trace, spec_cid)
         try:
-            await self._nc.publish(
-                subjects.announce(self.config.federation, spec.capability),
-                env.raw,
-                headers=trace_headers(trace, spec_cid),
-            )
+            for subject in to:
+                await self._nc.publish(subject, env.raw, headers=headers)
         except Exception as exc:
             if closed:
                 self._closes.put_back(spec.capability, closed, time.monotonic())
@@ -661,94 +668,54 @@ class Client:
             raise TransportError(f"cannot publish announcement: {exc}") from exc
         return now
 
-    async def _collect(
-        self,
-        spec: JobSpec,
-        track: _JobTrack,
-        policy_name: str,
-        terms: market.Terms,
-        tried: set[str],
-        only: str | None = None,
-    ) -> None:
-        """Wait for bids until every expected bidder answered or the window ends."""
-        cfg = self.config
-        start = time.perf_counter()
-        deadline = start + cfg.max_bid_window_ms / 1000
-        min_deadline = start + cfg.min_bid_window_ms / 1000
-        expected = {p.did for p in self._raise_if_mismatched(spec) if p.did not in tried}
-        # One cancel scope for the whole window (one per wake-up costs ~8 µs each).
-        with anyio.move_on_after(deadline - start):
-            while True:
-                now = time.perf_counter()
-                fresh = [b for _, b in track.bids if b.signer not in tried]  # failed DIDs
-                # A bid or a signed NoBid of this round both answer (RFC 0001 §8.13).
-                answered = track.bidders | track.declined_now()
-                if only is not None and only in answered:
-                    break
-                if now >= min_deadline and expected and expected <= answered:
-                    break
-                if fresh and now >= min_deadline:
-                    if self._unbeatable(spec, track, fresh, expected, answered, policy_name, terms):
-                        break
-                if now >= deadline:
-                    break
-                await track.changed.wait()
-        self.metrics.bid_window_seconds.observe(time.perf_counter() - start)
-
-    def _unbeatable(
-        self,
-        spec: JobSpec,
-        track: _JobTrack,
-        fresh: list[Bid],
-        expected: set[str],
-        answered: set[str],
-        policy_name: str,
-        terms: market.Terms,
-    ) -> bool:
-        if not expected:
-            return False
-        # Only executors that have not answered (neither bid nor NoBid) set the floors.
-        waiting = [self.directory.get(d) for d in expected - answered]
-        prices = [p.price_of(spec.capability) for p in waiting if p is not None]
-        floor_price = min((p for p in prices if p is not None), default=None)
-        cands = self._candidates([(e, b) for e, b in track.bids if b in fresh], spec.capability)
-        ranking = market.select(cands, terms, policy_name, _now_ms())
-        best = ranking.winner
-        if best is None or floor_price is None:
-            return False
-        return not market.can_be_beaten(
-            best, terms, policy_name, floor_price_micros=floor_price, floor_latency_us=None
+    def _candidate(self, env: Envelope, b: Bid, capability: str) -> market.Candidate:
+        """A bid as the selector sees it, with what only this originator knows."""
+        return market.Candidate(
+            bid_cid=env.cid,
+            executor=b.signer,
+            price_micros=b.price,
+            currency=b.currency,
+            p50_us=b.slo.p50_us,
+            p95_us=b.slo.p95_us,
+            p99_us=b.slo.p99_us,
+            accuracy_ppm=b.slo.accuracy_ppm,
+            running=b.load.running,
+            queued=b.load.queued,
+            capacity=b.load.capacity,
+            est_latency_us=b.est_us,
+            local=b.signer == self.local_executor,
+            degraded=b.match == "degraded",
+            warnings=tuple(b.warnings),
+            expires_ms=b.exp,
+            observed_p95_us=self._observed_p95(b.signer),
+            reputation=self._reputation_score(b.signer, capability),
         )
 
-    def _candidates(
-        self, bids: Sequence[tuple[Envelope, Bid]], capability: str = ""
-    ) -> list[market.Candidate]:
-        out = []
-        for i, (env, b) in enumerate(bids):
-            out.append(
-                market.Candidate(
-                    bid_cid=env.cid,
-                    executor=b.signer,
-                    price_micros=b.price,
-                    currency=b.currency,
-                    p50_us=b.slo.p50_us,
-                    p95_us=b.slo.p95_us,
-                    p99_us=b.slo.p99_us,
-                    accuracy_ppm=b.slo.accuracy_ppm,
-                    running=b.load.running,
-                    queued=b.load.queued,
-                    capacity=b.load.capacity,
-                    est_latency_us=b.est_us,
-                    local=b.signer == self.local_executor,
-                    degraded=b.match == "degraded",
-                    warnings=tuple(b.warnings),
-                    expires_ms=b.exp,
-                    arrival=i,
-                    observed_p95_us=self._observed_p95(b.signer),
-                    reputation=self._reputation_score(b.signer, capability),
-                )
+    def _limits(self) -> ng.Limits:
+        cfg = self.config
+        return ng.Limits(
+            max_bid_window_ms=cfg.max_bid_window_ms,
+            min_bid_window_ms=cfg.min_bid_window_ms,
+            max_attempts=cfg.max_attempts,
+            max_rounds=cfg.max_rounds,
+            busy_wait_ms=int(cfg.busy_wait_s * 1000),
+        )
+
+    def _peer_views(self, spec: JobSpec) -> tuple[ng.PeerView, ...]:
+        """The live peers that may serve the job, for the negotiation (raises
+        CapabilityMismatch when every one of them advertises hardware that cannot)."""
+        cap = spec.capability
+        return tuple(
+            ng.PeerView(
+                did=p.did,
+                price_micros=p.price_of(cap),
+                running=p.advert.load.running,
+                queued=p.advert.load.queued,
+                capacity=p.advert.load.capacity,
+                reputation=self._reputation_score(p.did, cap),
             )
-        return out
+            for p in self._raise_if_mismatched(spec)
+        )
 
     async def _run_rounds(
         self,
@@ -760,155 +727,150 @@ class Client:
         terms: market.Terms,
         started: float,
     ) -> JobResult:
-        attempts: list[Attempt] = []
-        tried: set[str] = set()  # bid CIDs already used or found forged
-        failed: set[str] = set()  # executors that failed an attempt of this job
-        policy_name = policy if isinstance(policy, str) else policy.name
-        ranking: market.Ranking | None = None
-        busy_until = time.monotonic() + self.config.busy_wait_s
-        backoff = 0.02
-        for round_no in itertools.count(1):
-            bids_before = len(track.bids)
-            track.round = round_no
-            await self._announce(spec, job_cid, track.trace)
-            await self._collect(spec, track, policy_name, terms, failed, job.only_executor)
-            # Only a new bid this job could still use counts: an executor that already
-            # failed it (say one failing over to another server) bidding again is no reason
-            # to spend a round, and must not end the job while others are merely busy.
-            got_bids = any(
-                b.signer not in failed
-                and (job.only_executor is None or b.signer == job.only_executor)
-                for _, b in track.bids[bids_before:]
-            )
-            while len(attempts) < self.config.max_attempts:
-                usable = [
-                    (e, b)
-                    for e, b in track.bids
-                    if e.cid not in tried
-                    and b.signer not in failed
-                    and (job.only_executor is None or b.signer == job.only_executor)
-                ]
-                if not usable:
-                    break
-                ranking = market.select(
-                    self._candidates(usable, spec.capability), terms, policy, _now_ms()
-                )
-                by_cid = {e.cid: (e, b) for e, b in usable}
-                chosen: tuple[Envelope, Bid] | None = None
-                for scored in list(ranking.eligible):
-                    env, bid = by_cid[scored.candidate.bid_cid]
-                    try:
-                        env.verify()  # lazily, best first
-                    except ProtocolError:
-                        tried.add(env.cid)
-                        self.metrics.reject("bid", "bad_signature")
-                        log.warning(
-                            "job %s: bid %s claims %s but its signature is invalid",
-                            job_cid,
-                            env.cid,
-                            bid.signer,
-                        )
-                        ranking = ranking.reject(
-                            env.cid, "signature", f"signature does not verify for {bid.signer}"
-                        )
-                        continue
-                    chosen = (env, bid)
-                    break
-                self._rankings[job_cid] = ranking
-                _emit("bids", job_cid, count=len(usable), eligible=len(ranking.eligible))
-                if chosen is None:
-                    if not attempts:
-                        self._raise_no_eligible(ranking, job_cid, terms)
-                    break
-                env, bid = chosen
-                tried.add(env.cid)
-                if bid.match == "degraded":
-                    log.warning(
-                        "job %s: degraded match on %s: %s",
-                        job_cid,
-                        bid.signer,
-                        "; ".join(bid.warnings) or "a preferred capability is missing",
-                    )
-                n = len(attempts) + 1
-                _emit("assigned", job_cid, executor=bid.signer, attempt=n, price=bid.price)
-                result, outcome = await self._attempt(job, spec, job_cid, track, env, bid, n)
-                if result is not None:
-                    if track.grant is not None:
-                        self.budgets.settle(job_cid, min(result.price, bid.price))
-                    elapsed = time.perf_counter() - started
-                    self._costs.append(
-                        CostEntry(
-                            job_cid,
-                            spec.capability,
-                            result.executor,
-                            result.status,
-                            round(elapsed * 1000, 3),
-                            result.price,
-                            result.currency,
-                        )
-                    )
-                    self.metrics.jobs_completed.labels(status=result.status).inc()
-                    self.metrics.job_seconds.labels(capability=spec.capability).observe(elapsed)
-                    return replace(
-                        result,
-                        latency_ms=elapsed * 1000,
-                        attempts=tuple(attempts),
-                        warnings=tuple(bid.warnings),
-                        trace_id=track.trace,
-                        explanation=_LazyExplanation(ranking, job_cid, spec.requirements),
-                    )
-                failed.add(bid.signer)
-                self._record_outcome(bid.signer, success=False, observed_us=None, bid=bid)
-                _emit("attempt_failed", job_cid, executor=bid.signer, attempt=n, outcome=outcome)
-                attempts.append(Attempt(n, bid.signer, outcome))
-                log.info(
-                    "attempt failed",
-                    extra={"job_cid": job_cid, "attempt": n, "peer": bid.signer, "reason": outcome},
-                )
-                self.metrics.reassignments.labels(cause=outcome.split(":")[0]).inc()
-            if len(attempts) >= self.config.max_attempts:
-                break
-            if got_bids:
-                if round_no >= self.config.max_rounds:
-                    break
+        """Drive the job's :class:`~crankmesh.market.Negotiation`: perform each action it
+        asks for (the I/O) and feed back what happened, until it is done or failed."""
+        started_ms = _now_ms() - int((time.perf_counter() - started) * 1000)
+        neg = market.Negotiation(
+            job_cid=job_cid,
+            capability=spec.capability,
+            policy=policy,
+            terms=terms,
+            limits=self._limits(),
+            started_ms=started_ms,
+            only_executor=job.only_executor,
+        )
+        window_opened = 0.0
+        while True:
+            if track.inbox:
+                for event in track.inbox:
+                    neg.send(event)
+                track.inbox.clear()
+            action = neg.next_action()
+            if isinstance(action, ng.CollectBids):
+                wait_s = (action.until_ms - _now_ms()) / 1000
+                if wait_s > 0 and not track.inbox:
+                    with anyio.move_on_after(wait_s):
+                        await track.changed.wait()
+                neg.send(ng.Tick(_now_ms()))
                 continue
-            # Nobody bid this round: wait (with backoff) while live peers could serve it.
-            peers = self._raise_if_mismatched(spec)
-            if not peers or time.monotonic() + backoff > busy_until:
-                break
-            if self._declined_for_good(track, {p.did for p in peers} - failed):
-                break  # every live peer said no for a reason waiting will not cure
-            await anyio.sleep(backoff)
-            backoff = min(backoff * 2, 0.5)
-        if not attempts and not track.bids:
-            self.metrics.jobs_failed.labels(reason="no_bids").inc()
-            peers = self._raise_if_mismatched(spec)
-            declines = track.decline_reasons()
-            if declines and not any(
-                nb.reason in _TRANSIENT_NO_BID for _, nb in track.declines.values()
-            ):
-                raise BidsDeclined(job_cid, spec.capability, declines)
-            if peers:
-                loads = [
-                    f"{p.did}: running {p.advert.load.running}, queued "
-                    f"{p.advert.load.queued}, capacity {p.advert.load.capacity}"
-                    for p in peers
-                ]
-                waited = int((time.perf_counter() - started) * 1000)
-                raise NoCapacity(job_cid, spec.capability, loads, waited, declines)
-            raise NoBids(job_cid, spec.capability, self.config.max_bid_window_ms)
-        self.metrics.jobs_failed.labels(reason="exhausted").inc()
-        if not attempts and ranking is not None:
-            self._raise_no_eligible(ranking, job_cid, terms)
-        raise ExecutorsExhausted(job_cid, attempts)
+            if window_opened:
+                self.metrics.bid_window_seconds.observe(time.perf_counter() - window_opened)
+                window_opened = 0.0
+            if isinstance(action, ng.Assign):
+                event = await self._attempt_on(job, spec, job_cid, track, neg, action)
+                if event is None:
+                    continue
+                neg.send(event)
+                if isinstance(event, ng.AttemptFailed):
+                    self._attempt_failed(job_cid, action, event)
+                continue
+            if isinstance(action, ng.RefreshPeers):
+                neg.send(ng.Peers(_now_ms(), self._peer_views(spec)))
+            elif isinstance(action, ng.Announce):
+                window_opened = time.perf_counter()
+                now = await self._announce(spec, job_cid, track.trace, action.targets)
+                neg.send(ng.Announced(now))
+            elif isinstance(action, ng.Sleep):
+                await anyio.sleep(max(0, action.until_ms - _now_ms()) / 1000)
+                neg.send(ng.Woke(_now_ms()))
+            elif isinstance(action, ng.Done):
+                return self._finished(spec, job_cid, track, neg, action, started)
+            else:
+                assert isinstance(action, ng.Failed)
+                if isinstance(action.error, NoBids):
+                    self.metrics.jobs_failed.labels(reason="no_bids").inc()
+                elif isinstance(action.error, ExecutorsExhausted):
+                    self.metrics.jobs_failed.labels(reason="exhausted").inc()
+                raise action.error
 
-    @staticmethod
-    def _declined_for_good(track: _JobTrack, executors: set[str]) -> bool:
-        """Whether every one of ``executors`` answered the current round with a NoBid
-        for a reason waiting will not cure (not full, rate-limited, draining)."""
-        if not executors or not executors <= track.declined_now():
-            return False
-        return all(track.declines[d][1].reason not in _TRANSIENT_NO_BID for d in executors)
+    async def _attempt_on(
+        self,
+        job: Job,
+        spec: JobSpec,
+        job_cid: str,
+        track: _JobTrack,
+        neg: market.Negotiation,
+        action: ng.Assign,
+    ) -> ng.Event | None:
+        """Verify the chosen offer's signature (lazily, best first), then assign the job
+        on it; the attempt's outcome as a negotiation event (None: a Forged was sent)."""
+        cand = action.candidate
+        env, bid = track.offers[cand.bid_cid]
+        try:
+            env.verify()
+        except ProtocolError:
+            self.metrics.reject("bid", "bad_signature")
+            log.warning(
+                "job %s: bid %s claims %s but its signature is invalid",
+                job_cid,
+                env.cid,
+                cand.executor,
+            )
+            neg.send(ng.Forged(cand.bid_cid))
+            return None
+        assert neg.ranking is not None
+        self._rankings[job_cid] = neg.ranking
+        _emit("bids", job_cid, count=len(neg.bids), eligible=len(neg.ranking.eligible))
+        if cand.degraded:
+            log.warning(
+                "job %s: degraded match on %s: %s",
+                job_cid,
+                cand.executor,
+                "; ".join(cand.warnings) or "a preferred capability is missing",
+            )
+        _emit("assigned", job_cid, executor=cand.executor, attempt=action.attempt, price=bid.price)
+        outcome = await self._attempt(job, spec, job_cid, track, env, bid, action.attempt)
+        if isinstance(outcome, JobResult):
+            track.result = outcome
+            return ng.Delivered(_now_ms(), outcome.price)
+        self._record_outcome(cand.executor, success=False, observed_us=None, bid=bid)
+        return outcome
+
+    def _attempt_failed(self, job_cid: str, action: ng.Assign, event: ng.AttemptFailed) -> None:
+        executor, n, outcome = action.candidate.executor, action.attempt, event.outcome
+        _emit("attempt_failed", job_cid, executor=executor, attempt=n, outcome=outcome)
+        log.info(
+            "attempt failed",
+            extra={"job_cid": job_cid, "attempt": n, "peer": executor, "reason": outcome},
+        )
+        self.metrics.reassignments.labels(cause=outcome.split(":")[0]).inc()
+
+    def _finished(
+        self,
+        spec: JobSpec,
+        job_cid: str,
+        track: _JobTrack,
+        neg: market.Negotiation,
+        done: ng.Done,
+        started: float,
+    ) -> JobResult:
+        result = track.result
+        assert result is not None
+        if track.grant is not None:
+            self.budgets.settle(job_cid, done.settle_micros)
+        elapsed = time.perf_counter() - started
+        self._costs.append(
+            CostEntry(
+                job_cid,
+                spec.capability,
+                result.executor,
+                result.status,
+                round(elapsed * 1000, 3),
+                result.price,
+                result.currency,
+            )
+        )
+        self.metrics.jobs_completed.labels(status=result.status).inc()
+        self.metrics.job_seconds.labels(capability=spec.capability).observe(elapsed)
+        assert neg.ranking is not None
+        return replace(
+            result,
+            latency_ms=elapsed * 1000,
+            attempts=done.attempts,
+            warnings=done.candidate.warnings,
+            trace_id=track.trace,
+            explanation=_LazyExplanation(neg.ranking, job_cid, spec.requirements),
+        )
 
     def _match_peers(self, spec: JobSpec) -> tuple[list[Peer], dict[str, MatchResult]]:
         """Live peers offering the capability, and how each matches the job's
@@ -925,19 +887,6 @@ class Client:
                 continue  # an advert we cannot read does not rule the peer out
             results[peer.did] = _merge_results([match_capabilities(r, offer) for r in reqs])
         return peers, results
-
-    @staticmethod
-    def _raise_no_eligible(ranking: market.Ranking, job_cid: str, terms: market.Terms) -> None:
-        """Every bid failed a filter: BudgetExceeded when the budget is what stopped
-        all of them (with the figures), else NoEligibleBid naming each bid and why."""
-        rejected = ranking.rejected
-        if rejected and all(r.filter == "budget" for r in rejected):
-            raise BudgetExceeded(
-                needed_micros=min(r.candidate.price_micros for r in rejected),
-                remaining_micros=terms.budget_remaining_micros or 0,
-                currency=terms.currency,
-            )
-        ranking.raise_if_empty(job_cid)
 
     def _observed_p95(self, executor: str) -> int | None:
         w = self._observed.get(executor)
@@ -1013,7 +962,7 @@ class Client:
         bid_env: Envelope,
         bid: Bid,
         attempt: int,
-    ) -> tuple[JobResult | None, str]:
+    ) -> JobResult | ng.AttemptFailed:
         cfg = self.config
         now = _now_ms()
         executor = bid.signer
@@ -1048,14 +997,14 @@ class Client:
                 )
                 break
             except nats.errors.NoRespondersError:
-                return None, "unreachable: no responders on its assignment subject"
+                return ng.Unreachable("no responders on its assignment subject")
             except nats.errors.TimeoutError:
                 # The request or its reply may have been lost (a server died): an
                 # executor that still advertises gets the same assignment once more;
                 # if it accepted already it answers with the same Accept (RFC 0001 §10.4).
                 if send == 1 and self.directory.get(executor) is not None:
                     continue
-                return None, f"no_accept: no reply within {cfg.accept_timeout_ms} ms"
+                return ng.NoAccept(f"no reply within {cfg.accept_timeout_ms} ms")
             except (
                 nats.errors.ConnectionClosedError,
                 nats.errors.ConnectionDrainingError,
@@ -1067,9 +1016,9 @@ class Client:
             result = self._check_delivery(reply.data, job_cid, asg, bid_env, bid, attempt)
             if isinstance(result, _BadDelivery):
                 self.metrics.reject("delivery", "invalid")
-                return None, f"bad_delivery: {result.reason}"
+                return ng.DeliveryInvalid(result.reason)
             if result is None:
-                return None, "bad_accept: the answer is no valid Accept, Reject or receipt"
+                return ng.BadAccept("the answer is no valid Accept, Reject or receipt")
             # Whatever came on the receipt subject meanwhile is checked (garbage counted,
             # late receipts recorded) exactly as on the usual path, and not used.
             for data in track.deliveries:
@@ -1077,7 +1026,7 @@ class Client:
             track.deliveries.clear()
             await self._queue_close(spec.capability, job_cid, executor, bid_env.cid)
             _emit("accepted", job_cid, executor=executor, attempt=attempt)
-            return self._use_result(spec, result, track, asg, bid), ""
+            return self._use_result(spec, result, track, asg, bid)
         try:
             renv = open_envelope(reply.data, max_len=64 * 1024)
             if renv.type == "reject":
@@ -1085,14 +1034,14 @@ class Client:
                 if rej.signer != executor or rej.assignment != asg.cid:
                     raise ProtocolError("reject not from the assigned executor")
                 renv.verify()
-                return None, f"rejected: {rej.reason} {rej.detail}".rstrip()
+                return ng.Rejected(rej.detail or "", reason=rej.reason)
             _, acc = decode_message(renv, Accept)
             if acc.signer != executor or acc.assignment != asg.cid or acc.attempt != attempt:
                 raise ProtocolError("accept does not match the assignment")
             renv.verify()
         except ProtocolError as exc:
             self.metrics.reject("accept", exc.reason)
-            return None, f"bad_accept: {exc}"
+            return ng.BadAccept(str(exc))
         # Winner accepted: every other bidder may release its reservation.
         await self._queue_close(spec.capability, job_cid, executor, bid_env.cid)
         _emit("accepted", job_cid, executor=executor, attempt=attempt)
@@ -1108,7 +1057,7 @@ class Client:
         bid_env: Envelope,
         bid: Bid,
         attempt: int,
-    ) -> tuple[JobResult | None, str]:
+    ) -> JobResult | ng.AttemptFailed:
         executor = bid.signer
         deadline_ms = asg.body["deadline"]
         # Executor death shows as its adverts stopping: only usable if it advertised.
@@ -1122,16 +1071,16 @@ class Client:
                 if data[:1] not in _DELIVERY_STARTS:  # an envelope: a hand-back (§10.7)?
                     handed_back = self._check_hand_back(data, job_cid, asg, executor)
                     if handed_back is not None:
-                        return None, handed_back
+                        return handed_back
                     continue
                 result = self._check_delivery(data, job_cid, asg, bid_env, bid, attempt)
                 if isinstance(result, _BadDelivery):
                     # The executor's delivery for this very assignment does not verify:
                     # waiting or re-sending cannot help; the next bid gets the job now.
                     self.metrics.reject("delivery", "invalid")
-                    return None, f"bad_delivery: {result.reason}"
+                    return ng.DeliveryInvalid(result.reason)
                 if result is not None:
-                    return self._use_result(spec, result, track, asg, bid), ""
+                    return self._use_result(spec, result, track, asg, bid)
             now = _now_ms()
             if now >= deadline_ms and not resent and self.directory.get(executor) is not None:
                 # The delivery may have been lost while the executor lives on: send it
@@ -1147,12 +1096,12 @@ class Client:
                     log.info("re-sending the assignment of job %s failed: %s", job_cid, exc)
                 continue
             if now >= deadline_ms:
-                return None, (
-                    f"no_receipt: none within {job.constraints.timeout_ms} ms + "
+                return ng.NoReceipt(
+                    f"none within {job.constraints.timeout_ms} ms + "
                     f"{self.config.receipt_grace_ms} ms grace"
                 )
             if watch_liveness and self.directory.get(executor) is None:
-                return None, "executor_gone: its adverts stopped (TTL expired)"
+                return ng.ExecutorGone("its adverts stopped (TTL expired)")
             wait_s = min(deadline_ms - now, self.config.liveness_check_ms) / 1000
             with anyio.move_on_after(wait_s):
                 await track.changed.wait()
@@ -1278,7 +1227,7 @@ class Client:
 
     def _check_hand_back(
         self, data: bytes, job_cid: str, asg: Envelope, executor: str
-    ) -> str | None:
+    ) -> ng.HandedBack | None:
         """The attempt's outcome when ``data`` is the assigned executor's signed Reject
         of this assignment sent after its Accept (RFC 0001 §10.7: handed back on a drain
         or a pause): the job is reassigned at once.  Anything else is counted, dropped."""
@@ -1292,7 +1241,7 @@ class Client:
             log.warning("dropped a message on the receipt subject of job %s: %s", job_cid, exc)
             return None
         log.warning("job %s handed back by %s: %s %s", job_cid, executor, rej.reason, rej.detail)
-        return f"{rej.reason}: {rej.detail}".rstrip(": ")
+        return ng.HandedBack(rej.detail or "", reason=rej.reason)
 
     def _check_delivery(
         self,
@@ -1357,10 +1306,6 @@ class Client:
             currency=receipt.currency,
             latency_ms=0.0,
         )
-
-
-#: NoBid reasons that a later round may not meet again (RFC 0001 §8.13).
-_TRANSIENT_NO_BID: frozenset[str] = frozenset({"full", "rate_limited", "draining", "duplicate"})
 
 
 @dataclass(frozen=True, slots=True)
