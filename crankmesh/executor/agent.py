@@ -385,6 +385,13 @@ class Executor:
                         cb=self._guard("announce", self._on_announce),
                     )
                 )
+            # A sampled call for bids reaches this executor alone (RFC 0001 §10.8).
+            subs.append(
+                await nc.subscribe(
+                    subjects.node_announce(self.federation, self.identity.did),
+                    cb=self._guard("announce", self._on_announce),
+                )
+            )
             subs.append(
                 await nc.subscribe(
                     subjects.assignments_for(self.federation, self.identity.did),

@@ -34,7 +34,7 @@ no-bids are accepted in every state (they are kept for later attempts).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -86,7 +86,9 @@ __all__ = [
     "Tick",
     "Unreachable",
     "Woke",
+    "policy_sample_key",
     "sample_executors",
+    "sample_key",
 ]
 
 #: NoBid reasons that a later round may not meet again (RFC 0001 §8.13).
@@ -131,6 +133,10 @@ class PeerView:
     reputation: float | None = None
     #: A live quote's price for the capability, when the peer has one (sampling prefers it).
     quote_price_micros: int | None = None
+    #: The p95 (µs) and accuracy (ppm) the peer advertises for the capability, if it does.
+    p95_us: int | None = None
+    accuracy_ppm: int | None = None
+    p50_us: int | None = None
 
     def describe_load(self) -> str:
         return (
@@ -354,31 +360,41 @@ class Rng(Protocol):
 
 
 def sample_executors(
-    peers: Sequence[PeerView], k: int, rng: Rng, *, explore: float = 0.1
+    peers: Sequence[PeerView],
+    k: int,
+    rng: Rng,
+    *,
+    explore: float = 0.1,
+    key: Callable[[PeerView], tuple[float, ...]] | None = None,
 ) -> tuple[str, ...]:
-    """Choose ``k`` distinct executors by power-of-two choices with ε exploration.
+    """Choose ``k`` distinct executors: power-of-choices over a random partition.
 
-    Each slot draws two peers not yet chosen at random and keeps the better one: lower quoted
-    (else advertised) price, then higher reputation, then lower load; with probability
-    ``explore`` the slot takes one peer uniformly instead, so a new executor with no record is
-    found.  With ``k >= len(peers)`` every peer is chosen.  Pure: randomness comes from ``rng``.
+    The peers are shuffled into ``k`` groups of about ``len(peers) / k``; each group sends
+    its best member by ``key`` (default: lower quoted, else advertised, price, then higher
+    reputation, then lower load), so the best peer of the directory is always sampled and
+    the other slots spread over the rest at random; with probability ``explore`` a group
+    sends a uniformly drawn member instead, so that a new executor with no record is found.
+    With ``k >= len(peers)`` every peer is chosen.  Pure: randomness comes from ``rng``.
     """
     pool = list(peers)
     if k <= 0 or k >= len(pool):
         return tuple(p.did for p in pool)
-    chosen: list[str] = []
-    while len(chosen) < k:
-        if len(pool) == 1 or rng.random() < explore:
-            pick = rng.randrange(len(pool))
+    rank = key or sample_key
+    for i in range(len(pool) - 1, 0, -1):  # Fisher-Yates
+        j = rng.randrange(i + 1)
+        pool[i], pool[j] = pool[j], pool[i]
+    chosen = []
+    for g in range(k):
+        group = pool[g::k]
+        if rng.random() < explore:
+            chosen.append(group[rng.randrange(len(group))].did)
         else:
-            a = rng.randrange(len(pool))
-            b = (a + 1 + rng.randrange(len(pool) - 1)) % len(pool)  # a second, distinct draw
-            pick = a if _sample_key(pool[a]) <= _sample_key(pool[b]) else b
-        chosen.append(pool.pop(pick).did)
+            chosen.append(min(group, key=rank).did)
     return tuple(chosen)
 
 
-def _sample_key(p: PeerView) -> tuple[float, float, float]:
+def sample_key(p: PeerView) -> tuple[float, ...]:
+    """The default order of peers for sampling (lower is better): price, reputation, load."""
     price = p.quote_price_micros if p.quote_price_micros is not None else p.price_micros
     rep = 2 / 3 if p.reputation is None else p.reputation
     return (
@@ -386,6 +402,40 @@ def _sample_key(p: PeerView) -> tuple[float, float, float]:
         -rep,
         (p.running + p.queued) / max(1, p.capacity),
     )
+
+
+def policy_sample_key(policy: str, terms: Terms) -> Callable[[PeerView], tuple[float, ...]]:
+    """How a policy orders the directory's peers when sampling a call for bids: what it
+    would rank a bid on, from what the peer advertises (price, promised p95, accuracy,
+    load); peers that cannot meet the terms (price limit, SLO, accuracy, reputation)
+    come last."""
+    limit = terms.price_limit_micros
+    slo_p95 = terms.slo_p95_us
+    inf = float("inf")
+
+    def key(p: PeerView) -> tuple[float, ...]:
+        base = sample_key(p)
+        price = base[0]
+        # as expected_latency_us ranks a bid: p50 (else p95) plus the queue ahead
+        bench = p.p50_us if p.p50_us is not None else p.p95_us
+        latency = inf if bench is None else bench + bench * p.queued / max(1, p.capacity)
+        unfit = float(
+            (limit is not None and price > limit)
+            or (slo_p95 is not None and p.p95_us is not None and p.p95_us > slo_p95)
+            or (
+                terms.min_accuracy_ppm is not None
+                and p.accuracy_ppm is not None
+                and p.accuracy_ppm < terms.min_accuracy_ppm
+            )
+            or (p.reputation is not None and p.reputation < (terms.min_reputation or 0.0))
+        )
+        if policy == "latency":
+            return (unfit, latency, price)
+        if policy == "balanced":
+            return (unfit, base[2], price)
+        return (unfit, *base)
+
+    return key
 
 
 # ---------------------------------------------------------------------------- machine
@@ -430,7 +480,8 @@ class Negotiation:
     ``bid_cid`` is the quote's CID); when any is eligible under the policy the job goes the
     quote path first and falls back to a call for bids when they are used up.
     ``only_executor``: a pinned job (canary probe) considers that executor alone.
-    ``auction``: skip the quotes, always call for bids.
+    ``auction``: skip the quotes and the sampling: call for bids from every compatible
+    executor (the broadcast subject).
     ``rng``: randomness for the power-of-k sample (``limits.sample_k > 0``); without it every
     compatible executor is called.
     """
@@ -458,6 +509,7 @@ class Negotiation:
         self.started_ms = started_ms
         self.now_ms = started_ms
         self.only_executor = only_executor
+        self.auction = auction
         self._rng = rng
         #: Every bid received, in arrival order (kept across rounds).
         self.bids: list[Candidate] = []
@@ -679,8 +731,17 @@ class Negotiation:
         ]
         targets: tuple[str, ...] | None = None
         rng = self._rng
-        if self.limits.sample_k > 0 and rng is not None and self.only_executor is None and live:
-            targets = sample_executors(live, self.limits.sample_k, rng, explore=self.limits.explore)
+        sampled = self.limits.sample_k > 0 and not self.auction and self.only_executor is None
+        # A sample only pays off beyond k executors; up to k, the broadcast subject also
+        # reaches any the directory has not heard of yet, for the same deliveries.
+        if sampled and rng is not None and len(live) > self.limits.sample_k:
+            targets = sample_executors(
+                live,
+                self.limits.sample_k,
+                rng,
+                explore=self.limits.explore,
+                key=policy_sample_key(self.policy_name, self.terms),
+            )
             expected = frozenset(targets)
         else:
             expected = frozenset(p.did for p in live)

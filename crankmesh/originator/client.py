@@ -32,6 +32,7 @@ import dataclasses
 import enum
 import logging
 import os
+import random
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -130,6 +131,14 @@ class ClientConfig:
     #: Close (§8.7). 0 = always standalone, at once.
     close_linger_ms: int = 50
     liveness_check_ms: int = 250
+    #: A call for bids goes to this many compatible executors, chosen by power-of-two
+    #: choices from the directory (RFC 0001 §10.8); 0 = to every one (broadcast).
+    sample_k: int = 3
+    #: The share of sampled executors picked uniformly at random (finds new executors).
+    sample_explore: float = 0.1
+    #: Call for bids from every compatible executor on the broadcast subject (an explicit
+    #: auction) for every job; per job: ``Job(auction=True)``.
+    auction: bool = False
 
 
 class _State(enum.Enum):
@@ -233,6 +242,8 @@ class Client:
         #: Set by a node: persists settlements in JetStream (buffered when it is down).
         self.record_store: Any = None
         self._published_tokens: set[str] = set()
+        #: Draws the power-of-k samples of calls for bids.
+        self._rng = random.Random()
         #: Run once before the first job (a node starts following reputation then).
         self._first_run_hooks: list[Callable[[], Awaitable[None]]] = []
 
@@ -699,6 +710,8 @@ class Client:
             max_attempts=cfg.max_attempts,
             max_rounds=cfg.max_rounds,
             busy_wait_ms=int(cfg.busy_wait_s * 1000),
+            sample_k=cfg.sample_k,
+            explore=cfg.sample_explore,
         )
 
     def _peer_views(self, spec: JobSpec) -> tuple[ng.PeerView, ...]:
@@ -713,8 +726,12 @@ class Client:
                 queued=p.advert.load.queued,
                 capacity=p.advert.load.capacity,
                 reputation=self._reputation_score(p.did, cap),
+                p95_us=None if slo is None else slo.p95_us,
+                accuracy_ppm=None if slo is None else slo.accuracy_ppm,
+                p50_us=None if slo is None else slo.p50_us,
             )
             for p in self._raise_if_mismatched(spec)
+            for slo in [next((c.slo for c in p.advert.capabilities if c.name == cap), None)]
         )
 
     async def _run_rounds(
@@ -738,6 +755,8 @@ class Client:
             limits=self._limits(),
             started_ms=started_ms,
             only_executor=job.only_executor,
+            auction=job.auction or self.config.auction,
+            rng=self._rng,
         )
         window_opened = 0.0
         while True:

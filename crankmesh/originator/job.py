@@ -38,6 +38,9 @@ class Job:
     budget: tuple[bytes, ...] = ()
     #: Run only on this executor (canary probes, pinning); set via ``Client.run(executor=)``.
     only_executor: str | None = None
+    #: Call for bids from every executor offering the capability (an explicit auction on
+    #: the broadcast subject) instead of assigning on a live quote or sampling k of them.
+    auction: bool = False
 
     def with_budget(self, chain: Any) -> Job:
         """This job, paid from ``chain`` (envelopes or raw bytes, root first, or the

@@ -23,8 +23,10 @@ PROFILES = {
 }
 
 
-@pytest.fixture
-async def five(nats_server):
+@pytest.fixture(params=["sampled", "auction"])
+async def five(nats_server, request):
+    """The five executors and a client; ``sampled``: calls for bids go to k = 3 of them
+    (RFC 0001 §10.8, the default), ``auction``: to all five (the broadcast subject)."""
     cfgs = [node_config(i, price=p[0], name=name) for i, (name, p) in enumerate(PROFILES.items())]
     async with mesh(nats_server.url, cfgs) as nodes:
         by_name = {}
@@ -40,7 +42,13 @@ async def five(nats_server):
             by_name[name] = node
         try:
             async with client_for(
-                nats_server.url, "echo", 5, max_bid_window_ms=400, min_bid_window_ms=150
+                nats_server.url,
+                "echo",
+                5,
+                max_bid_window_ms=400,
+                min_bid_window_ms=150,
+                sample_k=3,
+                auction=request.param == "auction",
             ) as client:
                 yield by_name, client
         finally:
@@ -86,6 +94,11 @@ async def test_slo_picks_the_cheapest_bid_meeting_the_p95(five):
     r = await client.run(_job(p95_ms=5), policy="slo")
     assert r.executor == nodes["fast"].did  # 2000: cheapest of those promising p95 ≤ 5 ms
     failed = {c.executor: c.failed_filter for c in r.explanation.considered}
+    if not client.config.auction:
+        # the sample skips executors whose advertised p95 misses the SLO while fitting
+        # ones are left (one per group of the partition)
+        assert len(failed) == 3
+        return
     assert failed[nodes["cheap-slow"].did] == "slo_p95"
     assert failed[nodes["mid-loaded"].did] == "slo_p95"
 
@@ -100,6 +113,10 @@ async def test_slo_nobody_meets_names_each_bid_and_missed_constraint(five):
     nodes, client = five
     with pytest.raises(NoEligibleBid) as info:
         await client.run(_job(p95_ms=0.5), policy="slo")
+    if not client.config.auction:  # only the k sampled executors were asked
+        assert len(info.value.failures) == 3
+        assert all("slo_p95" in line for line in info.value.failures)
+        return
     assert len(info.value.failures) == 5
     assert all("slo_p95" in line for line in info.value.failures)
     for node in nodes.values():

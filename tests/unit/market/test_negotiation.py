@@ -35,6 +35,7 @@ from crankmesh.market._negotiation import (
     Tick,
     Unreachable,
     Woke,
+    policy_sample_key,
 )
 from crankmesh.protocol.errors import (
     BidsDeclined,
@@ -343,10 +344,23 @@ def test_quotes_that_fail_the_terms_go_to_a_call_for_bids() -> None:
     assert isinstance(f, Failed) and isinstance(f.error, NoEligibleBid)
 
 
-def test_auction_skips_quotes() -> None:
-    n = neg(quotes=[cand("a", cid="bafyq-a")], auction=True)
-    assert isinstance(n.next_action(), RefreshPeers)
+def test_auction_skips_quotes_and_sampling() -> None:
+    n = neg(
+        quotes=[cand("a", cid="bafyq-a")],
+        auction=True,
+        limits=Limits(sample_k=2),
+        rng=random.Random(3),
+    )
     assert n.path == "call_for_bids"
+    a = open_round(n, [peer(x) for x in "abcde"])
+    assert a.targets is None  # the broadcast subject, every compatible executor
+    n = neg(limits=Limits(sample_k=2), rng=random.Random(3))
+    a = open_round(n, [peer(x) for x in "abcde"])
+    assert a.targets is not None and len(a.targets) == 2
+    n = neg(limits=Limits(sample_k=2), rng=random.Random(3))
+    assert open_round(n, [peer(x) for x in "ab"]).targets is None  # no more than k: broadcast
+    n = neg(limits=Limits(sample_k=2), rng=random.Random(3), only_executor=did("c"))
+    assert open_round(n, [peer(x) for x in "abcde"]).targets is None
 
 
 def test_events_out_of_place_are_errors() -> None:
@@ -390,5 +404,39 @@ def test_sample_is_power_of_two_choices_with_exploration() -> None:
     a = PeerView(did="a", price_micros=10, reputation=0.1)
     b = PeerView(did="b", price_micros=10, reputation=0.9)
     c = PeerView(did="c", price_micros=100, quote_price_micros=1)
-    won = [sample_executors([a, b, c], 1, random.Random(s), explore=0.0)[0] for s in range(60)]
-    assert won.count("c") > won.count("a") and won.count("b") > won.count("a")
+    assert sample_executors([a, b, c], 1, random.Random(0), explore=0.0) == ("c",)
+    assert sample_executors([a, b], 1, random.Random(0), explore=0.0) == ("b",)
+    # without exploration the best of the directory is always in the sample
+    for seed in range(50):
+        assert peers[0].did in sample_executors(peers, 3, random.Random(seed), explore=0.0)
+
+
+def test_sampling_follows_the_policy_and_the_slo() -> None:
+    fast_dear = PeerView(did="fast", price_micros=500, p95_us=1_000)
+    slow_cheap = PeerView(did="slow", price_micros=10, p95_us=90_000)
+    idle = PeerView(did="idle", price_micros=300, p95_us=5_000, capacity=4)
+    busy = PeerView(did="busy", price_micros=200, p95_us=5_000, running=4, capacity=4)
+    peers = [fast_dear, slow_cheap, idle, busy]
+
+    def top(policy: str, terms: Terms | None = None) -> str:
+        key = policy_sample_key(policy, terms or Terms())
+        return sample_executors(peers, 1, random.Random(0), explore=0.0, key=key)[0]
+
+    assert top("cost") == "slow"
+    assert top("latency") == "fast"
+    peers.append(PeerView(did="fastest-busy", price_micros=9, p50_us=300, queued=9))
+    assert top("latency") == "fast"  # 300 µs + 9 queued ahead > 1 ms
+    peers.pop()
+    assert top("balanced") == "slow"  # idle ones tie on load: the cheaper
+    assert top("slo", Terms(slo_p95_us=10_000)) == "busy"  # cheapest meeting the p95
+    assert top("cost", Terms(max_price_micros=5)) == "slow"  # nobody fits: still the best
+    peers[:] = [
+        PeerView(did="rough", price_micros=10, accuracy_ppm=900_000),
+        PeerView(did="acc", price_micros=900, accuracy_ppm=999_000),
+    ]
+    assert top("slo", Terms(min_accuracy_ppm=990_000)) == "acc"
+    assert top("slo") == "rough"
+    peers[:] = [fast_dear, slow_cheap, idle, busy]
+    n = neg(policy="latency", limits=Limits(sample_k=1, explore=0.0), rng=random.Random(0))
+    a2 = open_round(n, list(peers))
+    assert a2.targets == ("fast",)
