@@ -20,7 +20,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 from anyio.abc import TaskStatus
@@ -28,6 +28,7 @@ from anyio.abc import TaskStatus
 from .capabilities import CapabilityOffer, IsolationLevel
 from .config import ConfigError, advert_timing_problems
 from .directory import PeerDirectory
+from .directory_kv import open_bucket
 from .executor.agent import Executor, ExecutorConfig
 from .executor.handlers import CapabilityHandler, EchoCapability, InProcessCapability
 from .executor.hardware import HardwareMonitor
@@ -40,8 +41,8 @@ from .originator.explain_service import serve_explanations
 from .protocol import subjects
 from .protocol.errors import ClientStateError, SandboxError, TransportError
 from .protocol.fencing import presence_margin_ms
-from .protocol.identity import Identity
-from .protocol.messages import Advert, AdvertCapability
+from .protocol.identity import Identity, did_node_id
+from .protocol.messages import PROTOCOL_REVISION, Advert, AdvertCapability
 from .receipts.chain import ChainHead
 from .receipts.reputation import ReputationBook
 from .receipts.store import RecordStore
@@ -56,6 +57,9 @@ log = logging.getLogger("crankmesh.node")
 #: The least time between two adverts a node publishes because someone asked
 #: (RFC 0001 §8.10): solicitations inside it are answered by one advert.
 SYNC_MIN_GAP_S = 0.25
+#: How often a node in bucket mode checks whether its quotes' facts (load band,
+#: draining, hardware) changed, to put a new advert at once (RFC 0001 §8.15).
+QUOTE_CHECK_S = 0.25
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -104,6 +108,14 @@ class NodeConfig:
     #: Replicas of the receipts (records) stream when this node creates it: 3 on a 3-server
     #: JetStream cluster, 1 on a single server (an existing stream keeps its own).
     receipts_replicas: int = 1
+    #: Where the directory lives (RFC 0001 §8.15): ``bucket`` = the JetStream key-value
+    #: bucket when the server has JetStream (else the adverts subject, logged once);
+    #: ``subject`` = always the adverts subject and advert sync (§8.10), as revision 1.
+    directory: Literal["bucket", "subject"] = "bucket"
+    #: When this node follows the directory (bucket mode): ``auto`` = from its first
+    #: job (an executor-only node hears no other node's adverts), ``always`` = from the
+    #: start, ``never`` = not at all (its jobs go to broadcast calls for bids).
+    originate: Literal["auto", "always", "never"] = "auto"
 
     def __post_init__(self) -> None:
         problems = advert_timing_problems(self.advert_interval_s, self.advert_ttl_s)
@@ -155,6 +167,8 @@ class Node:
         self._opened = False
         self._advert_seq = 0
         self._tg: anyio.abc.TaskGroup | None = None
+        #: The directory bucket (RFC 0001 §8.15); None: the adverts subject is used.
+        self.directory_bucket: Any = None
 
     @property
     def did(self) -> str:
@@ -352,9 +366,8 @@ class Node:
                 detected = await tg.start(monitor.run)
                 self.executor.update_offer(self._merge_declared(detected, isolation))
                 await tg.start(self.record_store.run)
-                await tg.start(self.directory.serve, self.nc)
+                await self._start_directory(tg)
                 await tg.start(self.executor.serve, self.nc)
-                await tg.start(self._advertise)
                 await tg.start(
                     partial(
                         serve_explanations,
@@ -395,6 +408,101 @@ class Node:
                         with anyio.CancelScope(shield=True):
                             await self._shutdown()
                 tg.cancel_scope.cancel()
+
+    async def _start_directory(self, tg: anyio.abc.TaskGroup) -> None:
+        """Advertise and follow the directory: in the JetStream bucket when there is one
+        (RFC 0001 §8.15: put on change and every TTL/3; followed per ``originate``),
+        else on the adverts subject as in revision 1 (every node hears every advert)."""
+        kv = None
+        if self.config.directory == "bucket":
+            kv = await open_bucket(
+                self.nc,
+                self.config.federation,
+                ttl_s=self.config.advert_ttl_s,
+                replicas=self.config.receipts_replicas,
+            )
+        self.directory_bucket = kv
+        if kv is None:
+            await tg.start(partial(self.directory.serve, self.nc, bucket=False))
+            await tg.start(self._advertise)
+            return
+        self.directory.source = "kv"
+        await tg.start(self._watch_own_key, kv)
+        await tg.start(self._advertise_in_bucket, kv)
+        follow = partial(self.directory.serve, self.nc, kv=kv)
+        if self.config.originate == "always":
+            await tg.start(follow)
+        elif self.config.originate == "auto":
+            assert self.client is not None
+
+            async def follow_directory() -> None:
+                await tg.start(follow)
+
+            self.client._first_run_hooks.append(follow_directory)
+
+    async def _watch_own_key(
+        self, kv: Any, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Follow this node's own key only: another node putting adverts signed with
+        this node's key is detected (``own_key_elsewhere``) at a cost independent of N."""
+        watcher = await kv.watch(did_node_id(self.did))
+        try:
+            task_status.started()
+            async for entry in watcher:
+                if entry is None or entry.operation is not None or not entry.value:
+                    continue
+                try:
+                    self.directory.handle(entry.value, key=entry.key)
+                except Exception as exc:
+                    self.directory._count(exc)
+        finally:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await watcher.stop()
+                except Exception:
+                    pass
+
+    def _refresh_s(self) -> float:
+        """How often an unchanged advert is put again: every TTL/3 (RFC 0001 §8.15), no
+        more often than the heartbeat interval, and often enough to renew the quotes."""
+        assert self.executor is not None
+        cfg = self.config
+        quote_renew_s = self.executor.quotes.renew_ms / 1000
+        return max(0.05, min(max(cfg.advert_interval_s, cfg.advert_ttl_s / 3), quote_renew_s))
+
+    def _quote_facts(self) -> tuple[Any, ...]:
+        """What, when it changes, makes this node put its advert (and quotes) at once."""
+        ex = self.executor
+        assert ex is not None
+        return (ex.load_band(), ex._draining, ex.offer)
+
+    async def _put_advert(self, kv: Any, *, draining: bool = False) -> None:
+        advert = self.advert(draining=draining)
+        self._own_adverts.append((advert.ts, advert.seq))
+        if self.executor is not None:  # at most once across pauses (RFC 0001 §10.7)
+            self.executor.note_advert(advert.ts, advert.exp)
+        await kv.put(did_node_id(self.did), advert.sign(self.identity).raw)
+
+    async def _advertise_in_bucket(
+        self, kv: Any, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Put this node's advert in the directory bucket: now, when its quotes' facts
+        change (checked every :data:`QUOTE_CHECK_S`, puts at least
+        :data:`SYNC_MIN_GAP_S` apart) and every :meth:`_refresh_s` otherwise."""
+        await self._put_advert(kv)
+        last, facts = time.monotonic(), self._quote_facts()
+        task_status.started()
+        while True:
+            await anyio.sleep(QUOTE_CHECK_S)
+            now = time.monotonic()
+            changed = self._quote_facts() != facts and now - last >= SYNC_MIN_GAP_S
+            if not changed and now - last < self._refresh_s():
+                continue
+            try:
+                await self._put_advert(kv)
+            except Exception as exc:  # disconnected or JetStream busy: the next try
+                log.warning("advert put failed: %s", exc)
+            last, facts = now, self._quote_facts()
 
     def _merge_declared(self, detected: CapabilityOffer, isolation: str) -> CapabilityOffer:
         """What this node advertises: detected facts overlaid by declared hardware
@@ -496,6 +604,10 @@ class Node:
         now = time.time_ns() // 1_000_000
         self._advert_seq += 1
         ex = self.executor
+        quotes = {}  # a draining executor quotes nothing
+        for name in ex.handlers:
+            signed = None if draining else ex.quote_for(name, now)
+            quotes[name] = None if signed is None else signed.raw
         return Advert(
             signer=self.did,
             ts=now,
@@ -509,6 +621,7 @@ class Node:
                     price=ex.config.price_for(name),
                     currency=ex.config.currency,
                     slo=ex.slo_for(name),
+                    quote=quotes[name],
                 )
                 for name in ex.handlers
             ],
@@ -516,9 +629,13 @@ class Node:
             hardware=ex.offer.to_wire(),
             isolation=ex.config.isolation,  # type: ignore[arg-type]
             draining=draining or ex._draining,
+            proto=PROTOCOL_REVISION,
         )
 
     async def _publish_advert(self, *, draining: bool = False) -> None:
+        if self.directory_bucket is not None:
+            await self._put_advert(self.directory_bucket, draining=draining)
+            return
         advert = self.advert(draining=draining)
         self._own_adverts.append((advert.ts, advert.seq))
         if self.executor is not None:  # at most once across pauses (RFC 0001 §10.7)

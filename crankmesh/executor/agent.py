@@ -50,6 +50,7 @@ from ..protocol.messages import (
     Load,
     Metering,
     NoBid,
+    QuoteTerms,
     Receipt,
     ReceiptDelivery,
     Reject,
@@ -61,7 +62,14 @@ from ..receipts.chain import ChainHead
 from ..transport import unsubscribe_quietly
 from .benchmark import SelfBenchmark
 from .caps import CapsLedger, CapsViolation, ExecutorCaps
-from .handlers import CapabilityHandler, Outcome
+from .handlers import MAX_PAYLOAD_BYTES, CapabilityHandler, Outcome
+from .quotes import (
+    DEFAULT_QUOTE_VALID_MS,
+    QuoteBook,
+    SignedQuote,
+    check_quote_assignment,
+    load_band,
+)
 
 __all__ = ["Executor", "ExecutorConfig"]
 
@@ -106,6 +114,8 @@ class ExecutorConfig:
     caps: ExecutorCaps = field(default_factory=ExecutorCaps)
     #: Micro-units added per GiB-second a job reserves (memory x timeout); 0 = flat price.
     price_per_gib_s: int = 0
+    #: How long a firm quote stands (RFC 0001 §8.14, seed 000's ``valid_for``).
+    quote_valid_ms: int = DEFAULT_QUOTE_VALID_MS
 
     def price_for(self, capability: str) -> int:
         return self.prices.get(capability, self.default_price)
@@ -124,6 +134,42 @@ class ExecutorConfig:
             per_gib_s=self.price_per_gib_s,
         )
 
+    def quote_offer(
+        self, capability: str, env_profiles: Sequence[str] = ()
+    ) -> tuple[int, QuoteTerms]:
+        """The price and terms of a firm quote for ``capability`` (RFC 0001 §8.14).
+
+        Flat pricing: the capability's price for any job within the caps.  With a
+        resource price (``price_per_gib_s``) the quote covers jobs up to the default
+        memory and the default timeout (10 s, or the cap when lower), priced for the
+        largest of them; a bigger job goes to a call for bids."""
+        caps = self.caps
+        profiles = sorted(env_profiles) if env_profiles else None
+        if not self.price_per_gib_s:
+            timeout_ms, memory_mb = caps.max_timeout_ms, caps.max_memory_mb
+            price = self.price_for(capability)
+        else:
+            timeout_ms = min(caps.max_timeout_ms, _QUOTE_TIMEOUT_MS)
+            memory_mb = caps.default_memory_mb
+            price = resource_price(
+                self.price_for(capability),
+                memory_mb=memory_mb,
+                timeout_ms=timeout_ms,
+                per_gib_s=self.price_per_gib_s,
+            )
+        terms = QuoteTerms.build(
+            max_timeout_ms=timeout_ms,
+            max_memory_mb=memory_mb,
+            max_output_bytes=caps.max_output_bytes,
+            max_payload_bytes=MAX_PAYLOAD_BYTES,
+            env_profiles=profiles,
+        )
+        return price, terms
+
+
+#: The largest timeout a resource-priced quote covers (the JobSpec's default timeout).
+_QUOTE_TIMEOUT_MS = 10_000
+
 
 @dataclass(slots=True)
 class _BidRecord:
@@ -134,6 +180,8 @@ class _BidRecord:
     reserved: bool = True
     trace: str = ""
     _bid_cid: str = ""
+    #: The price agreed: a quote's (on the quote path); -1 = the config's price_of(job).
+    price: int = -1
 
     @property
     def bid_cid(self) -> str:
@@ -232,6 +280,8 @@ class Executor:
         #: accepted and not yet answered: what a lapse or a drain hands back.
         self.presence = Presence()
         self._live: dict[str, _JobRecord] = {}
+        #: Firm quotes signed for the adverts (RFC 0001 §8.14), remembered by CID.
+        self.quotes = QuoteBook(identity, valid_ms=self.config.quote_valid_ms)
 
     # ------------------------------------------------------------------ state
 
@@ -265,6 +315,36 @@ class Executor:
         slo = self.bench.slo_for(capability)
         self._slo_cache[capability] = (now, slo)
         return slo
+
+    def price_of(self, rec: _BidRecord) -> int:
+        """What the job of ``rec`` is charged: the quoted price, or the bid's."""
+        return rec.price if rec.price >= 0 else self.config.price_of(rec.job)
+
+    def load_band(self) -> int:
+        """The load band the quotes stand for (:func:`quotes.load_band`)."""
+        return load_band(self.load, self.capacity)
+
+    def quote_for(self, capability: str, now: int | None = None) -> SignedQuote | None:
+        """This executor's current firm quote for ``capability`` (signed anew when price,
+        load band, draining or hardware changed, or it is about to expire); ``None``
+        while draining or for a capability it has no handler for."""
+        if capability not in self.handlers:
+            return None
+        profiles = self.offer.env_profiles if capability == "python.run" else ()
+        price, terms = self.config.quote_offer(capability, profiles)
+        return self.quotes.quote(
+            capability,
+            now=now_ms() if now is None else now,
+            price=price,
+            currency=self.config.currency,
+            slo=lambda: self.slo_for(capability),
+            load=self.load,
+            band=self.load_band(),
+            isolation=self.config.isolation,
+            terms=terms,
+            draining=self._draining,
+            hardware=self.offer,
+        )
 
     def _match(self, requirements_wire: dict[str, Any]) -> MatchResult:
         """Match a job's requirements against this executor's offer (cached per shape)."""
@@ -307,7 +387,7 @@ class Executor:
             return "budget_invalid", "chain leaf is not the job's budget token"
         if grant.currency != self.config.currency:
             return "budget_invalid", f"token currency {grant.currency} != {self.config.currency}"
-        price = self.config.price_of(job)
+        price = self.price_of(rec)
         try:
             self.budgets.release_if_reserved(rec.job_cid)
             self.budgets.reserve(grant, rec.job_cid, price)
@@ -385,7 +465,7 @@ class Executor:
                         cb=self._guard("announce", self._on_announce),
                     )
                 )
-            # A sampled call for bids reaches this executor alone (RFC 0001 §10.8).
+            # Calls for bids sampled to this executor (RFC 0001 §10.8): same handling.
             subs.append(
                 await nc.subscribe(
                     subjects.node_announce(self.federation, self.identity.did),
@@ -783,8 +863,13 @@ class Executor:
                     subjects.receipt_delivery(self.federation, asg.job), job_rec.delivery
                 )
             return
-        rec = self._bids.get(asg.job)
-        if rec is None or rec.bid_cid != asg.bid:
+        if asg.quote is not None:  # an assignment on a firm quote (RFC 0001 §8.14)
+            rec = await self._admit_on_quote(msg, env, asg, now)
+            if rec is None:
+                return
+        else:
+            rec = self._bids.get(asg.job)
+        if rec is None or rec.bid_cid != asg.offer:
             await self._reject(
                 msg, asg, env.cid, "unknown_bid", "this executor made no such bid for this job"
             )
@@ -839,7 +924,8 @@ class Executor:
             and self._running < self.config.max_concurrency
         )
         # Consume the bid: its reservation turns into a queued job.
-        self._bids.pop(rec.job_cid, None)
+        if self._bids.get(rec.job_cid) is rec:
+            del self._bids[rec.job_cid]
         self._release(rec)
         self._queued += 1
         self.peak_outstanding = max(self.peak_outstanding, self.outstanding)
@@ -857,6 +943,54 @@ class Executor:
         if not quick:
             await self._reply(msg, job_rec.accept_raw)
         self._jobs_running.spawn(self._execute, rec, asg, env.cid, payload, job_rec, arrived)
+
+    async def _admit_on_quote(
+        self, msg: Any, env: Envelope, asg: Assignment, now: int
+    ) -> _BidRecord | None:
+        """The record an Assignment on a quote runs under (as a won bid would be), or
+        ``None`` once it was answered with a signed Reject (RFC 0001 §8.14 steps 1-3;
+        what follows -- caps, freshness, capacity, budget, payload -- is the bid path's)."""
+        spec = asg.spec
+        assert spec is not None and asg.quote is not None  # validated with quote
+        if job_cid_of_canonical(env.body["spec"]) != asg.job:
+            await self._reject(
+                msg, asg, env.cid, "subject_mismatch", "job is not the CID of the spec it carries"
+            )
+            return None
+        signed = self.quotes.get(asg.quote, now)
+        problem = check_quote_assignment(
+            signed,
+            capability=spec.capability,
+            job=spec,
+            now=now,
+            max_skew_ms=self.config.max_skew_ms,
+        )
+        if problem is None:
+            handler = self.handlers[spec.capability]  # quoted, so served here
+            reason = handler.check(spec)
+            if reason is not None:
+                problem = "terms", _handler_detail(spec.capability, reason, spec)
+            elif spec.requirements:
+                try:
+                    result = self._match(env.body["spec"]["requirements"])
+                    if not result.ok:
+                        problem = "terms", f"requirements: {result.explain()}"
+                except CapabilitySpecError as exc:
+                    problem = "terms", f"requirements: {exc}"
+        if problem is not None:
+            await self._reject(msg, asg, env.cid, *problem)
+            return None
+        assert signed is not None
+        return _BidRecord(
+            asg.job,
+            spec,
+            signed.quote.exp + self.config.max_skew_ms,
+            signed.raw,
+            reserved=False,
+            trace=trace_of(msg) or default_trace(asg.job),
+            _bid_cid=signed.cid,
+            price=signed.quote.price,
+        )
 
     def _accept(self, asg: Assignment, asg_cid: str, now: int) -> Envelope:
         return Accept.build(
@@ -1031,7 +1165,7 @@ class Executor:
                 cpu_us=outcome.cpu_us,
                 peak_rss_kb=outcome.peak_rss_kb,
             ),
-            charge=self.config.price_of(job),
+            charge=self.price_of(rec),
             currency=self.config.currency,
             seq=seq,
             prev=prev,

@@ -493,6 +493,28 @@ class QuoteTerms(_Model):
     max_payload_bytes: UInt | None = None
     env_profiles: Annotated[list[Token], Field(max_length=32)] | None = None
 
+    def misfit(self, job: JobSpec) -> str | None:
+        """Which term ``job`` exceeds (RFC 0001 §8.14 "fits"), as a Reject ``detail``
+        (``"terms: timeout 60000 ms > max_timeout_ms 30000"``); ``None`` when it fits."""
+        c = job.constraints
+        checks: tuple[tuple[str, str, int | None, int | None, str], ...] = (
+            ("timeout", "max_timeout_ms", c.timeout_ms, self.max_timeout_ms, " ms"),
+            ("memory", "max_memory_mb", c.memory_mb, self.max_memory_mb, " MB"),
+            ("output", "max_output_bytes", c.max_output_bytes, self.max_output_bytes, " bytes"),
+            ("payload", "max_payload_bytes", job.payload_size, self.max_payload_bytes, " bytes"),
+        )
+        for what, term, asked, most, unit in checks:
+            if asked is not None and most is not None and asked > most:
+                return f"terms: {what} {asked}{unit} > {term} {most}"
+        profile = c.env_profile
+        if (
+            profile is not None
+            and self.env_profiles is not None
+            and profile not in self.env_profiles
+        ):
+            return f"terms: env_profile {profile!r} not in env_profiles {self.env_profiles}"
+        return None
+
 
 class Quote(SignedMessage):
     """An executor's standing, firm offer for one capability (RFC 0001 §8.14): any

@@ -18,8 +18,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 SLOW = {"advert_interval_s": 60.0, "advert_ttl_s": 120.0}
 
 
-async def test_a_client_that_joins_late_learns_every_peer_at_once(nats_server):
-    async with mesh(nats_server.url, [node_config(i, **SLOW) for i in range(3)]) as nodes:
+@pytest.mark.parametrize("directory", ["bucket", "subject"])
+async def test_a_client_that_joins_late_learns_every_peer_at_once(nats_server, directory):
+    configs = [node_config(i, **SLOW, directory=directory) for i in range(3)]
+    async with mesh(nats_server.url, configs) as nodes:
         await anyio.sleep(0.3)  # past the start-up adverts: the next are 60 s away
         async with Client(nats=nats_server.url) as client:
             assert await client.wait_for_peers("echo", 3, wait_s=5) == 3
@@ -45,7 +47,9 @@ async def test_a_short_settle_after_the_first_peer_sees_every_bidder(nats_server
 
 
 async def test_solicitations_are_coalesced_and_a_non_empty_one_is_counted(nats_server):
-    async with mesh(nats_server.url, [node_config(0, **SLOW)]) as (node,):
+    # Nodes answer advert sync on the adverts subject: without JetStream, or (as here)
+    # in directory "subject" mode; in bucket mode a joiner reads the bucket instead.
+    async with mesh(nats_server.url, [node_config(0, **SLOW, directory="subject")]) as (node,):
         await anyio.sleep(0.3)
         async with raw_connection(nats_server.url) as nc:
             seen: list[float] = []
