@@ -89,6 +89,11 @@ class Explanation:
     reason: str
     warnings: tuple[str, ...]
     score_kind: ScoreKind = "custom"
+    #: How the job was negotiated: ``"quote"`` (assigned on a live firm quote) or
+    #: ``"call_for_bids"`` (RFC 0001 §8.14, §10.8).
+    path: str = "call_for_bids"
+    #: Every live quote considered for the job (on either path), ranked as bids are.
+    quotes: tuple[ConsideredBid, ...] = ()
 
     def to_dict(self) -> dict[str, object]:
         """A JSON-able dict (str/int/bool/None, floats only for scores and loads)."""
@@ -103,6 +108,8 @@ class Explanation:
             "winner": self.winner.to_dict() if self.winner is not None else None,
             "reason": self.reason,
             "warnings": list(self.warnings),
+            "path": self.path,
+            "quotes": [c.to_dict() for c in self.quotes],
         }
 
     def render(self) -> str:
@@ -111,6 +118,18 @@ class Explanation:
         if self.algorithm:
             lines.append(f"  algorithm:    {self.algorithm}")
         lines.append(f"  terms:        {terms_text(self.terms)}")
+        path = "firm quote" if self.path == "quote" else "call for bids"
+        quotes = plural(len(self.quotes), "live quote")
+        lines.append(f"  path:         {path} ({quotes} considered)")
+        if self.path != "quote" and self.quotes:
+            lines.append(
+                "  quotes:       "
+                + "; ".join(
+                    f"{short_did(q.executor)} {fmt_money(q.price_micros, q.currency)}"
+                    + (f" ({q.failed_filter})" if q.failed_filter else "")
+                    for q in self.quotes
+                )
+            )
         if self.requirements is not None:
             req = self.requirements
             text = (

@@ -85,6 +85,7 @@ from ..protocol.messages import (
     Close,
     JobSpec,
     NoBid,
+    Quote,
     Receipt,
     ReceiptDelivery,
     Reject,
@@ -139,6 +140,9 @@ class ClientConfig:
     #: Call for bids from every compatible executor on the broadcast subject (an explicit
     #: auction) for every job; per job: ``Job(auction=True)``.
     auction: bool = False
+    #: Assign straight on the best live firm quote that admits the job (RFC 0001 §8.14);
+    #: False: always a (sampled) call for bids.
+    use_quotes: bool = True
 
 
 class _State(enum.Enum):
@@ -702,6 +706,52 @@ class Client:
             reputation=self._reputation_score(b.signer, capability),
         )
 
+    def _quote_candidates(
+        self, spec: JobSpec, track: _JobTrack, now: int
+    ) -> list[market.Candidate]:
+        """The live firm quotes (RFC 0001 §8.14) that admit the job, as candidates: the
+        quote's terms fit the job, its currency is the job's, and the job's requirements
+        match the quoting executor's advertised hardware.  Signatures are checked lazily,
+        best first, as for bids."""
+        live = self.directory.quotes(spec.capability, now)
+        if not live:
+            return []
+        peers, matches = self._match_peers(spec)
+        out = []
+        for lq in live:
+            q = lq.quote
+            match = matches.get(lq.did)
+            if q.currency != spec.currency or (match is not None and not match.ok):
+                continue
+            if q.terms.misfit(spec) is not None:
+                continue
+            if self._trusted is not None and not self._trusted(lq.did):
+                continue
+            track.offers[lq.cid] = (lq._env, q)
+            warnings = tuple(match.warnings) if match is not None else ()
+            out.append(
+                market.Candidate(
+                    bid_cid=lq.cid,
+                    executor=lq.did,
+                    price_micros=q.price,
+                    currency=q.currency,
+                    p50_us=q.slo.p50_us,
+                    p95_us=q.slo.p95_us,
+                    p99_us=q.slo.p99_us,
+                    accuracy_ppm=q.slo.accuracy_ppm,
+                    running=q.load.running,
+                    queued=q.load.queued,
+                    capacity=q.load.capacity,
+                    local=lq.did == self.local_executor,
+                    degraded=match is not None and match.outcome is MatchOutcome.DEGRADED,
+                    warnings=warnings,
+                    expires_ms=q.exp,
+                    observed_p95_us=self._observed_p95(lq.did),
+                    reputation=self._reputation_score(lq.did, spec.capability),
+                )
+            )
+        return out
+
     def _limits(self) -> ng.Limits:
         cfg = self.config
         return ng.Limits(
@@ -747,6 +797,9 @@ class Client:
         """Drive the job's :class:`~crankmesh.market.Negotiation`: perform each action it
         asks for (the I/O) and feed back what happened, until it is done or failed."""
         started_ms = _now_ms() - int((time.perf_counter() - started) * 1000)
+        auction = job.auction or self.config.auction
+        use_quotes = self.config.use_quotes and not auction
+        quotes = self._quote_candidates(spec, track, started_ms) if use_quotes else []
         neg = market.Negotiation(
             job_cid=job_cid,
             capability=spec.capability,
@@ -755,7 +808,8 @@ class Client:
             limits=self._limits(),
             started_ms=started_ms,
             only_executor=job.only_executor,
-            auction=job.auction or self.config.auction,
+            auction=auction,
+            quotes=quotes,
             rng=self._rng,
         )
         window_opened = 0.0
@@ -888,7 +942,9 @@ class Client:
             attempts=done.attempts,
             warnings=done.candidate.warnings,
             trace_id=track.trace,
-            explanation=_LazyExplanation(neg.ranking, job_cid, spec.requirements),
+            explanation=_LazyExplanation(
+                neg.ranking, job_cid, spec.requirements, neg.path, neg.quote_ranking
+            ),
         )
 
     def _match_peers(self, spec: JobSpec) -> tuple[list[Peer], dict[str, MatchResult]]:
@@ -947,7 +1003,7 @@ class Client:
         return item[0] if item is not None and item[1] > _now_ms() else None
 
     def _record_outcome(
-        self, executor: str, *, success: bool, observed_us: int | None, bid: Bid
+        self, executor: str, *, success: bool, observed_us: int | None, bid: Bid | Quote
     ) -> None:
         """Observed vs promised: keeps this originator's local reputation of executors."""
         slo_met: bool | None = None
@@ -979,7 +1035,7 @@ class Client:
         job_cid: str,
         track: _JobTrack,
         bid_env: Envelope,
-        bid: Bid,
+        bid: Bid | Quote,
         attempt: int,
     ) -> JobResult | ng.AttemptFailed:
         cfg = self.config
@@ -995,7 +1051,13 @@ class Client:
             ts=now,
             exp=now + cfg.accept_timeout_ms,
             job=job_cid,
-            bid=bid_env.cid,
+            # on a quote (RFC 0001 §8.14) the assignment carries the job's spec: no
+            # Announce brought it
+            **(
+                {"quote": bid_env.cid, "spec": spec}
+                if isinstance(bid, Quote)
+                else {"bid": bid_env.cid}
+            ),
             executor=executor,
             attempt=attempt,
             nonce=os.urandom(16),
@@ -1043,7 +1105,8 @@ class Client:
             for data in track.deliveries:
                 self._check_delivery(data, job_cid, asg, bid_env, bid, attempt)
             track.deliveries.clear()
-            await self._queue_close(spec.capability, job_cid, executor, bid_env.cid)
+            if isinstance(bid, Bid):  # a quote has no other bidders to release
+                await self._queue_close(spec.capability, job_cid, executor, bid_env.cid)
             _emit("accepted", job_cid, executor=executor, attempt=attempt)
             return self._use_result(spec, result, track, asg, bid)
         try:
@@ -1062,7 +1125,8 @@ class Client:
             self.metrics.reject("accept", exc.reason)
             return ng.BadAccept(str(exc))
         # Winner accepted: every other bidder may release its reservation.
-        await self._queue_close(spec.capability, job_cid, executor, bid_env.cid)
+        if isinstance(bid, Bid):
+            await self._queue_close(spec.capability, job_cid, executor, bid_env.cid)
         _emit("accepted", job_cid, executor=executor, attempt=attempt)
         return await self._await_receipt(job, spec, job_cid, track, asg, bid_env, bid, attempt)
 
@@ -1074,7 +1138,7 @@ class Client:
         track: _JobTrack,
         asg: Envelope,
         bid_env: Envelope,
-        bid: Bid,
+        bid: Bid | Quote,
         attempt: int,
     ) -> JobResult | ng.AttemptFailed:
         executor = bid.signer
@@ -1126,7 +1190,7 @@ class Client:
                 await track.changed.wait()
 
     def _use_result(
-        self, spec: JobSpec, result: JobResult, track: _JobTrack, asg: Envelope, bid: Bid
+        self, spec: JobSpec, result: JobResult, track: _JobTrack, asg: Envelope, bid: Bid | Quote
     ) -> JobResult:
         """A verified receipt for the current attempt: record what was observed against
         what was promised, and countersign it in the background."""
@@ -1188,7 +1252,7 @@ class Client:
         spec: JobSpec,
         result: JobResult,
         asg: Envelope,
-        bid: Bid,
+        bid: Bid | Quote,
         observed_us: int,
         sub: Any = None,
     ) -> None:
@@ -1268,7 +1332,7 @@ class Client:
         job_cid: str,
         asg: Envelope,
         bid_env: Envelope,
-        bid: Bid,
+        bid: Bid | Quote,
         attempt: int,
     ) -> JobResult | _BadDelivery | None:
         """The verified result of the current attempt; None for a delivery that is not
@@ -1482,17 +1546,35 @@ class _LazyExplanation:
     """Builds the :class:`~crankmesh.market.Explanation` on first use (it costs ~60 µs,
     which the hot path does not pay)."""
 
-    __slots__ = ("_ranking", "_job_cid", "_requirements", "_built")
+    __slots__ = ("_ranking", "_job_cid", "_requirements", "_built", "_path", "_quotes")
 
-    def __init__(self, ranking: market.Ranking, job_cid: str, requirements: Any) -> None:
+    def __init__(
+        self,
+        ranking: market.Ranking,
+        job_cid: str,
+        requirements: Any,
+        path: str = "call_for_bids",
+        quotes: market.Ranking | None = None,
+    ) -> None:
         self._ranking = ranking
         self._job_cid = job_cid
         self._requirements = requirements or None
         self._built: market.Explanation | None = None
+        self._path = path
+        self._quotes = quotes
 
     def get(self) -> market.Explanation:
         if self._built is None:
-            self._built = self._ranking.explanation(self._job_cid, self._requirements)
+            built = self._ranking.explanation(self._job_cid, self._requirements)
+            quotes = self._quotes
+            considered = (
+                built.considered
+                if quotes is self._ranking
+                else quotes.explanation(self._job_cid).considered
+                if quotes is not None
+                else ()
+            )
+            self._built = replace(built, path=self._path, quotes=considered)
         return self._built
 
     def __getattr__(self, name: str) -> Any:

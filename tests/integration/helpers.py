@@ -51,8 +51,18 @@ async def mesh(
         yield nodes
 
 
+#: How a client made by :func:`client_for` negotiates unless told: ``"call_for_bids"``
+#: (no quotes: the tests written for the bid flow) or ``"quote"`` (the product's default:
+#: assign on a live firm quote when one fits).  The ``both_paths`` fixture
+#: (tests/integration/conftest.py) runs a test once per path.
+PATHS = ("quote", "call_for_bids")
+default_path = "call_for_bids"
+
+
 @asynccontextmanager
 async def client_for(url: str, capability: str, peers: int, **kwargs: Any) -> AsyncIterator[Client]:
+    if default_path == "call_for_bids":
+        kwargs.setdefault("use_quotes", False)
     async with Client(nats=url, **kwargs) as c:
         assert await c.wait_for_peers(capability, peers, wait_s=10) >= peers
         yield c

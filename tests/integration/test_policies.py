@@ -3,6 +3,7 @@ load and accuracy profiles (issue [3/5] acceptance)."""
 
 from __future__ import annotations
 
+import anyio
 import pytest
 
 from crankmesh import NoEligibleBid
@@ -23,10 +24,11 @@ PROFILES = {
 }
 
 
-@pytest.fixture(params=["sampled", "auction"])
+@pytest.fixture(params=["quote", "sampled", "auction"])
 async def five(nats_server, request):
-    """The five executors and a client; ``sampled``: calls for bids go to k = 3 of them
-    (RFC 0001 §10.8, the default), ``auction``: to all five (the broadcast subject)."""
+    """The five executors and a client; ``quote``: jobs go to the best live firm quote
+    (the default), ``sampled``: calls for bids go to k = 3 of them (RFC 0001 §10.8),
+    ``auction``: to all five (the broadcast subject)."""
     cfgs = [node_config(i, price=p[0], name=name) for i, (name, p) in enumerate(PROFILES.items())]
     async with mesh(nats_server.url, cfgs) as nodes:
         by_name = {}
@@ -40,6 +42,9 @@ async def five(nats_server, request):
             )
             node.executor._queued = queued  # advertised and bid load
             by_name[name] = node
+            # the faked profile in the directory at once: a fresh quote and advert
+            node.executor.quotes._current.clear()
+            await node._publish_advert()
         try:
             async with client_for(
                 nats_server.url,
@@ -48,13 +53,34 @@ async def five(nats_server, request):
                 max_bid_window_ms=400,
                 min_bid_window_ms=150,
                 sample_k=3,
+                use_quotes=request.param == "quote",
                 auction=request.param == "auction",
             ) as client:
+                await _wait_for_profiles(client, by_name)
                 yield by_name, client
         finally:
             for node in by_name.values():
                 node.executor._queued = 0  # the fake load must not hold up the drain
                 node.executor._idle.set()
+
+
+async def _wait_for_profiles(client, nodes) -> None:
+    """Until the client's directory has every node's faked advert and quote."""
+    want = {n.did: PROFILES[name][2] for name, n in nodes.items()}
+    with anyio.fail_after(10):
+        while True:
+            quotes = {q.did: q.quote.slo.p95_us for q in client.directory.quotes("echo")}
+            adverts = {
+                p.did: next(c.slo.p95_us for c in p.advert.capabilities if c.slo)
+                for p in client.directory.offering("echo")
+            }
+            if quotes == want and adverts == want:
+                return
+            await client.directory.wait_changed()
+
+
+def _sampled(client) -> bool:
+    return not client.config.auction and not client.config.use_quotes
 
 
 def _job(p95_ms: float | None = None, accuracy_ppm: int | None = None) -> Job:
@@ -94,7 +120,7 @@ async def test_slo_picks_the_cheapest_bid_meeting_the_p95(five):
     r = await client.run(_job(p95_ms=5), policy="slo")
     assert r.executor == nodes["fast"].did  # 2000: cheapest of those promising p95 ≤ 5 ms
     failed = {c.executor: c.failed_filter for c in r.explanation.considered}
-    if not client.config.auction:
+    if _sampled(client):
         # the sample skips executors whose advertised p95 misses the SLO while fitting
         # ones are left (one per group of the partition)
         assert len(failed) == 3
@@ -113,7 +139,7 @@ async def test_slo_nobody_meets_names_each_bid_and_missed_constraint(five):
     nodes, client = five
     with pytest.raises(NoEligibleBid) as info:
         await client.run(_job(p95_ms=0.5), policy="slo")
-    if not client.config.auction:  # only the k sampled executors were asked
+    if not client.config.auction:  # no quote fits: only the k sampled executors were asked
         assert len(info.value.failures) == 3
         assert all("slo_p95" in line for line in info.value.failures)
         return

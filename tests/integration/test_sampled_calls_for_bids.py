@@ -30,7 +30,9 @@ def _announces(nodes) -> list[float]:
 
 async def test_a_call_for_bids_reaches_only_the_k_sampled_executors(nats_server):
     async with mesh(nats_server.url, [node_config(i) for i in range(N)]) as nodes:
-        async with client_for(nats_server.url, "echo", N, sample_k=2, sample_explore=0.0) as c:
+        async with client_for(
+            nats_server.url, "echo", N, sample_k=2, sample_explore=0.0, use_quotes=False
+        ) as c:
             jobs = 10
             for i in range(jobs):
                 r = await c.run(Job.echo(os.urandom(8) + bytes([i])))
@@ -57,6 +59,21 @@ async def test_an_explicit_auction_is_broadcast_to_every_executor(nats_server):
 
 async def test_sample_k_zero_broadcasts(nats_server):
     async with mesh(nats_server.url, [node_config(i) for i in range(N)]) as nodes:
-        async with client_for(nats_server.url, "echo", N, sample_k=0) as c:
+        async with client_for(nats_server.url, "echo", N, sample_k=0, use_quotes=False) as c:
             assert (await c.run(Job.echo(b"x"))).executor == nodes[0].did
             assert sum(_announces(nodes)) == N
+
+
+async def test_a_job_on_a_live_quote_needs_no_call_for_bids(nats_server):
+    async with mesh(nats_server.url, [node_config(i) for i in range(N)]) as nodes:
+        async with client_for(nats_server.url, "echo", N, use_quotes=True) as c:
+            for _ in range(20):
+                if len(c.directory.quotes("echo")) == N:
+                    break
+                await c.directory.wait_changed()
+            r = await c.run(Job.echo(b"on a quote"))
+            assert r.ok and r.verified and r.executor == nodes[0].did  # the cheapest quote
+            assert r.explanation.path == "quote"
+            assert len(r.explanation.quotes) == N  # every live quote was considered
+            assert sum(_announces(nodes)) == 0  # no Announce at all
+            assert r.receipt.bid == r.explanation.winner.bid_cid  # the receipt names the quote
