@@ -68,7 +68,10 @@ from pydantic_settings import (
 )
 from pydantic_settings.sources.utils import parse_env_vars
 
-from .protocol.errors import CrankmeshError, InvalidDID
+# ConfigError and the advert timing check live apart so that node.py can use them
+# without importing this module: the dependency between the two runs one way.
+from ._config_checks import ConfigError, advert_timing_problems
+from .protocol.errors import InvalidDID
 from .protocol.identity import public_key_from_did
 from .protocol.messages import CAPABILITY_RE
 from .transport import redact_url
@@ -124,22 +127,7 @@ _FED_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 _CURRENCY_RE: Final = re.compile(r"^[A-Z][A-Z0-9]{2,7}\Z")
 _ISOLATION_LEVELS: Final = ("none", "basic", "standard", "strict")
 _LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-#: The longest advert TTL peers accept (RFC 0001 §7), in seconds.
-MAX_ADVERT_TTL_S: Final = 120
 _SANDBOXED_CAPABILITY: Final = "python.run"
-
-
-class ConfigError(CrankmeshError, ValueError):
-    """The node configuration is not acceptable; ``problems`` lists every reason."""
-
-    def __init__(self, problems: Sequence[str], *, where: str | None = None) -> None:
-        self.problems = tuple(problems)
-        head = "invalid crankmesh configuration" + (f" in {where}" if where else "")
-        if len(self.problems) == 1:
-            text = f"{head}: {self.problems[0]}"
-        else:
-            text = head + ":\n  - " + "\n  - ".join(self.problems)
-        super().__init__(text)
 
 
 # ----------------------------------------------------------------------------- the model
@@ -790,30 +778,6 @@ def _show(info: SettingInfo, raw: object) -> str:
 
 
 # ----------------------------------------------------------------------------- checks
-
-
-def advert_timing_problems(interval_s: object, ttl_s: object) -> list[tuple[str, str]]:
-    """What is wrong with an advert interval and TTL, as (setting, message); empty if fine.
-
-    Peers drop an advert that claims to live longer than 120 s (RFC 0001 §7), which would
-    leave the node invisible; a TTL shorter than the interval makes it flicker out of every
-    directory between heartbeats.
-    """
-    problems: list[tuple[str, str]] = []
-    for name, value in (("advert_interval_s", interval_s), ("advert_ttl_s", ttl_s)):
-        if not isinstance(value, int | float) or not 0 < value <= MAX_ADVERT_TTL_S:
-            problems.append(
-                (name, f"must be a number of seconds in (0, {MAX_ADVERT_TTL_S}], got {value!r}")
-            )
-    if (
-        isinstance(interval_s, int | float)
-        and isinstance(ttl_s, int | float)
-        and ttl_s < interval_s
-    ):
-        problems.append(
-            ("advert_ttl_s", "must not be shorter than advert_interval_s (peers would flap)")
-        )
-    return problems
 
 
 def _check(s: NodeSettings) -> list[tuple[str, str]]:

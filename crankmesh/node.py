@@ -25,8 +25,8 @@ from typing import Any, Literal
 import anyio
 from anyio.abc import TaskStatus
 
+from ._config_checks import ConfigError, advert_timing_problems
 from .capabilities import CapabilityOffer, IsolationLevel
-from .config import ConfigError, advert_timing_problems
 from .directory import PeerDirectory
 from .directory_kv import open_bucket
 from .executor.agent import Executor, ExecutorConfig

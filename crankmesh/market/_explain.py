@@ -12,14 +12,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from ._candidate import Candidate, Terms
 from ._filters import FILTER_LABELS, PERFORMANCE_FILTERS, RejectedCandidate
 from ._format import fmt_money, fmt_ppm, fmt_ratio, fmt_us, plural, short_cid, short_did
-
-if TYPE_CHECKING:
-    from ._ranking import Ranking, ScoreKind
+from ._scored import RankingView, ScoreKind
 
 JSONScalar = int | float | str | bool | None
 
@@ -273,7 +270,7 @@ def _considered(
     )
 
 
-def _winner_metric(ranking: Ranking) -> str:
+def _winner_metric(ranking: RankingView) -> str:
     best = ranking.eligible[0]
     c = best.candidate
     money = fmt_money(c.price_micros, c.currency)
@@ -287,7 +284,7 @@ def _winner_metric(ranking: Ranking) -> str:
     return f"score {fmt_score(best.score, kind)}, {money}"
 
 
-def _tie_clause(ranking: Ranking) -> str | None:
+def _tie_clause(ranking: RankingView) -> str | None:
     if len(ranking.eligible) < 2 or not ranking.key_names:
         return None
     first, second = ranking.eligible[0], ranking.eligible[1]
@@ -301,7 +298,7 @@ def _tie_clause(ranking: Ranking) -> str | None:
     return None
 
 
-def _reason(ranking: Ranking) -> str:
+def _reason(ranking: RankingView) -> str:
     winner = ranking.winner
     clauses: list[str] = []
     # (counted as "others", phrase) -> count, in first-seen order
@@ -336,7 +333,7 @@ def _reason(ranking: Ranking) -> str:
     return head + sep + ", ".join(clauses)
 
 
-def _warnings(ranking: Ranking, considered: tuple[ConsideredBid, ...]) -> tuple[str, ...]:
+def _warnings(ranking: RankingView, considered: tuple[ConsideredBid, ...]) -> tuple[str, ...]:
     out: list[str] = []
     winner = ranking.winner
     if winner is not None:
@@ -356,7 +353,7 @@ def _warnings(ranking: Ranking, considered: tuple[ConsideredBid, ...]) -> tuple[
 
 
 def build_explanation(
-    ranking: Ranking,
+    ranking: RankingView,
     job_cid: str,
     requirements: Mapping[str, object] | str | None = None,
 ) -> Explanation:

@@ -5,33 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Literal
 
 from ..protocol.errors import NoEligibleBid
 from ._candidate import Candidate, Terms
+from ._explain import Explanation, build_explanation
 from ._filters import RejectedCandidate
+from ._scored import ScoredCandidate, ScoreKind
 
-if TYPE_CHECKING:
-    from ._explain import Explanation
-
-ScoreKind = Literal["price", "latency_us", "load", "arrival", "custom"]
-"""What a ranking's ``score`` measures, for formatting (lower is always better)."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ScoredCandidate:
-    """An eligible candidate, its policy score (lower is better) and its 1-based rank.
-
-    ``key`` is the full sort key when the policy exposes one (the built-in policies do); the
-    ranking's ``key_names`` name its components, which lets an explanation say which
-    tie-break decided between two bids with the same score.
-    """
-
-    candidate: Candidate
-    score: float
-    rank: int
-    key: tuple[float, ...] = ()
-
+__all__ = ["Ranking", "ScoreKind", "ScoredCandidate"]
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Ranking:
@@ -95,6 +76,4 @@ class Ranking:
         requirements: Mapping[str, object] | str | None = None,
     ) -> Explanation:
         """Explain this decision (who was considered, scores, filters, winner, and why)."""
-        from ._explain import build_explanation  # _explain imports this module
-
         return build_explanation(self, job_cid, requirements)
