@@ -8,12 +8,13 @@ It measures, in one run:
 
 * the nats-py request/reply round trip on the same server (the floor);
 * ``echo`` jobs one at a time through the full signed flow, per path, as p50/p95/p99
-  and as a ratio to the floor (``echo_<path>_p50_over_floor``); today every job takes
-  the call-for-bids path: announce → bids → assignment → accept/receipt;
-* throughput at concurrency 16 and 64 (``--concurrency``);
+  and as a ratio to the floor (``echo_<path>_p50_over_floor``): ``quote`` (assigned on
+  the best live firm quote: one request/reply whose answer is the receipt) and
+  ``call_for_bids`` (announce to a sample of k → bids → assignment → accept/receipt);
+* throughput at concurrency 16 and 64 (``--concurrency``), per path;
 * CPU milliseconds per echo job for every process (client, each node, nats-server:
-  utime + stime from ``/proc``) and in total: steadier than wall time on a shared
-  machine;
+  utime + stime from ``/proc``) and in total, per path: steadier than wall time on a
+  shared machine;
 * ``python.run`` ``print(42)`` p50/p95/p99 (sandboxed, on a warm fork-server).
 
 ``--in-process`` adds the old single-process layout as a secondary section
@@ -222,44 +223,58 @@ async def _stop(proc: Any) -> None:
     await proc.aclose()
 
 
+async def _wait_for_quotes(client: Client, capability: str, count: int) -> None:
+    with anyio.move_on_after(30):
+        while len(client.directory.quotes(capability)) < count:
+            await client.directory.wait_changed()
+
+
 async def _measure(
     url: str, caps: tuple[str, ...], args: argparse.Namespace, pids: dict[str, int] | None
 ) -> dict[str, Any]:
-    """The client's side of one layout: latency, CPU per job, throughput, python.run."""
-    out: dict[str, Any] = {}
-    async with Client(nats=url) as client:
-        for cap in caps:
-            await client.wait_for_peers(cap, args.executors)
-        for _ in range(30):  # warm-up: connections, caches, fork-servers
-            (await client.run(Job.echo(b"warm"))).raise_for_status()
-        cpu = _Cpu(pids or {})
-        lat, secs = await _jobs(client, lambda: Job.echo(b"bench"), args.jobs, 0)
-        per_job = cpu.ms_per_job(args.jobs)
-        path = "call_for_bids"  # the only path to an executor today
-        out.update(
-            {
-                "jobs": args.jobs,
-                f"echo_{path}_p50_ms": _q(lat, 0.5),
-                f"echo_{path}_p95_ms": _q(lat, 0.95),
-                f"echo_{path}_p99_ms": _q(lat, 0.99),
-                f"echo_{path}_mean_ms": round(statistics.fmean(lat), 3),
-                "echo_sequential_jobs_s": round(args.jobs / secs, 1),
-                "echo_cpu_ms_per_job_total": per_job["total"],
-                "echo_cpu_ms_per_job": per_job,
-            }
-        )
-        for c in args.concurrency:
-            out[f"echo_throughput_c{c}_jobs_s"] = round(
-                await _throughput(client, max(args.jobs, 4 * c), c), 1
-            )
-        if "python.run" in caps and args.python_jobs:
-            lat, _ = await _jobs(client, lambda: Job.python("print(42)"), args.python_jobs, 10)
+    """The client's side of one layout, per path (``quote``: assigned on the best live firm
+    quote, one request/reply; ``call_for_bids``: announce to a sample, bids, assignment):
+    latency, CPU per job, throughput; then python.run (on its default path)."""
+    out: dict[str, Any] = {"jobs": args.jobs}
+    for path in ("quote", "call_for_bids"):
+        async with Client(nats=url, use_quotes=path == "quote") as client:
+            for cap in caps:
+                await client.wait_for_peers(cap, args.executors)
+            if path == "quote":
+                await _wait_for_quotes(client, "echo", args.executors)
+            for _ in range(30):  # warm-up: connections, caches, fork-servers
+                (await client.run(Job.echo(b"warm"))).raise_for_status()
+            cpu = _Cpu(pids or {})
+            lat, secs = await _jobs(client, lambda: Job.echo(b"bench"), args.jobs, 0)
+            per_job = cpu.ms_per_job(args.jobs)
+            probe = await client.run(Job.echo(b"which path"))
             out.update(
-                python_jobs=args.python_jobs,
-                python_run_p50_ms=_q(lat, 0.5),
-                python_run_p95_ms=_q(lat, 0.95),
-                python_run_p99_ms=_q(lat, 0.99),
+                {
+                    f"echo_{path}_p50_ms": _q(lat, 0.5),
+                    f"echo_{path}_p95_ms": _q(lat, 0.95),
+                    f"echo_{path}_p99_ms": _q(lat, 0.99),
+                    f"echo_{path}_mean_ms": round(statistics.fmean(lat), 3),
+                    f"echo_{path}_sequential_jobs_s": round(args.jobs / secs, 1),
+                    f"echo_{path}_cpu_ms_per_job_total": per_job["total"],
+                    f"echo_{path}_cpu_ms_per_job": per_job,
+                    # what the client's explanation says the jobs went by (a check that
+                    # the path measured is the path named)
+                    f"echo_{path}_path_taken": probe.explanation.path,
+                }
             )
+            for c in args.concurrency:
+                out[f"echo_{path}_throughput_c{c}_jobs_s"] = round(
+                    await _throughput(client, max(args.jobs, 4 * c), c), 1
+                )
+            if path == "quote" and "python.run" in caps and args.python_jobs:
+                make = lambda: Job.python("print(42)")  # noqa: E731
+                lat, _ = await _jobs(client, make, args.python_jobs, 10)
+                out.update(
+                    python_jobs=args.python_jobs,
+                    python_run_p50_ms=_q(lat, 0.5),
+                    python_run_p95_ms=_q(lat, 0.95),
+                    python_run_p99_ms=_q(lat, 0.99),
+                )
     return out
 
 
@@ -292,9 +307,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             pids = await _start_nodes(server.url, args.executors, caps, Path(tmp), stack)
             pids["nats-server"] = server.pid
             result.update(await _measure(server.url, caps, args, pids))
-            result["echo_call_for_bids_p50_over_floor"] = round(
-                result["echo_call_for_bids_p50_ms"] / floor_p50, 2
-            )
+            for path in ("quote", "call_for_bids"):
+                result[f"echo_{path}_p50_over_floor"] = round(
+                    result[f"echo_{path}_p50_ms"] / floor_p50, 2
+                )
     if args.in_process:
         async with NatsServer() as server, AsyncExitStack() as stack:
             for i in range(args.executors):
