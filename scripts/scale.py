@@ -8,10 +8,13 @@ NATS connection to one real nats-server — and an originator (a :class:`Client`
 this process. Executors offer ``echo`` at heterogeneous prices (seeded, ``--seed``)
 and promise the p95s their start-up self-benchmark measured. Per N it prints:
 
-* ``echo_p50_ms`` / ``echo_p99_ms`` of ``--jobs`` jobs run one at a time (``cost``);
-* ``publishes_per_job`` / ``deliveries_per_job``: nats-server ``/varz`` ``in_msgs`` /
-  ``out_msgs`` over those jobs, net of the idle traffic measured just before
-  (``*_raw`` keeps the gross figures);
+* per path (``quote``: assigned on the best live firm quote; ``call_for_bids``: a
+  client with ``use_quotes=False``, announcing to a power-of-k sample), prefixed
+  ``<path>_``: ``echo_p50_ms`` / ``echo_p99_ms`` of ``--jobs`` jobs run one at a time
+  (``cost``), ``publishes_per_job`` / ``deliveries_per_job`` (nats-server ``/varz``
+  ``in_msgs`` / ``out_msgs`` over those jobs, net of the idle traffic measured just
+  before; ``*_raw`` keeps the gross figures), ``selection_ratio_cost`` and
+  ``selection_ratio_latency`` (below), and ``paths_taken`` (from the explanations);
 * ``idle_deliveries_per_s_node`` (messages delivered per second to one executor's
   connection while no job runs, from ``/connz``) and ``idle_deliveries_per_s_total``;
 * ``selection_ratio_cost``: the chosen price over the best price among all N
@@ -158,6 +161,43 @@ def _promised_p95(client: Client, did: str) -> float:
     return float("nan")
 
 
+async def _path_figures(
+    client: Client,
+    path: str,
+    args: argparse.Namespace,
+    monitor: str,
+    best_price: int,
+    best_p95: float,
+) -> dict[str, Any]:
+    """Echo latency, messages per job and selection quality of ``client``'s jobs, which
+    go by ``path`` (checked on each job's explanation)."""
+    lat, price_ratio, paths = [], [], set()
+    v0, t_jobs = _get(f"{monitor}/varz"), time.time()
+    for i in range(args.jobs):
+        t = time.perf_counter()
+        r = (await client.run(Job.echo(b"s%d" % i), policy="cost")).raise_for_status()
+        lat.append((time.perf_counter() - t) * 1000)
+        price_ratio.append(r.price / best_price)
+        paths.add(r.explanation.path)
+    v1, jobs_s = _get(f"{monitor}/varz"), time.time() - t_jobs
+    p95_ratio = []
+    for i in range(max(10, args.jobs // 2)):
+        r = (await client.run(Job.echo(b"l%d" % i), policy="latency")).raise_for_status()
+        p95_ratio.append(_promised_p95(client, r.executor) / best_p95)
+    return {
+        f"{path}_paths_taken": sorted(paths),
+        f"{path}_echo_p50_ms": _q(lat, 0.5),
+        f"{path}_echo_p99_ms": _q(lat, 0.99),
+        f"{path}_publishes_per_job_raw": round((v1["in_msgs"] - v0["in_msgs"]) / args.jobs, 1),
+        f"{path}_deliveries_per_job_raw": round(
+            (v1["out_msgs"] - v0["out_msgs"]) / args.jobs, 1
+        ),
+        f"{path}_jobs_s_each": jobs_s / args.jobs,
+        f"{path}_selection_ratio_cost": round(statistics.fmean(price_ratio), 3),
+        f"{path}_selection_ratio_latency": round(statistics.fmean(p95_ratio), 3),
+    }
+
+
 async def _one_n(server: NatsServer, n: int, args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"n": n}
     async with AsyncExitStack() as stack:
@@ -183,31 +223,27 @@ async def _one_n(server: NatsServer, n: int, args: argparse.Namespace) -> dict[s
         out["idle_deliveries_per_s_total"] = round(idle_out, 1)
 
         best_price, best_p95 = _oracle(client)
-        lat, price_ratio = [], []
-        v0, t_jobs = _get(f"{monitor}/varz"), time.time()
-        for i in range(args.jobs):
-            t = time.perf_counter()
-            r = (await client.run(Job.echo(b"s%d" % i), policy="cost")).raise_for_status()
-            lat.append((time.perf_counter() - t) * 1000)
-            price_ratio.append(r.price / best_price)
-        v1, jobs_s = _get(f"{monitor}/varz"), time.time() - t_jobs
-        pubs = (v1["in_msgs"] - v0["in_msgs"]) / args.jobs
-        dels = (v1["out_msgs"] - v0["out_msgs"]) / args.jobs
-        idle_share = jobs_s / args.jobs
-        out.update(
-            echo_p50_ms=_q(lat, 0.5),
-            echo_p99_ms=_q(lat, 0.99),
-            publishes_per_job_raw=round(pubs, 1),
-            deliveries_per_job_raw=round(dels, 1),
-            publishes_per_job=round(max(0.0, pubs - idle_in * idle_share), 1),
-            deliveries_per_job=round(max(0.0, dels - idle_out * idle_share), 1),
-            selection_ratio_cost=round(statistics.fmean(price_ratio), 3),
-        )
-        p95_ratio = []
-        for i in range(max(10, args.jobs // 2)):
-            r = (await client.run(Job.echo(b"l%d" % i), policy="latency")).raise_for_status()
-            p95_ratio.append(_promised_p95(client, r.executor) / best_p95)
-        out["selection_ratio_latency"] = round(statistics.fmean(p95_ratio), 3)
+        for path in ("quote", "call_for_bids"):
+            on = client
+            if path == "call_for_bids":
+                on = await stack.enter_async_context(Client(nats=server.url, use_quotes=False))
+                await on.wait_for_peers(CAPABILITY, n, wait_s=args.start_timeout)
+            else:
+                with anyio.move_on_after(args.start_timeout):
+                    while len(client.directory.quotes(CAPABILITY)) < n:
+                        await client.directory.wait_changed()
+                out["live_quotes"] = len(client.directory.quotes(CAPABILITY))
+            for _ in range(3):  # warm-up of this client
+                (await on.run(Job.echo(b"warm"))).raise_for_status()
+            out.update(await _path_figures(on, path, args, monitor, best_price, best_p95))
+            # net of the idle traffic over the same time
+            share = out.pop(f"{path}_jobs_s_each")
+            out[f"{path}_publishes_per_job"] = round(
+                max(0.0, out[f"{path}_publishes_per_job_raw"] - idle_in * share), 1
+            )
+            out[f"{path}_deliveries_per_job"] = round(
+                max(0.0, out[f"{path}_deliveries_per_job_raw"] - idle_out * share), 1
+            )
     return out
 
 
