@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
+import anyio
 import nats
 
 from crankmesh.executor.agent import ExecutorConfig
@@ -65,6 +66,11 @@ async def client_for(url: str, capability: str, peers: int, **kwargs: Any) -> As
         kwargs.setdefault("use_quotes", False)
     async with Client(nats=url, **kwargs) as c:
         assert await c.wait_for_peers(capability, peers, wait_s=10) >= peers
+        if default_path == "quote" and c.config.use_quotes:
+            # the quote path is taken only on live quotes: have them all first
+            with anyio.move_on_after(10):
+                while len(c.directory.quotes(capability)) < peers:
+                    await c.directory.wait_changed()
         yield c
 
 

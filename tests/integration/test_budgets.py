@@ -18,7 +18,10 @@ from crankmesh.protocol.tokens import delegate, encode_chain, issue
 
 from .helpers import client_for, mesh, node_config, raw_connection
 
-pytestmark = [pytest.mark.integration, pytest.mark.anyio]
+pytestmark = [
+    pytest.mark.integration, pytest.mark.anyio,
+    pytest.mark.usefixtures("both_paths"),  # quote and call-for-bids paths
+]
 
 
 def now_ms() -> int:
@@ -78,7 +81,9 @@ async def test_over_scoped_or_expired_tokens_are_refused_by_the_client(nats_serv
                 await client.run(Job.echo(b"x").with_budget([expired]))
 
 
-async def test_executor_refuses_forged_or_foreign_budget_chains(nats_server):
+# Hand-forged assignments on bids: one path is enough (the client part fails before either).
+@pytest.mark.parametrize("both_paths", ["call_for_bids"], indirect=True)
+async def test_executor_refuses_forged_or_foreign_budget_chains(nats_server, both_paths):
     """A rogue originator sends assignments with chains it does not hold or that were
     tampered with; the executor rejects each with budget_invalid before running."""
     treasury, rogue, other = Identity.generate(), Identity.generate(), Identity.generate()

@@ -14,7 +14,10 @@ from crankmesh.originator import Job
 from .helpers import client_for, mesh, node_config
 from .test_cli import node_process
 
-pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.slow]
+pytestmark = [
+    pytest.mark.integration, pytest.mark.anyio, pytest.mark.slow,
+    pytest.mark.usefixtures("both_paths"),  # quote and call-for-bids paths
+]
 
 JOBS = 200
 

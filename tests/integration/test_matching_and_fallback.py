@@ -12,7 +12,10 @@ from crankmesh.originator import Job
 
 from .helpers import client_for, mesh, node_config
 
-pytestmark = [pytest.mark.integration, pytest.mark.anyio]
+pytestmark = [
+    pytest.mark.integration, pytest.mark.anyio,
+    pytest.mark.usefixtures("both_paths"),  # quote and call-for-bids paths
+]
 
 GPU_BOX = {"gpu": {"type": "cuda", "model": "RTX 4090", "memory_gb": 24}}
 

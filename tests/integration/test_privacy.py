@@ -11,10 +11,15 @@ from crankmesh.originator import Job
 
 from .helpers import client_for, mesh, node_config, raw_connection
 
-pytestmark = [pytest.mark.integration, pytest.mark.anyio]
+pytestmark = [
+    pytest.mark.integration, pytest.mark.anyio,
+    pytest.mark.usefixtures("both_paths"),  # quote and call-for-bids paths
+]
 
 
-async def test_wildcard_subscriber_never_sees_payload_or_result_plaintext(nats_server):
+async def test_wildcard_subscriber_never_sees_payload_or_result_plaintext(
+    nats_server, both_paths
+):
     secret_in = "IN-" + os.urandom(12).hex()
     secret_out = "OUT-" + os.urandom(12).hex()
     cfgs = [node_config(i, capabilities=("echo", "python.run")) for i in range(3)]
@@ -39,7 +44,10 @@ async def test_wildcard_subscriber_never_sees_payload_or_result_plaintext(nats_s
     kinds = {
         subject.split(".")[3] if subject.startswith("crank.") else "inbox" for subject, _ in seen
     }
-    assert {"announce", "inbox"} <= kinds
+    # on the quote path no Announce goes out: the Assignment (the spec and the boxed
+    # payload) is the first message of the job, and its reply the receipt
+    assert "inbox" in kinds and any(".assignment." in subject for subject, _ in seen)
+    assert ("announce" in kinds) == (both_paths == "call_for_bids")
     for subject, data in seen:
         assert secret_in.encode() not in data, f"payload plaintext leaked on {subject}"
         assert secret_out.encode() not in data, f"result plaintext leaked on {subject}"
