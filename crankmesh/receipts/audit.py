@@ -45,7 +45,7 @@ from ..protocol.cid import cid_for_document, parse_cid
 from ..protocol.envelope import Envelope, open_envelope
 from ..protocol.errors import ProtocolError
 from ..protocol.identity import DID_PREFIX, did_node_id
-from ..protocol.messages import Bid, Receipt, Settlement, SignedMessage, decode_message
+from ..protocol.messages import Bid, Quote, Receipt, Settlement, SignedMessage, decode_message
 
 __all__ = [
     "FINDING_KINDS",
@@ -107,7 +107,10 @@ _MODELS: Final[dict[str, type[SignedMessage]]] = {
     "receipt": Receipt,
     "bid": Bid,
     "settlement": Settlement,
+    "quote": Quote,  # a firm quote a receipt was won on (RFC 0001 §8.14), on bids.<id>
 }
+#: Envelope types stored in an area other than their own name's.
+_AREA_OF: Final[dict[str, str]] = {"quote": "bids"}
 _DEFAULT_MAX_SKEW_MS: Final = 60_000
 
 
@@ -465,7 +468,7 @@ class _Auditor:
             self.find("malformed_envelope", ident, None, f"{where}: {exc}{moved_note}")
             return
         signer = env.signer
-        executor = signer if env.type in ("receipt", "bid") else None
+        executor = signer if env.type in ("receipt", "bid", "quote") else None
         try:
             env.verify()
         except ProtocolError as exc:
@@ -510,7 +513,9 @@ class _Auditor:
             return
         self.counts[env.type] += 1
         parts = _subject_parts(record.subject)
-        expected_area = next(a for a, t in RECORD_AREAS.items() if t == env.type)
+        expected_area = _AREA_OF.get(env.type) or next(
+            a for a, t in RECORD_AREAS.items() if t == env.type
+        )
         if parts is None or parts[0] != expected_area or parts[1] != did_node_id(signer):
             self.find(
                 "wrong_subject",
@@ -537,7 +542,7 @@ class _Auditor:
         parsed = _Parsed(cid, env, msg)
         if env.type == "receipt":
             self.receipts[cid] = parsed
-        elif env.type == "bid":
+        elif env.type in ("bid", "quote"):  # the offers receipts are won on
             self.bids[cid] = parsed
         elif env.type == "settlement":
             self.settlements.append(parsed)
@@ -711,7 +716,7 @@ class _Auditor:
                     "which is not in the stream",
                 )
             return
-        bid: Bid = bp.msg
+        bid: Bid | Quote = bp.msg
         if bp.env.signer != executor:
             self.find(
                 "foreign_bid",
@@ -720,7 +725,7 @@ class _Auditor:
                 f"receipt seq {r.seq} names bid {r.bid}, signed by {bp.env.signer}, "
                 f"not by the receipt's signer {executor}",
             )
-        if bid.job != r.job:
+        if isinstance(bid, Bid) and bid.job != r.job:  # a quote stands for any job
             self.find(
                 "bid_job_mismatch",
                 p.cid,

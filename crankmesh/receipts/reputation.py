@@ -23,7 +23,7 @@ from typing import Final, TypeVar
 from ..market import LocalReputation, reputation_score
 from ..protocol.envelope import Envelope, open_envelope
 from ..protocol.errors import ProtocolError
-from ..protocol.messages import Bid, Receipt, Settlement, decode_message
+from ..protocol.messages import Bid, Quote, Receipt, Settlement, decode_message
 from .audit import NETWORK_ALLOWANCE_US, AuditReport
 
 __all__ = ["ReputationBook", "reputation_from_report"]
@@ -46,7 +46,7 @@ def reputation_from_report(report: AuditReport) -> dict[str, float]:
 @dataclass(frozen=True, slots=True)
 class _BidInfo:
     signer: str
-    job: str
+    job: str | None  # None: a firm quote (RFC 0001 §8.14), good for any job
     price: int
     currency: str
     p95_us: int | None
@@ -152,7 +152,7 @@ class ReputationBook:
         try:
             env = data if isinstance(data, Envelope) else open_envelope(data)
             cid = env.cid
-            if cid in self._seen or env.type not in ("receipt", "bid", "settlement"):
+            if cid in self._seen or env.type not in ("receipt", "bid", "settlement", "quote"):
                 return False
             if env.type == "receipt":
                 _, receipt = decode_message(env, Receipt)
@@ -162,6 +162,11 @@ class ReputationBook:
                 _, bid = decode_message(env, Bid)
                 env.verify()
                 self._bid(cid, env.signer, bid)
+            elif env.type == "quote":
+                _, quote = decode_message(env, Quote)
+                env.verify()
+                info = _BidInfo(env.signer, None, quote.price, quote.currency, quote.slo.p95_us)
+                self._offer(cid, info)
             else:
                 _, settlement = decode_message(env, Settlement)
                 env.verify()
@@ -220,7 +225,10 @@ class ReputationBook:
         self._recount(job)
 
     def _bid(self, cid: str, signer: str, bid: Bid) -> None:
-        info = _BidInfo(signer, bid.job, bid.price, bid.currency, bid.slo.p95_us)
+        self._offer(cid, _BidInfo(signer, bid.job, bid.price, bid.currency, bid.slo.p95_us))
+
+    def _offer(self, cid: str, info: _BidInfo) -> None:
+        """A bid or quote record: joined with the receipt won on it (now or later)."""
         receipt_cid = self._waiting_bid.pop(cid, None)
         job = self._jobs.get(receipt_cid) if receipt_cid is not None else None
         if job is None or receipt_cid is None:
@@ -234,7 +242,7 @@ class ReputationBook:
         """Take the promise from the receipt's bid; misconduct counts as a failure."""
         honest = (
             bid.signer == job.executor
-            and bid.job == job.job
+            and bid.job in (None, job.job)
             and bid.currency == job.currency
             and job.charge <= bid.price
         )
