@@ -5,10 +5,10 @@ The parser is built in :mod:`crankmesh.cli`; :func:`add_peers_arguments`,
 commands read (each also sets ``fn``).
 
 ``cmd_peers``
-    Capability-based discovery (seed 003): follow the signed adverts on
-    ``crank.<fed>.nodes.adverts`` for ``--listen-s`` seconds, keep the peers that offer
-    ``--capability`` (with a GPU of ``--gpu-type`` having ``--min-gpu-memory-gb`` free, or
-    total where free is not advertised; at ``--max-price`` or less), and list them ranked
+    Capability-based discovery (seed 003): follow the signed adverts (the directory
+    bucket and ``crank.<fed>.nodes.adverts``) for ``--listen-s`` seconds, keep the peers
+    that offer ``--capability`` (with a GPU of ``--gpu-type`` having ``--min-gpu-memory-gb``
+    free, or total where free is not advertised; at ``--max-price`` or less), and list them ranked
     closest region first (``--region``: exact match, then prefix match, then sharing
     leading ``-`` tokens, then the others, then peers that advertise no region), then by
     availability (non-draining first, a free matching GPU first, lowest load
@@ -640,6 +640,18 @@ async def _run_top(args: argparse.Namespace, federation: str) -> None:
                     pass
 
         sub = await nc.subscribe(f"{subjects.ROOT}.{federation}.>", cb=on_message)
+        # Nodes in bucket mode put their adverts in the directory bucket (RFC 0001
+        # §8.15), not on the adverts subject: hear the puts as they happen.
+        kv_prefix = f"$KV.{subjects.directory_bucket(federation)}."
+
+        async def on_put(msg: Any) -> None:
+            counter.observe(subjects.adverts(federation))
+            try:
+                directory.handle(msg.data, key=msg.subject[len(kv_prefix) :])
+            except ProtocolError:
+                pass
+
+        kv_sub = await nc.subscribe(kv_prefix + "*", cb=on_put)
         try:
             await nc.flush()
             tty = sys.stdout.isatty() and not args.json
@@ -671,7 +683,7 @@ async def _run_top(args: argparse.Namespace, federation: str) -> None:
                 print(out, flush=True)
                 frame += 1
         finally:
-            await unsubscribe_quietly(sub)
+            await unsubscribe_quietly(sub, kv_sub)
     finally:
         await _close(nc)
 

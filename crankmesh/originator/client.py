@@ -326,6 +326,8 @@ class Client:
         advert sync (RFC 0001 §8.10) together, so a short settle lets the first job see
         every bidder, not just the first to answer.
         """
+        while self._first_run_hooks:  # a node follows the directory once it originates
+            await self._first_run_hooks.pop()()
         offering = self.directory.offering
         with anyio.move_on_after(wait_s):
             while len(offering(capability)) < count:

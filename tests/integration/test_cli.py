@@ -189,7 +189,9 @@ def test_demo_then_audit_on_the_stream_reports_50_verified_receipts(nats_server)
 async def test_sigkilled_executor_vanishes_from_every_peers_directory_within_its_ttl(
     nats_server, tmp_path: Path
 ) -> None:
-    async with mesh(nats_server.url, [node_config(0), node_config(1)]) as peers:
+    # Peers that originate follow the directory (an executor-only one hears no adverts).
+    always = {"originate": "always"}
+    async with mesh(nats_server.url, [node_config(0, **always), node_config(1, **always)]) as peers:
         with node_process(
             nats_server.url, tmp_path / "gone.key", "--capabilities", "echo", "--advert-ttl", "2"
         ) as (proc, victim):
