@@ -415,11 +415,8 @@ class Node:
         else on the adverts subject as in revision 1 (every node hears every advert)."""
         kv = None
         if self.config.directory == "bucket":
-            kv = await open_bucket(
-                self.nc,
-                self.config.federation,
-                ttl_s=self.config.advert_ttl_s,
-                replicas=self.config.receipts_replicas,
+            kv = await open_bucket(  # TTL: the default horizon, whatever the advert TTL
+                self.nc, self.config.federation, replicas=self.config.receipts_replicas
             )
         self.directory_bucket = kv
         if kv is None:
