@@ -310,7 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
     nd.set_defaults(fn=_cmd_node)
 
     sb = sub.add_parser("submit", help="submit a job to a mesh and print the verified result")
-    sb.add_argument("--nats", required=True, help="NATS URL(s), comma-separated")
+    sb.add_argument(
+        "--nats",
+        help="NATS URL(s), comma-separated (default: $CRANKMESH_NATS; without either, a local "
+        "mesh: an embedded nats-server and one node in this process, stopped at exit)",
+    )
     sb.add_argument("--federation", default="default")
     sb.add_argument("--capability", default="python.run")
     sb.add_argument("--code", help="Python code for python.run")

@@ -1,5 +1,9 @@
 """A small synchronous wrapper for scripts: ``with SyncClient(nats=url) as c: c.run(job)``.
 
+Used outside a ``with`` block, each call is one-shot: it opens the client (with no
+arguments and no ``CRANKMESH_NATS``, that starts a local mesh), runs, and closes it --
+``SyncClient().run(Job.python("print(42)")).stdout`` works on a fresh install.
+
 Resource handling: an event loop runs in a background thread (an anyio blocking
 portal) for the life of the ``with`` block; the async :class:`Client` lives there.
 Error handling: exceptions from the async client are re-raised unchanged.
@@ -7,9 +11,9 @@ Error handling: exceptions from the async client are re-raised unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import Any, TypeVar
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
@@ -18,6 +22,8 @@ from .client import Client, CostReport
 from .job import Job, JobResult
 
 __all__ = ["SyncClient"]
+
+T = TypeVar("T")
 
 
 class SyncClient:
@@ -66,13 +72,18 @@ class SyncClient:
             raise ClientStateError("Use the SyncClient inside a `with` block.")
         return self._portal, self._client
 
+    def _one_shot(self, fn: Callable[[BlockingPortal, Client], T]) -> T:
+        """Run ``fn`` in the open session, or in one opened and closed for this call."""
+        if self._portal is not None:
+            return fn(*self._require())
+        with self:
+            return fn(*self._require())
+
     def run(self, job: Job, **kwargs: Any) -> JobResult:
-        portal, client = self._require()
-        return portal.call(lambda: client.run(job, **kwargs))
+        return self._one_shot(lambda portal, c: portal.call(lambda: c.run(job, **kwargs)))
 
     def map(self, jobs: Iterable[Job], **kwargs: Any) -> list[Any]:
-        portal, client = self._require()
-        return portal.call(lambda: client.map(jobs, **kwargs))
+        return self._one_shot(lambda portal, c: portal.call(lambda: c.map(jobs, **kwargs)))
 
     def wait_for_peers(
         self, capability: str, count: int = 1, wait_s: float = 10.0, *, settle_s: float = 0.0
