@@ -1281,6 +1281,7 @@ class Client:
             price=receipt.charge,
             currency=receipt.currency,
             latency_ms=0.0,
+            receipt_raw=delivery.receipt,
         )
 
 
