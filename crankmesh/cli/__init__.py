@@ -20,6 +20,7 @@ import anyio
 
 from .._loop import backend_options
 from .._loop import run as run_loop
+from . import _pipeline_cmds
 
 __all__ = ["main"]
 
@@ -343,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_executor_parsers(sub)
     _add_audit_parsers(sub)
     _add_ops_parsers(sub)
+    _pipeline_cmds.add_pipeline_parsers(sub)
     return p
 
 

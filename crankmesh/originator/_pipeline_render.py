@@ -129,15 +129,19 @@ def render_run(run: PipelineRun, fmt: str) -> str:
             lines.append(f"{head}{name} [{recs[0].capability}]")
             for j, r in enumerate(recs):
                 branch = "└── " if j == len(recs) - 1 else "├── "
+                ename = run.executor_names.get(r.executor)
+                who = f"{ename} {r.executor}" if ename else r.executor
                 lines.append(
-                    f"{pad}{branch}{r.key} -> {r.executor} ({r.source}) {r.price} µ{r.currency} "
+                    f"{pad}{branch}{r.key} -> {who} ({r.source}) {r.price} µ{r.currency} "
                     f"{r.latency_ms:.1f} ms, attempts {len(r.attempts) + 1}, "
                     f"receipt {r.receipt_cid}"
                 )
                 for note in r.attempts:
                     lines.append(f"{pad}{'    ' if j == len(recs) - 1 else '│   '}  · {note}")
         return "\n".join(lines)
-    executors: dict[str, str | None] = {r.executor: None for r in run.records}
+    executors: dict[str, str | None] = {
+        r.executor: run.executor_names.get(r.executor) for r in run.records
+    }
     labels = {
         name: f"{name}\n{recs[0].capability}" + (f"\n{len(recs)} items" if recs[0].index is not
                                                   None else "")

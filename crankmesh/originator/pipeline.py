@@ -49,6 +49,7 @@ from typing import Any
 
 import anyio
 
+from ..capabilities import CapabilityOffer
 from ..protocol.cid import cid_for_blob, cid_for_document
 from ..protocol.encoding import canonical_encode
 from ..protocol.errors import BudgetExceeded, CrankmeshError
@@ -210,6 +211,20 @@ class StepPlan:
         }
 
 
+def _missing_profile(job: Job, hardware: Any) -> str | None:
+    """Why an executor's advertised env profiles cannot run a python.run job, or None."""
+    wanted = job.constraints.env_profile
+    if job.capability != "python.run" or not wanted:
+        return None
+    try:
+        profiles = CapabilityOffer.from_wire(hardware).env_profiles
+    except Exception:
+        return None  # an advert we cannot read does not rule the peer out
+    if profiles and wanted not in profiles:
+        return f"needs env profile {wanted}, executor has {', '.join(profiles)}"
+    return None
+
+
 @dataclass(frozen=True)
 class Plan:
     pipeline: str
@@ -315,6 +330,8 @@ class PipelineRun:
     budget_currency: str | None = None
     step_order: tuple[str, ...] = ()
     edges: tuple[tuple[str, str], ...] = ()
+    #: Advertised names of the executors, where the directory knew them.
+    executor_names: dict[str, str] = field(default_factory=dict)
 
     def record(self, key: str) -> StepRecord:
         for r in self.records:
@@ -363,6 +380,21 @@ class Pipeline:
         self._budget: tuple[bytes, ...] = ()
         if budget is not None:
             self._budget = Job.call("echo", b"").with_budget(budget).budget
+
+    @classmethod
+    def from_file(cls, path: Any, *, budget: Any = None) -> Pipeline:
+        """A pipeline from a YAML pipeline file (docs/pipelines.md); raises
+        :class:`~crankmesh.originator._pipeline_file.PipelineFileError` on any problem."""
+        from ._pipeline_file import load_pipeline
+
+        return load_pipeline(path, budget=budget)
+
+    @classmethod
+    def from_yaml(cls, text: str, *, budget: Any = None) -> Pipeline:
+        """A pipeline from the text of a YAML pipeline file."""
+        from ._pipeline_file import parse_pipeline
+
+        return parse_pipeline(text, budget=budget)
 
     @property
     def steps(self) -> tuple[Step, ...]:
@@ -442,17 +474,21 @@ class Pipeline:
                 cap = next(
                     (c for c in peer.advert.capabilities if c.name == job.capability), None
                 )
+                mismatches = [str(m) for m in res.mismatches] if res else []
+                profile_missing = _missing_profile(job, peer.advert.hardware)
+                if profile_missing:
+                    mismatches.append(profile_missing)
                 cands.append(
                     PlanCandidate(
                         executor=peer.did,
                         name=peer.advert.name,
                         accelerator=acc,
-                        compatible=res is None or res.ok,
+                        compatible=(res is None or res.ok) and not profile_missing,
                         price=cap.price if cap else None,
                         currency=cap.currency if cap else job.currency,
                         p95_us=cap.slo.p95_us if cap and cap.slo else None,
                         local=peer.did == client.local_executor,
-                        mismatches=tuple(str(m) for m in res.mismatches) if res else (),
+                        mismatches=tuple(mismatches),
                         warnings=tuple(res.warnings) if res else (),
                     )
                 )
@@ -518,6 +554,11 @@ class Pipeline:
         execution = _Execution(self, client, runlog, previous, reuse, concurrency)
         await execution.run()
         remaining, currency = execution.budget_remaining()
+        names: dict[str, str] = {}
+        for rec in execution.records:
+            peer = client.directory.get(rec.executor)
+            if peer is not None and peer.advert.name:
+                names[rec.executor] = peer.advert.name
         return PipelineRun(
             pipeline=self.name,
             pipeline_cid=self.cid,
@@ -528,6 +569,7 @@ class Pipeline:
             budget_currency=currency,
             step_order=tuple(s.name for s in topological_order(self._steps)),
             edges=tuple(self.edges()),
+            executor_names=names,
         )
 
 
