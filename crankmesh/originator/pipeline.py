@@ -211,6 +211,21 @@ class StepPlan:
         }
 
 
+def _resource_failure(result: JobResult) -> str | None:
+    """The resource reason a job failed for (what another machine may not lack), or None:
+    a resource status, or a python.run job that could not import a module."""
+    if result.ok:
+        return None
+    if result.status in RESOURCE_STATUSES:
+        return f"{result.status}: {result.receipt.detail}".rstrip(": ")
+    if result.receipt.status == "error" and "ModuleNotFoundError" in result.stderr:
+        line = next(
+            (x for x in result.stderr.splitlines() if "ModuleNotFoundError" in x), ""
+        )
+        return f"a missing dependency ({line.strip()})"
+    return None
+
+
 def _missing_profile(job: Job, hardware: Any) -> str | None:
     """Why an executor's advertised env profiles cannot run a python.run job, or None."""
     wanted = job.constraints.env_profile
@@ -804,13 +819,9 @@ class _Execution:
         notes: list[str] = []
         result = await client.run(job)
         local = client.local_executor
-        if (
-            not result.ok
-            and local is not None
-            and result.executor == local
-            and result.status in RESOURCE_STATUSES
-        ):
-            reason = f"local executor failed with {result.status}: {result.receipt.detail}"
+        resource = _resource_failure(result)
+        if resource is not None and local is not None and result.executor == local:
+            reason = f"local executor failed with {resource}"
             notes.append(f"{reason}; retried on a remote executor")
             client.exclude(local, job.capability, reason, for_ms=600_000)
             try:
