@@ -14,7 +14,27 @@ from typing import Any
 
 from .._loop import run as run_loop
 
-__all__ = ["add_pipeline_parsers"]
+__all__ = ["add_pipeline_parsers", "load_run_logs"]
+
+
+def load_run_logs(state_dir: str, only: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Every run log under ``state_dir`` (or only the runs ``only``), by run id;
+    :class:`ValueError` when a named run has no log or the directory has none."""
+    from pathlib import Path
+
+    from ..originator._pipeline_log import RunLog
+
+    runs_dir = Path(state_dir) / "runs"
+    ids = list(only) if only else sorted(p.stem for p in runs_dir.glob("*.jsonl"))
+    if not ids:
+        raise ValueError(f"no pipeline run logs in {runs_dir}")
+    out: dict[str, list[dict[str, Any]]] = {}
+    for run_id in ids:
+        runlog = RunLog(state_dir, run_id)
+        if not runlog.exists():
+            raise ValueError(f"no pipeline run {run_id!r} in {runs_dir}")
+        out[run_id] = runlog.entries()
+    return out
 
 
 def _client_kwargs(args: argparse.Namespace) -> dict[str, Any]:

@@ -132,6 +132,18 @@ async def test_originator_killed_after_step_2_resumes_running_only_steps_3_and_4
             receipts = await _ok_receipts(nats_server.url, 4)
             await anyio.sleep(0.5)  # anything late would show up too
             receipts = await _ok_receipts(nats_server.url, 4)
+            audited = await anyio.to_thread.run_sync(
+                lambda: subprocess.run(
+                    [sys.executable, "-m", "crankmesh.cli", "audit", "--nats", nats_server.url,
+                     "--pipeline-runs", str(state), "--json"],
+                    env=env, capture_output=True, text=True, timeout=60,
+                )
+            )
+    report = json.loads(audited.stdout)
+    (group,) = report["pipeline_runs"]
+    assert group["run_id"] == "r1" and group["pipeline"] == "four" and group["ok"], group
+    assert [s["verdict"] for s in group["steps"]] == ["verified"] * 4
+    assert audited.returncode == (0 if report["ok"] else 1), audited.stderr
     # Exactly one ok receipt per step, and none for anything else.
     assert sorted(r.job for r in receipts) == sorted(job_cids) and len(receipts) == 4
 
