@@ -188,3 +188,93 @@ def test_pipeline_cli_usage_errors_exit_2(tmp_path):
         env=env, capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 2 and "no pipeline run 'nosuchrun'" in proc.stderr
+
+
+TWO = """\
+pipeline: two
+steps:
+  - name: a
+    python: "result = 6"
+  - name: b
+    python: "result = args['inputs']['a'] * 7"
+    inputs: [a]
+"""
+
+
+def test_zero_config_run_reuse_and_budget_options(tmp_path):
+    """No --nats: each command runs on its own local mesh; --reuse pays nothing the second
+    time; --budget/--key halt when the token is too small, naming per-step spend."""
+    from crankmesh.cli._token_cmds import write_chain_file
+    from crankmesh.keystore import save_identity
+    from crankmesh.protocol.identity import Identity
+    from crankmesh.protocol.tokens import issue
+
+    pipe = tmp_path / "two.yaml"
+    pipe.write_text(TWO)
+    env = _env(tmp_path)
+    state = str(tmp_path / "state")
+
+    def run(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            _cli("run", str(pipe), "--state-dir", state, "--json", *extra),
+            env=env, capture_output=True, text=True, timeout=90,
+        )
+
+    first = run()
+    assert first.returncode == 0, first.stderr
+    doc = json.loads(first.stdout)
+    assert doc["costs"]["total"] == {"USD": 2000}
+    assert doc["run"]["steps"][1]["inputs"] == {"a": [doc["run"]["steps"][0]["result_cid"]]}
+    again = run("--reuse")
+    assert again.returncode == 0, again.stderr
+    doc2 = json.loads(again.stdout)
+    assert {s["source"] for s in doc2["run"]["steps"]} == {"reused"}
+    assert doc2["costs"]["total"] == {"USD": 0}
+    assert run().returncode == 0  # without --reuse it pays again (checked in the SDK test)
+
+    me, bank = Identity.generate(), Identity.generate()
+    key = save_identity(me, tmp_path / "me.key")
+    now = time.time_ns() // 1_000_000
+    token = issue(bank, audience=me.did, scope="*", amount=1500, now_ms=now, ttl_ms=600_000)
+    chain = write_chain_file(tmp_path / "budget.json", [token])
+    paid = run("--budget", str(chain), "--key", str(key))
+    assert paid.returncode == 1, paid.stderr
+    err = json.loads(paid.stdout)
+    assert err["error"] == "PipelineBudgetExceeded"
+    assert err["spent_by_step"] == {"a": 1000}
+    missing_key = run("--budget", str(chain))
+    assert missing_key.returncode == 2 and "--budget needs --key" in missing_key.stderr
+
+
+async def test_plan_uses_the_federation_option(nats_server, tmp_path):
+    pipe = tmp_path / "two.yaml"
+    pipe.write_text(TWO)
+    env = _env(tmp_path)
+    cfg = node_config(0, capabilities=("python.run",), federation="fedx")
+    async with mesh(nats_server.url, [cfg]) as (node,):
+
+        def plan(*extra: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                _cli("plan", str(pipe), "--nats", nats_server.url, "--format", "json",
+                     "--wait-peers", "1", *extra),
+                env=env, capture_output=True, text=True, timeout=60,
+            )
+
+        other = await anyio.to_thread.run_sync(plan)
+        ours = await anyio.to_thread.run_sync(plan, "--federation", "fedx")
+    assert other.returncode == 1  # nobody in federation "default"
+    assert ours.returncode == 0, ours.stderr
+    doc = json.loads(ours.stdout)
+    assert doc["steps"][0]["candidates"][0]["executor"] == node.did
+
+
+def test_load_run_logs_reads_all_runs_or_only_the_named_ones(tmp_path):
+    from crankmesh.cli._pipeline_cmds import load_run_logs
+    from crankmesh.originator._pipeline_log import RunLog
+
+    for rid in ("r1", "r2"):
+        RunLog(tmp_path, rid).start({"pipeline": rid})
+    assert sorted(load_run_logs(str(tmp_path))) == ["r1", "r2"]
+    assert list(load_run_logs(str(tmp_path), ["r2"])) == ["r2"]
+    with pytest.raises(ValueError, match="no pipeline run 'r3'"):
+        load_run_logs(str(tmp_path), ["r3"])
