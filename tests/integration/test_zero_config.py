@@ -106,3 +106,21 @@ def test_sync_client_with_block_reuses_one_local_mesh(monkeypatch) -> None:
         a = c.run(Job.echo(b"a"))
         b = c.run(Job.echo(b"b"))
     assert a.executor == b.executor and a.ok and b.ok
+
+
+def test_pipelines_doc_first_sample_runs_as_written(tmp_path: Path) -> None:
+    doc = (ROOT / "docs" / "pipelines.md").read_text()
+    sample = re.search(r"```python\n(.*?)```", doc, re.S)
+    assert sample is not None
+    script = tmp_path / "pipeline_sample.py"
+    script.write_text(sample.group(1))
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        env=_env_without_nats(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "1 spam" in proc.stdout and "summarize" in proc.stdout
