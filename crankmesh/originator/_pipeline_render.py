@@ -1,6 +1,6 @@
 """Pipeline plans and runs as a terminal tree, Mermaid, Graphviz DOT and JSON.  No I/O.
 
-Mermaid (``flowchart LR``): one node per step (``s_<name>``, a rectangle), one per
+Mermaid (``flowchart LR``): one node per step (``s_<name>``, ``-`` as ``_``), one per
 executor (``e<i>``, a rounded node labelled with its name and full DID), solid arrows
 for data (step -> step), dotted arrows for candidates in a plan (``-.->``) and thick
 arrows for what ran where in a run (``==>``, labelled with price and attempts).
@@ -159,6 +159,20 @@ def render_run(run: PipelineRun, fmt: str) -> str:
 # ----------------------------------------------------------------------------- graphs
 
 
+def _mermaid_step_ids(names: dict[str, str]) -> dict[str, str]:
+    """``s_<name>`` with ``-`` as ``_`` (Mermaid ids are word characters); a clash gets
+    the step's position appended."""
+    out: dict[str, str] = {}
+    used: set[str] = set()
+    for i, name in enumerate(names):
+        ident = "s_" + name.replace("-", "_")
+        if ident in used:
+            ident = f"{ident}_{i}"
+        used.add(ident)
+        out[name] = ident
+    return out
+
+
 def _graph(
     fmt: str,
     title: str,
@@ -171,17 +185,18 @@ def _graph(
 ) -> str:
     ex_ids = {did: f"e{i}" for i, did in enumerate(executors)}
     if fmt == "mermaid":
+        sid = _mermaid_step_ids(step_labels)
         out = ["flowchart LR"]
         for name, label in step_labels.items():
-            out.append(f'    s_{name}["{_mermaid_text(label)}"]')
+            out.append(f'    {sid[name]}["{_mermaid_text(label)}"]')
         for did, ename in executors.items():
             label = f"{ename}\n{did}" if ename else did
             out.append(f'    {ex_ids[did]}("{_mermaid_text(label)}")')
         for a, b in edges:
-            out.append(f"    s_{a} --> s_{b}")
+            out.append(f"    {sid[a]} --> {sid[b]}")
         arrow = "==>" if run else "-.->"
         for step, did, label in links:
-            out.append(f'    s_{step} {arrow}|"{_mermaid_text(label)}"| {ex_ids[did]}')
+            out.append(f'    {sid[step]} {arrow}|"{_mermaid_text(label)}"| {ex_ids[did]}')
         return "\n".join(out) + "\n"
     # dot
     out = [f'digraph "{_dot_text(title)}" {{', "    rankdir=LR;"]

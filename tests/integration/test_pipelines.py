@@ -12,9 +12,14 @@ import pytest
 
 from crankmesh import Job, Pipeline, PipelineBudgetExceeded, StepFailed
 from crankmesh.originator._pipeline_log import RunLog
+from crankmesh.protocol.envelope import open_envelope
 from crankmesh.protocol.identity import Identity
+from crankmesh.protocol.messages import Receipt, decode_message
 from crankmesh.protocol.tokens import issue, verify_chain
+from crankmesh.receipts.export import read_stream
+from crankmesh.receipts.store import stream_name
 
+from ..unit.originator.test_pipeline_render import check_dot, parse_mermaid
 from .helpers import client_for, mesh, node_config, raw_connection
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
@@ -32,6 +37,20 @@ MAILS = [
     "Hi Bob, the meeting is moved to 3pm tomorrow, see agenda attached",
     "Cheap pills, limited offer, buy now, 100% free money",
 ]
+
+
+async def _stream_receipts(url: str, want: int) -> dict[str, Receipt]:
+    """Receipts persisted in the federation's JetStream stream, by CID (waits for ``want``)."""
+    out: dict[str, Receipt] = {}
+    async with raw_connection(url) as nc:
+        with anyio.move_on_after(10):
+            while len(out) < want:
+                for rec in await read_stream(nc, stream_name("default")):
+                    env = open_envelope(rec.data)
+                    if env.type == "receipt":
+                        out[env.cid] = decode_message(env, Receipt)[1]
+                await anyio.sleep(0.1)
+    return out
 
 
 def four_step(**kw: object) -> Pipeline:
@@ -58,6 +77,7 @@ async def test_four_step_dag_with_fan_out_and_fan_in_runs_with_verified_receipts
                 assert {c.executor for c in sp.compatible} == dids, sp.step
                 assert sp.expected is not None and sp.expected.price == 1000  # node-0 is cheapest
             run = await p.run(client, state_dir=tmp_path)
+            in_stream = await _stream_receipts(nats_server.url, len(run.records))
     assert [r.key for r in run.records] == [
         "extract", "classify[0]", "classify[1]", "classify[2]", "count", "summarize"
     ]
@@ -76,6 +96,21 @@ async def test_four_step_dag_with_fan_out_and_fan_in_runs_with_verified_receipts
     }
     assert run.costs().total == {"USD": 6000}
     assert run.costs().per_step["classify"] == {"USD": 3000}
+    # The mapping matches the receipts persisted in JetStream, unit by unit.
+    for r in run.records:
+        receipt = in_stream[r.receipt_cid]
+        assert (receipt.signer, receipt.job) == (r.executor, r.job_cid)
+        assert receipt.result == r.result_cid
+    # Plan and run as Mermaid and DOT: well formed, every step and executor named.
+    used = {r.executor for r in run.records}  # the plan names every candidate, the run those used
+    for text, named in ((plan.render("mermaid"), dids), (run.render("mermaid"), used)):
+        nodes, _, labels = parse_mermaid(text)
+        assert {"s_extract", "s_classify", "s_count", "s_summarize"} <= nodes
+        assert all(any(d in label for label in labels) for d in named)
+    for text, named in ((plan.render("dot"), dids), (run.render("dot"), used)):
+        check_dot(text)
+        assert all(f'"executor:{d}"' in text for d in named)
+        assert all(f'"step:{n}"' in text for n in ("extract", "classify", "count", "summarize"))
 
 
 async def test_pipeline_budget_below_the_sum_halts_naming_per_step_spend(nats_server, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -143,6 +144,18 @@ def test_run_renders_mapping_in_every_format() -> None:
     assert "classify[1] -> " + DID_A in tree and "receipt brecclassify[0]" in tree
     doc = json.loads(run.render("json"))
     assert doc["costs"]["total"] == {"USD": 3000}
+
+
+def test_step_names_with_dashes_get_distinct_mermaid_ids() -> None:
+    run = sample_run()
+    run.records = [dataclasses.replace(r, step="a-b") for r in run.records[:1]] + [
+        dataclasses.replace(r, step="a_b") for r in run.records[1:]
+    ]
+    run.step_order = ("a-b", "a_b")
+    run.edges = (("a-b", "a_b"),)
+    nodes, edges, _ = parse_mermaid(run.render("mermaid"))
+    assert {"s_a_b", "s_a_b_1"} <= nodes and ("s_a_b", "s_a_b_1") in edges
+    check_dot(run.render("dot"))
 
 
 def test_unknown_format_is_a_clear_error() -> None:
