@@ -205,3 +205,21 @@ async def test_resume_skips_the_verified_steps_of_the_named_run(nats_server, tmp
     assert run.value("c") == 20
     lines = [json.loads(x) for x in (tmp_path / "runs" / "r1.jsonl").read_text().splitlines()]
     assert [x["kind"] for x in lines].count("run") == 2
+
+
+async def test_costs_report_per_step_total_and_what_remains_of_the_budget(nats_server, tmp_path):
+    me, treasury = Identity.generate(), Identity.generate()
+    now = time.time_ns() // 1_000_000
+    token = issue(treasury, audience=me.did, scope="*", amount=10_000, now_ms=now, ttl_ms=600_000)
+    async with mesh(nats_server.url, [node_config(0, capabilities=CAPS, price=1000)]):
+        async with client_for(nats_server.url, "python.run", 1, identity=me) as client:
+            run = await four_step(budget=[token]).run(client, state_dir=tmp_path)
+    costs = run.costs()
+    assert costs.per_step == {
+        "extract": {"USD": 1000}, "classify": {"USD": 3000},
+        "count": {"USD": 1000}, "summarize": {"USD": 1000},
+    }
+    assert costs.total == {"USD": 6000}
+    assert (costs.budget_remaining, costs.budget_currency) == (4000, "USD")
+    assert costs.to_dict()["budget_remaining"] == 4000
+    assert all(r.job_cid for r in run.records)
