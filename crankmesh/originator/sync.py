@@ -1,6 +1,6 @@
 """A small synchronous wrapper for scripts: ``with SyncClient(nats=url) as c: c.run(job)``.
 
-Used outside a ``with`` block, each call is one-shot: it opens the client (with no
+Used without ever entering a ``with`` block, each call is one-shot: it opens the client (with no
 arguments and no ``CRANKMESH_NATS``, that starts a local mesh), runs, and closes it --
 ``SyncClient().run(Job.python("print(42)")).stdout`` works on a fresh install.
 
@@ -35,8 +35,18 @@ class SyncClient:
         self._portal: BlockingPortal | None = None
         self._client: Client | None = None
         self._client_cm: AbstractContextManager[Client] | None = None
+        #: Closed after a ``with`` block: no further use (one-shot calls are for a
+        #: SyncClient never opened with ``with``).
+        self._closed = False
 
     def __enter__(self) -> SyncClient:
+        if self._closed:
+            from ..protocol.errors import ClientStateError
+
+            raise ClientStateError("Cannot reopen a SyncClient once it has been closed.")
+        return self._open()
+
+    def _open(self) -> SyncClient:
         self._portal_cm = start_blocking_portal(
             backend="asyncio", backend_options=backend_options()
         )
@@ -56,6 +66,11 @@ class SyncClient:
         self.close()
 
     def close(self) -> None:
+        if self._portal_cm is not None:
+            self._closed = True
+        self._shutdown()
+
+    def _shutdown(self) -> None:
         cm, client_cm = self._portal_cm, self._client_cm
         self._portal = self._portal_cm = self._client = self._client_cm = None
         if cm is not None:
@@ -74,10 +89,13 @@ class SyncClient:
 
     def _one_shot(self, fn: Callable[[BlockingPortal, Client], T]) -> T:
         """Run ``fn`` in the open session, or in one opened and closed for this call."""
-        if self._portal is not None:
+        if self._portal is not None or self._closed:
             return fn(*self._require())
-        with self:
+        self._open()
+        try:
             return fn(*self._require())
+        finally:
+            self._shutdown()
 
     def run(self, job: Job, **kwargs: Any) -> JobResult:
         return self._one_shot(lambda portal, c: portal.call(lambda: c.run(job, **kwargs)))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from crankmesh import Client, Job, SyncClient
+from crankmesh import Client, ClientStateError, Job, SyncClient
 from crankmesh.originator._local_mesh import ENV_NATS
 
 from .helpers import mesh, node_config
@@ -124,3 +124,16 @@ def test_pipelines_doc_first_sample_runs_as_written(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "1 spam" in proc.stdout and "summarize" in proc.stdout
+
+
+def test_sync_client_one_shot_calls_repeat_but_a_closed_one_stays_closed(monkeypatch) -> None:
+    monkeypatch.delenv(ENV_NATS, raising=False)
+    c = SyncClient()
+    assert c.run(Job.echo(b"1")).output == b"1"
+    assert c.run(Job.echo(b"2")).output == b"2"  # each call its own local mesh
+    with SyncClient() as d:
+        d.run(Job.echo(b"3"))
+    with pytest.raises(ClientStateError):
+        d.run(Job.echo(b"4"))
+    with pytest.raises(ClientStateError):
+        d.__enter__()
