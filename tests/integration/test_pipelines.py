@@ -223,3 +223,29 @@ async def test_costs_report_per_step_total_and_what_remains_of_the_budget(nats_s
     assert (costs.budget_remaining, costs.budget_currency) == (4000, "USD")
     assert costs.to_dict()["budget_remaining"] == 4000
     assert all(r.job_cid for r in run.records)
+
+
+async def test_per_step_requirements_route_steps_and_the_plan_explains_mismatches(
+    nats_server, tmp_path
+):
+    plain = node_config(0, capabilities=CAPS, price=1000)
+    video = node_config(1, capabilities=CAPS, price=2000, hardware={"codecs": {"h264": "hardware"}})
+    async with mesh(nats_server.url, [plain, video]) as (n0, n1):
+        async with client_for(nats_server.url, "python.run", 2) as client:
+            p = Pipeline("video")
+            p.step("probe", Job.python("result = 'clip'"))
+            p.step(
+                "encode",
+                Job.python("result = args['inputs']['probe'] + '.h264'",
+                           requirements={"codecs": ["h264"]}),
+                inputs=["probe"],
+            )
+            plan = await p.plan(client)
+            enc = plan.steps[1]
+            assert [c.executor for c in enc.compatible] == [n1.did]
+            bad = next(c for c in enc.candidates if c.executor == n0.did)
+            assert not bad.compatible and any("h264" in m for m in bad.mismatches)
+            run = await p.run(client, state_dir=tmp_path)
+    assert run.record("probe").executor == n0.did  # cheapest, no requirement
+    assert run.record("encode").executor == n1.did  # the only one with the codec
+    assert run.value("encode") == "clip.h264"
