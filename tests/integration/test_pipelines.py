@@ -249,3 +249,30 @@ async def test_per_step_requirements_route_steps_and_the_plan_explains_mismatche
     assert run.record("probe").executor == n0.did  # cheapest, no requirement
     assert run.record("encode").executor == n1.did  # the only one with the codec
     assert run.value("encode") == "clip.h264"
+
+
+async def test_concurrency_bounds_how_many_units_run_at_once(nats_server, tmp_path):
+    cfgs = [node_config(0, capabilities=CAPS, max_concurrency=4)]
+    sleepy = "import time\ntime.sleep(0.3)\nresult = args['item']"
+
+    def windows(run) -> list[tuple[int, int]]:
+        out = []
+        for r in run.records:
+            if r.step == "each":
+                stored = RunLog(tmp_path, run.run_id).verified(
+                    r.job_cid, r.receipt_cid, r.result_cid
+                )
+                assert stored is not None
+                end = stored.receipt.ts
+                out.append((end - stored.receipt.metering.wall_us // 1000, end))
+        return sorted(out)
+
+    async with mesh(nats_server.url, cfgs):
+        async with client_for(nats_server.url, "python.run", 1) as client:
+            p = Pipeline("bounded")
+            p.step("items", Job.python("result = [1, 2, 3]"))
+            p.step("each", Job.python(sleepy), each="items")
+            serial = windows(await p.run(client, state_dir=tmp_path, concurrency=1))
+            parallel = windows(await p.run(client, state_dir=tmp_path, concurrency=3))
+    assert all(a[1] <= b[0] + 5 for a, b in zip(serial, serial[1:], strict=False)), serial
+    assert any(a[1] > b[0] + 50 for a, b in zip(parallel, parallel[1:], strict=False)), parallel
