@@ -43,6 +43,10 @@ async def main() -> int:
                 await client.wait_for_peers("python.run", 2, wait_s=30)
                 plan = await pipeline.plan(client)
                 print(plan.render("tree"))
+                if not plan.ok:  # e.g. torch not installed: no python-ml executor
+                    missing = [f"{s.step}: {s.mismatch}" for s in plan.steps if s.mismatch]
+                    print("cannot run:", "; ".join(missing), file=sys.stderr)
+                    return 1
                 with tempfile.TemporaryDirectory() as state:
                     run = await pipeline.run(client, state_dir=state)
     print()
