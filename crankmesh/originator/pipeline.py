@@ -152,9 +152,15 @@ class PlanCandidate:
     local: bool
     mismatches: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+    #: 1-based rank under the step's policy among the compatible candidates of its
+    #: accelerator (from the advertised price, p50/p95/p99 and load); None if incompatible.
+    rank: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self) | {"mismatches": list(self.mismatches)}
+        return dataclasses.asdict(self) | {
+            "mismatches": list(self.mismatches),
+            "warnings": list(self.warnings),
+        }
 
 
 @dataclass(frozen=True)
@@ -176,11 +182,11 @@ class StepPlan:
 
     @property
     def expected(self) -> PlanCandidate | None:
-        """The cheapest compatible candidate of the first accelerator that has one."""
+        """The best-ranked compatible candidate of the first accelerator that has one."""
         for acc in self.accelerators:
-            ok = [c for c in self.compatible if c.accelerator == acc and c.price is not None]
+            ok = [c for c in self.compatible if c.accelerator == acc]
             if ok:
-                return min(ok, key=lambda c: (c.price or 0, c.p95_us or 0))
+                return min(ok, key=lambda c: (c.rank or 0, c.price or 0))
         return None
 
     @property
@@ -209,6 +215,64 @@ class StepPlan:
             "mismatch": self.mismatch,
             "notes": list(self.notes),
         }
+
+
+def _rank_by_policy(
+    client: Client, job: Job, cands: list[PlanCandidate], now: int
+) -> list[PlanCandidate]:
+    """Rank the compatible candidates of each accelerator as the client's selector would
+    rank bids at their advertised terms; those its filters reject (price cap, SLO, ...)
+    become incompatible with the filter's reason."""
+    from .. import market
+
+    policy = job.policy or client.config.policy
+    terms = client._terms(job)
+    out: list[PlanCandidate] = []
+    for acc in dict.fromkeys(c.accelerator for c in cands):
+        group = [c for c in cands if c.accelerator == acc]
+        usable = [c for c in group if c.compatible and c.price is not None]
+        by_id = {f"{acc}:{i}": c for i, c in enumerate(usable)}
+        mcands = []
+        for key, c in by_id.items():
+            peer = client.directory.get(c.executor)
+            adv = next(
+                (a for a in peer.advert.capabilities if a.name == job.capability), None
+            ) if peer is not None else None
+            slo = adv.slo if adv is not None else None
+            load = peer.advert.load if peer is not None else None
+            mcands.append(
+                market.Candidate(
+                    bid_cid=key,
+                    executor=c.executor,
+                    price_micros=c.price or 0,
+                    currency=c.currency,
+                    p50_us=slo.p50_us if slo else None,
+                    p95_us=slo.p95_us if slo else None,
+                    p99_us=slo.p99_us if slo else None,
+                    accuracy_ppm=slo.accuracy_ppm if slo else None,
+                    running=load.running if load else 0,
+                    queued=load.queued if load else 0,
+                    capacity=max(1, load.capacity) if load else 1,
+                    local=c.local,
+                    expires_ms=now + 60_000,
+                    reputation=client._reputation_score(c.executor, job.capability),
+                )
+            )
+        ranking = market.select(mcands, terms, policy, now) if mcands else None
+        ranks = {s.candidate.bid_cid: s.rank for s in ranking.eligible} if ranking else {}
+        rejected = {r.candidate.bid_cid: r for r in ranking.rejected} if ranking else {}
+        keyed = {id(c): k for k, c in by_id.items()}
+        for c in group:
+            ck = keyed.get(id(c))
+            if ck is not None and ck in rejected:
+                rej = rejected[ck]
+                why = f"{rej.filter}: {rej.reason}"
+                out.append(
+                    dataclasses.replace(c, compatible=False, mismatches=(*c.mismatches, why))
+                )
+            else:
+                out.append(dataclasses.replace(c, rank=ranks.get(ck) if ck else None))
+    return out
 
 
 def _resource_failure(result: JobResult) -> str | None:
@@ -507,6 +571,7 @@ class Pipeline:
                         warnings=tuple(res.warnings) if res else (),
                     )
                 )
+        cands = _rank_by_policy(client, job, cands, now)
         notes: list[str] = []
         local = [c for c in cands if c.local and c.compatible]
         remote = [c for c in cands if not c.local and c.compatible]

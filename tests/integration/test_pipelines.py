@@ -276,3 +276,21 @@ async def test_concurrency_bounds_how_many_units_run_at_once(nats_server, tmp_pa
             parallel = windows(await p.run(client, state_dir=tmp_path, concurrency=3))
     assert all(a[1] <= b[0] + 5 for a, b in zip(serial, serial[1:], strict=False)), serial
     assert any(a[1] > b[0] + 50 for a, b in zip(parallel, parallel[1:], strict=False)), parallel
+
+
+async def test_plan_ranks_candidates_by_the_step_policy_and_applies_its_filters(nats_server):
+    cfgs = [node_config(0, capabilities=CAPS, price=3000), node_config(1, capabilities=CAPS,
+                                                                       price=1000)]
+    async with mesh(nats_server.url, cfgs) as (dear, cheap):
+        async with client_for(nats_server.url, "python.run", 2) as client:
+            p = Pipeline("ranked")
+            p.step("any", Job.python("pass", policy="cost"))
+            p.step("capped", Job.python("pass", max_price=2000))
+            plan = await p.plan(client)
+    free, capped = plan.steps
+    ranks = {c.executor: c.rank for c in free.candidates}
+    assert ranks == {cheap.did: 1, dear.did: 2}
+    assert free.expected is not None and free.expected.executor == cheap.did
+    over = next(c for c in capped.candidates if c.executor == dear.did)
+    assert not over.compatible and any(m.startswith("max_price:") for m in over.mismatches)
+    assert [c.executor for c in capped.compatible] == [cheap.did]
