@@ -78,7 +78,7 @@ def render_plan(plan: Plan, fmt: str) -> str:
             )
             lines.append(f"{head}{s.step} [{s.capability}, policy {s.policy}]{src}: {expected}")
             for j, c in enumerate(s.candidates):
-                mark = "✓" if c.compatible else "✗"
+                mark = (f"✓ #{c.rank}" if c.rank else "✓") if c.compatible else "✗"
                 why = "" if c.compatible else f" — {'; '.join(c.mismatches) or 'incompatible'}"
                 local = " (local)" if c.local else ""
                 lines.append(
