@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .node import Node, NodeConfig
 from .originator import Client, ClientConfig, CostReport, Job, JobHandle, JobResult, SyncClient
+from .originator.pipeline import Pipeline, PipelineBudgetExceeded, PipelineRun, StepFailed
 from .protocol.errors import (
     BidsDeclined,
     BudgetExceeded,
@@ -49,8 +50,12 @@ __all__ = [
     "NoEligibleBid",
     "Node",
     "NodeConfig",
+    "Pipeline",
+    "PipelineBudgetExceeded",
+    "PipelineRun",
     "ProtocolError",
     "SelectionError",
+    "StepFailed",
     "SyncClient",
     "TransportError",
     "__version__",

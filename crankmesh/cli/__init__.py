@@ -20,6 +20,7 @@ import anyio
 
 from .._loop import backend_options
 from .._loop import run as run_loop
+from . import _pipeline_cmds
 
 __all__ = ["main"]
 
@@ -340,7 +341,11 @@ def build_parser() -> argparse.ArgumentParser:
     nd.set_defaults(fn=_cmd_node)
 
     sb = sub.add_parser("submit", help="submit a job to a mesh and print the verified result")
-    sb.add_argument("--nats", required=True, help="NATS URL(s), comma-separated")
+    sb.add_argument(
+        "--nats",
+        help="NATS URL(s), comma-separated (default: $CRANKMESH_NATS; without either, a local "
+        "mesh: an embedded nats-server and one node in this process, stopped at exit)",
+    )
     sb.add_argument("--federation", default="default")
     sb.add_argument("--capability", default="python.run")
     sb.add_argument("--code", help="Python code for python.run")
@@ -374,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_executor_parsers(sub)
     _add_audit_parsers(sub)
     _add_ops_parsers(sub)
+    _pipeline_cmds.add_pipeline_parsers(sub)
     return p
 
 

@@ -69,6 +69,18 @@ def add_audit_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--connect-timeout", type=float, default=5.0, help="seconds (default 5)")
     p.add_argument("--json", action="store_true", help="the report as one JSON object")
+    p.add_argument(
+        "--pipeline-runs",
+        metavar="STATE_DIR",
+        help="also group the receipts by pipeline run, from the run logs in this directory "
+        "(crankmesh pipeline run --state-dir; default $CRANKMESH_HOME/pipelines)",
+    )
+    p.add_argument(
+        "--run",
+        action="append",
+        metavar="RUN_ID",
+        help="with --pipeline-runs: only these runs (repeatable)",
+    )
     p.set_defaults(fn=cmd_audit)
 
 
@@ -138,13 +150,31 @@ def cmd_audit(args: argparse.Namespace) -> int:
         report = audit(records, now_ms=_now_ms(), trusted=trusted)
     except (ExportError, TransportError, ValueError) as exc:
         return _usage(str(exc))
+    runs_dir: str | None = getattr(args, "pipeline_runs", None)
+    groups = None
+    if runs_dir is not None:
+        from ._pipeline_cmds import load_run_logs
+
+        try:
+            runs = load_run_logs(runs_dir, getattr(args, "run", None))
+        except ValueError as exc:
+            return _usage(str(exc))
+        from ..receipts.pipeline_audit import group_by_pipeline_run
+
+        groups = group_by_pipeline_run(records, report, runs)
     if getattr(args, "json", False):
         obj: dict[str, Any] = report.to_dict()
         obj["source"] = source
+        if groups is not None:
+            obj["pipeline_runs"] = [g.to_dict() for g in groups]
         print(json.dumps(obj))
     else:
         print(f"source: {source}")
         print(report.render())
+        for g in groups or ():
+            print(g.render())
+    if groups is not None and not all(g.ok for g in groups):
+        return 1
     return 0 if report.ok else 1
 
 

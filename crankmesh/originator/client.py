@@ -95,6 +95,7 @@ from ..protocol.messages import (
 )
 from ..protocol.tokens import TokenGrant, encode_chain, verify_chain
 from ..transport import unsubscribe_quietly
+from ._local_mesh import local_mesh, nats_from_environment
 from .closes import PendingCloses
 from .job import Job, JobResult
 
@@ -181,7 +182,10 @@ class Client:
 
     Use as an async context manager.  Either pass ``nats`` (URL(s) or
     :class:`~crankmesh.transport.NatsOptions`) to let the client connect, or
-    ``connection`` (an open nats-py client, e.g. a node's) to share one.
+    ``connection`` (an open nats-py client, e.g. a node's) to share one.  With
+    neither, ``CRANKMESH_NATS`` is used when set; else (zero-config) the client
+    starts a local mesh on enter -- an embedded nats-server and one node in this
+    process -- and stops it on exit.
     """
 
     def __init__(
@@ -197,8 +201,13 @@ class Client:
         trusted: Callable[[str], bool] | None = None,
         **overrides: Any,
     ) -> None:
-        if (nats is None) == (connection is None):
-            raise ValueError("pass exactly one of nats= (URL or NatsOptions) or connection=")
+        if nats is None and connection is None:
+            # Zero-config (seed 003 quick-start): CRANKMESH_NATS, else a local mesh on enter.
+            nats = nats_from_environment()
+        #: No NATS given anywhere: ``__aenter__`` starts a local mesh (see _local_mesh.py).
+        self.zero_config = nats is None and connection is None
+        if nats is not None and connection is not None:
+            raise ValueError("pass at most one of nats= (URL or NatsOptions) or connection=")
         cfg = config or ClientConfig()
         if overrides:
             cfg = ClientConfig(**{**cfg.__dict__, **overrides})
@@ -293,10 +302,31 @@ class Client:
                 "Cannot reopen a client once it has been opened; create a new Client."
             )
         stack = AsyncExitStack()
-        await stack.enter_async_context(self._lifecycle())
+        try:
+            if self.zero_config:
+                mesh = await stack.enter_async_context(
+                    local_mesh(federation=self.config.federation)
+                )
+                self._nats_target = mesh.url
+                self.local_executor = mesh.executor
+            await stack.enter_async_context(self._lifecycle())
+            if self.zero_config:
+                await self._wait_for_local_node()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await stack.aclose()
+            raise
         self._stack = stack
         self._state = _State.RUNNING
         return self
+
+    async def _wait_for_local_node(self, wait_s: float = 10.0) -> None:
+        """Zero-config: wait (bounded) until the local node's advert is in the directory,
+        so that the first job's bid window closes on its bid rather than on the timeout."""
+        did = self.local_executor
+        with anyio.move_on_after(wait_s):
+            while did is not None and self.directory.get(did) is None:
+                await self.directory.wait_changed()
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
@@ -1356,6 +1386,7 @@ class Client:
             price=receipt.charge,
             currency=receipt.currency,
             latency_ms=0.0,
+            receipt_raw=delivery.receipt,
         )
 
 
