@@ -194,6 +194,12 @@ class Metrics:
         self.directory_size = Gauge(
             "directory_peers", "Live peers in the advert directory", registry=r
         )
+        self.misbehaviour = Counter(
+            "executor_misbehaviour",
+            "Executor misbehaviour this originator detected and priced in reputation, by kind",
+            ["kind"],
+            registry=r,
+        )
 
     def reject(self, kind: str, reason: str) -> None:
         self.rejections.labels(kind=kind, reason=reason).inc()

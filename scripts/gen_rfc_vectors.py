@@ -45,6 +45,7 @@ from crankmesh.protocol.messages import (
     Metering,
     Receipt,
     ReceiptDelivery,
+    Settlement,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -311,6 +312,21 @@ def build_vectors() -> dict[str, Any]:
         seq=1,
     ).sign(executor)
 
+    settlement = Settlement(
+        signer=originator.did,
+        ts=T0 + 70,
+        receipt=receipt.cid,
+        job=job_cid,
+        executor=executor.did,
+        verified=True,
+        observed_us=3_456,
+        promised_p95_us=2_000,
+        charge=1_200,
+        currency="USD",
+        assignment=assignment.cid,
+        overhead_us=2_100,
+    ).sign(originator)
+
     nonce_result = _label_key("crankmesh rfc 0001 box nonce 2")[:24]
     shared_result, key_result, sealed_result = box_with_nonce(
         result, executor, originator, nonce_result
@@ -367,6 +383,7 @@ def build_vectors() -> dict[str, Any]:
             _signed_vector("assignment", "originator", assignment),
             _signed_vector("accept", "executor", accept),
             _signed_vector("receipt", "executor", receipt),
+            _signed_vector("settlement", "originator", settlement),
         ],
         "receipt_delivery": {
             "receipt": "receipt",

@@ -36,6 +36,7 @@ from ._policies import (
 )
 from ._ranking import Ranking, ScoredCandidate, ScoreKind
 from ._reputation import UNKNOWN_REPUTATION, LocalReputation, reputation_score
+from ._service_time import OverheadEstimator, PromiseKeeping, service_time_us
 
 __all__ = [
     "BASE_FILTERS",
@@ -48,8 +49,10 @@ __all__ = [
     "JobChargeState",
     "KeyPolicy",
     "LocalReputation",
+    "OverheadEstimator",
     "POLICIES",
     "Policy",
+    "PromiseKeeping",
     "Ranking",
     "RejectedCandidate",
     "SLO_FILTERS",
@@ -65,4 +68,5 @@ __all__ = [
     "policy_from_key",
     "reputation_score",
     "select",
+    "service_time_us",
 ]

@@ -118,7 +118,8 @@ def _reputation(c: Candidate, t: Terms, now_ms: int) -> str | None:
         )
     if rep >= floor:
         return None
-    return f"reputation {fmt_ratio(rep)} is below the minimum {fmt_ratio(floor)}"
+    why = f" ({'; '.join(c.conduct)})" if c.conduct else ""
+    return f"reputation {fmt_ratio(rep)} is below the minimum {fmt_ratio(floor)}{why}"
 
 
 def _degraded(c: Candidate, t: Terms, now_ms: int) -> str | None:

@@ -133,8 +133,10 @@ def expected_latency_us(c: Candidate) -> float:
     ``est_latency_us`` when the executor sent one (it already includes the executor's queue
     wait, so nothing is added for the queue); otherwise ``p50 + queued × p50 / capacity``
     (the queued jobs drain ``capacity`` at a time), falling back to p95 when no p50 was
-    promised.  Plus the network RTT observed by the originator (0 for a local executor, and
-    0 when not measured).
+    promised.  Scaled by how far the executor's service p95 observed by this originator
+    (``observed_p95_us``) exceeds its promised p95, when it does: an executor whose promises
+    run short of what it delivers is ranked by what it delivers.  Plus the network RTT observed
+    by the originator (0 for a local executor, and 0 when not measured).
     """
     est = c.est_latency_us
     if est is None:
@@ -144,6 +146,9 @@ def expected_latency_us(c: Candidate) -> float:
         est_f = base + base * c.queued / c.capacity
     else:
         est_f = float(est)
+    seen = c.observed_p95_us
+    if seen is not None and c.p95_us and seen > c.p95_us:
+        est_f *= seen / c.p95_us
     if c.local or c.network_rtt_us is None:
         return est_f
     return est_f + c.network_rtt_us

@@ -1,0 +1,50 @@
+"""The conduct book: misbehaviour counted per executor, exclusion past a threshold."""
+
+from __future__ import annotations
+
+from crankmesh.observability import Metrics
+from crankmesh.originator.conduct import MISBEHAVIOUR_KINDS, ConductBook, failure_kind
+
+
+def _metric(m: Metrics, kind: str) -> float:
+    for metric in m.misbehaviour.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total") and sample.labels.get("kind") == kind:
+                return sample.value
+    return 0.0
+
+
+def test_failure_kinds_name_the_executors_own_faults_only() -> None:
+    assert failure_kind("no_receipt: none within 5000 ms + 2000 ms grace") == "no_delivery"
+    assert failure_kind("rejected: no_capacity queue full") == "rejected_assignment"
+    assert failure_kind("bad_accept: the answer is no valid Accept") == "invalid_delivery"
+    assert failure_kind("no_accept: no reply within 2000 ms") is None
+    assert failure_kind("unreachable: no responders on its assignment subject") is None
+    assert failure_kind("executor_gone: its adverts stopped") is None
+    assert set(MISBEHAVIOUR_KINDS) >= {"overcharge", "canary_wrong", "under_promising"}
+
+
+def test_broken_commitments_exclude_within_ten_assignments_and_are_counted() -> None:
+    m = Metrics()
+    book = ConductBook(m)
+    reasons = [book.commitment("grief", "echo", "rejected_assignment") for _ in range(10)]
+    assert reasons[:9] == [None] * 9
+    assert reasons[9] is not None and "10 rejected_assignment" in reasons[9]
+    assert book.counts("grief") == {"rejected_assignment": 10}
+    assert book.notes("grief") == ("10 × rejected_assignment",)
+    assert _metric(m, "rejected_assignment") == 10
+    # an honest executor that rejects now and then (a race for its last slot) is never out
+    assert not any(
+        book.commitment("honest", "echo", "rejected_assignment" if i % 10 == 0 else None)
+        for i in range(500)
+    )
+
+
+def test_missed_promises_exclude_and_count() -> None:
+    m = Metrics()
+    book = ConductBook(m)
+    out = [book.promise("liar", "python.run", False) for _ in range(10)]
+    assert out[-1] is not None and "p95 promises" in out[-1]
+    assert book.counts("liar") == {"slo_missed": 10, "under_promising": 1}
+    assert _metric(m, "under_promising") == 1
+    assert not any(book.promise("honest", "echo", i % 20 != 0) for i in range(400))
