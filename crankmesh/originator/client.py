@@ -217,7 +217,8 @@ class Client:
         #: Spend per budget token (RFC 0001 §8.12): reserve at assignment, settle on receipt.
         self.budgets = market.BudgetLedger()
         # Observed vs promised, per executor: a local reputation used in scoring.
-        # (executor, capability) -> the service times of its recent jobs (RFC 0002 §6).
+        # (executor, capability) -> service time / promised p95 of its recent jobs, in
+        # permille (RFC 0002 §6.1): how it keeps its promises, whatever the load.
         self._observed: dict[tuple[str, str], LatencyWindow] = {}
         #: What this originator observes beyond each executor's service, from measurements.
         self.overhead = market.OverheadEstimator()
@@ -709,7 +710,7 @@ class Client:
                     warnings=tuple(b.warnings),
                     expires_ms=b.exp,
                     arrival=i,
-                    observed_p95_us=self._observed_p95(b.signer, capability),
+                    observed_p95_us=self._observed_p95(b.signer, capability, b.slo.p95_us),
                     conduct=self._conduct_notes(b.signer, capability),
                     network_rtt_us=self.overhead.typical(_overhead_key(b.signer, capability)),
                     reputation=self._reputation_score(b.signer, capability),
@@ -894,11 +895,16 @@ class Client:
             )
         ranking.raise_if_empty(job_cid)
 
-    def _observed_p95(self, executor: str, capability: str) -> int | None:
-        """p95 of the service times this originator measured on ``executor``'s recent
-        ``capability`` jobs (observed less the overhead estimate; RFC 0002 §6)."""
+    def _observed_p95(self, executor: str, capability: str, promised: int | None) -> int | None:
+        """The p95 ``executor`` would deliver on this ``promised`` p95, judging by how
+        its recent ``capability`` jobs kept theirs: ``promised × p95(service / promise)``,
+        with service times measured as in RFC 0002 §6.1 (load-neutral: a promise quoted at
+        the current load is compared with service times at the load of their day)."""
         w = self._observed.get((executor, capability))
-        return w.quantile(0.95) if w is not None and len(w) >= 5 else None
+        if promised is None or w is None or len(w) < 5:
+            return None
+        ratio = w.quantile(0.95)
+        return None if ratio is None else promised * ratio // 1000
 
     def _reputation_score(self, executor: str, capability: str = "") -> float | None:
         """The worst of what this originator knows about ``executor``: excluded by a
@@ -958,10 +964,12 @@ class Client:
         executors that break too many; see :mod:`.conduct`)."""
         slo_met: bool | None = None
         if service_us is not None:
-            self._observed.setdefault((executor, capability), LatencyWindow(256)).add(service_us)
             self._last_service[(executor, capability)] = service_us
             if bid.slo.p95_us is not None:
                 slo_met = service_us <= bid.slo.p95_us
+                self._observed.setdefault((executor, capability), LatencyWindow(256)).add(
+                    service_us * 1000 // max(1, bid.slo.p95_us)
+                )
         kind = misbehaviour if failure is None else failure_kind(failure)
         if failure is None or kind is not None:
             reason = self.conduct.commitment(executor, capability, kind)

@@ -22,9 +22,10 @@ overcharge            its receipt charges more than its bid's price (or in anoth
                       the settlement pays the bid's price only
 ===================== =====================================================================
 
-``no_delivery``, ``invalid_delivery``, ``rejected_assignment`` and ``overcharge`` are broken
-commitments: too many among an executor's last assignments (the same rule as for promises)
-exclude it.  Receipts that overcharge are also findings of the audit (``overcharge``).
+``no_delivery``, ``invalid_delivery`` and ``rejected_assignment`` are broken commitments: too
+many among an executor's last assignments (the same rule as for promises) exclude it.  An
+``overcharge`` is proven by the executor's own signed receipt: one excludes at once.  Receipts
+that overcharge are also findings of the audit (``overcharge``).
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ MISBEHAVIOUR_KINDS: Final = (
     "rejected_assignment",
     "overcharge",
 )
+
+#: Assignments judged before broken commitments can exclude (promises: 10).
+COMMITMENT_MIN_JOBS: Final = 4
 
 _FAILURE_KINDS: Final = {
     "no_receipt": "no_delivery",
@@ -73,8 +77,9 @@ class ConductBook:
         self.metrics = metrics
         #: p95 promises kept (service time within the promise), per executor and capability.
         self.promises = market.PromiseKeeping()
-        #: assignments answered and delivered honestly, per executor and capability.
-        self.commitments = market.PromiseKeeping()
+        #: assignments answered and delivered honestly, per executor and capability; a
+        #: broken one costs the originator a failover (or a whole timeout): judged sooner.
+        self.commitments = market.PromiseKeeping(min_jobs=COMMITMENT_MIN_JOBS)
         self._counts: dict[str, dict[str, int]] = {}
 
     def note(self, executor: str, kind: str) -> None:
@@ -109,6 +114,9 @@ class ConductBook:
         misbehaviour; the exclusion reason when broken commitments trip the threshold."""
         if kind is not None:
             self.note(executor, kind)
+        if kind == "overcharge":
+            # signed proof in one receipt: no statistics needed
+            return "charged more than its bid in a signed receipt (overcharge)"
         if not self.commitments.record(_key(executor, capability), kind is None):
             return None
         counts = self._counts.get(executor, {})

@@ -62,13 +62,13 @@ async def test_an_executor_that_bids_then_rejects_every_assignment_is_excluded(
                 assert r.ok and r.executor == honest.did
                 tried_griefer.append(any(a.executor == griefer.did for a in r.attempts))
             # the cheapest bidder wins every first attempt until it is excluded ...
-            assert all(tried_griefer[:9])
+            assert all(tried_griefer[:3])
             # ... within 20 of its jobs, and then it is passed over
             assert not any(tried_griefer[-5:])
             reason = client.excluded(griefer.did, "echo")
             assert reason is not None and "rejected_assignment" in reason
-            assert _misconduct(client, griefer.did, "rejected_assignment") >= 10
-            assert _metric(client, "rejected_assignment") >= 10
+            assert 4 <= _misconduct(client, griefer.did, "rejected_assignment") <= 20
+            assert _metric(client, "rejected_assignment") >= 4
             rep_g, rep_h = client.reputation(griefer.did), client.reputation(honest.did)
             assert rep_g is not None and rep_h is not None and rep_g.score < rep_h.score
             considered = {c.executor: c for c in r.explanation.considered}
@@ -107,12 +107,12 @@ async def test_an_executor_charging_more_than_it_bid_is_paid_its_bid_and_exclude
                 r = await client.run(Job.echo(bytes([i])))
                 assert r.ok
                 winners.append(r.executor)
-            assert winners[0] == cheat.did and r.price in (5000, 300)
-            assert winners[-5:] == [honest.did] * 5  # excluded within 20 of its jobs
+            # its first receipt proves the overcharge: excluded at once
+            assert winners[0] == cheat.did and winners[1:] == [honest.did] * 19
             reason = client.excluded(cheat.did, "echo")
             assert reason is not None and "overcharge" in reason
             assert _misconduct(client, cheat.did, "overcharge") == winners.count(cheat.did)
-            assert _metric(client, "overcharge") >= 10
+            assert _metric(client, "overcharge") == 1
         for node in (cheat, honest):
             assert node.record_store is not None
             await node.record_store.wait_flushed()

@@ -24,15 +24,17 @@ def test_failure_kinds_name_the_executors_own_faults_only() -> None:
     assert set(MISBEHAVIOUR_KINDS) >= {"overcharge", "canary_wrong", "under_promising"}
 
 
-def test_broken_commitments_exclude_within_ten_assignments_and_are_counted() -> None:
+def test_broken_commitments_exclude_within_four_assignments_and_are_counted() -> None:
     m = Metrics()
     book = ConductBook(m)
-    reasons = [book.commitment("grief", "echo", "rejected_assignment") for _ in range(10)]
-    assert reasons[:9] == [None] * 9
-    assert reasons[9] is not None and "10 rejected_assignment" in reasons[9]
-    assert book.counts("grief") == {"rejected_assignment": 10}
-    assert book.notes("grief") == ("10 × rejected_assignment",)
-    assert _metric(m, "rejected_assignment") == 10
+    reasons = [book.commitment("grief", "echo", "rejected_assignment") for _ in range(4)]
+    assert reasons[:3] == [None] * 3
+    assert reasons[3] is not None and "4 rejected_assignment" in reasons[3]
+    assert book.counts("grief") == {"rejected_assignment": 4}
+    assert book.notes("grief") == ("4 × rejected_assignment",)
+    assert _metric(m, "rejected_assignment") == 4
+    # one overcharging receipt is signed proof: excluded at once
+    assert "overcharge" in (book.commitment("cheat", "echo", "overcharge") or "")
     # an honest executor that rejects now and then (a race for its last slot) is never out
     assert not any(
         book.commitment("honest", "echo", "rejected_assignment" if i % 10 == 0 else None)
