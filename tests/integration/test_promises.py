@@ -132,3 +132,35 @@ async def test_audit_tells_an_honest_executor_from_a_ten_times_under_promiser(na
 def _job_of(record: Record) -> str | None:
     job = open_envelope(record.data).body.get("job")
     return job if isinstance(job, str) else None
+
+
+async def test_a_bid_made_behind_a_running_job_promises_the_wait_too(nats_server):
+    """Item 5: the bid quotes its profile at the current load (RFC 0002 §6.1 judges it)."""
+
+    async def work(payload: bytes) -> bytes:
+        await anyio.sleep(0.1)
+        return payload
+
+    cfg = node_config(0, capabilities=("work",), max_concurrency=1)
+    async with mesh(nats_server.url, [cfg], work=work) as (node,):
+        async with client_for(nats_server.url, "work", 1) as client:
+            for i in range(5):  # a measured profile: ~100 ms
+                await client.run(Job.call("work", bytes([i])), executor=node.did)
+            alone = await client.run(Job.call("work", b"alone"), executor=node.did)
+            results = []
+
+            async def run(data: bytes) -> None:
+                results.append(await client.run(Job.call("work", data), executor=node.did))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(run, b"first")
+                await anyio.sleep(0.03)  # the first one is running when the second is bid for
+                tg.start_soon(run, b"second")
+
+    def promised(r: Any) -> int:
+        (c,) = [c for c in r.explanation.considered if c.executor == node.did]
+        assert c.p95_us is not None
+        return int(c.p95_us)
+
+    second = next(r for r in results if r.output == b"second")
+    assert promised(second) >= 1.8 * promised(alone), (promised(second), promised(alone))
