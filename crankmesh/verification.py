@@ -37,6 +37,10 @@ __all__ = ["Canary", "CanaryOutcome", "CanaryProber", "default_canaries"]
 
 log = logging.getLogger("crankmesh.verification")
 
+_COMMITMENT_KINDS = frozenset(
+    {"no_delivery", "invalid_delivery", "rejected_assignment", "overcharge"}
+)
+
 
 @dataclass(frozen=True, slots=True)
 class Canary:
@@ -176,6 +180,7 @@ class CanaryProber:
         job, check = canary.make(peer)
         key = (peer.did, canary.capability)
         started = time.perf_counter()
+        before = self.client.conduct.counts(peer.did)
         try:
             result = await self.client.run(job, executor=peer.did)
         except CrankmeshError as exc:
@@ -190,6 +195,15 @@ class CanaryProber:
         problem = check(result)
         if problem is not None:
             self.client.metrics.misbehaviour.labels(kind="canary_wrong").inc()
+        else:
+            # a right answer delivered with misconduct (e.g. charging more than the bid)
+            # does not pass: the client has just excluded the peer for it
+            after = self.client.conduct.counts(peer.did)
+            broken = sorted(
+                k for k, n in after.items() if k in _COMMITMENT_KINDS and n > before.get(k, 0)
+            )
+            if broken:
+                problem = "canary job: " + ", ".join(broken)
         service_us = self.client.service_time(peer.did, canary.capability)
         if problem is None and p95_us is not None and service_us is not None:
             if service_us > p95_us * self.slow_factor:

@@ -18,6 +18,7 @@ from crankmesh.receipts.audit import audit
 from crankmesh.receipts.export import read_stream
 from crankmesh.receipts.store import stream_name
 from crankmesh.transport import NatsOptions, connect
+from crankmesh.verification import CanaryProber
 
 from .helpers import client_for, mesh, node_config
 
@@ -113,6 +114,14 @@ async def test_an_executor_charging_more_than_it_bid_is_paid_its_bid_and_exclude
             assert reason is not None and "overcharge" in reason
             assert _misconduct(client, cheat.did, "overcharge") == winners.count(cheat.did)
             assert _metric(client, "overcharge") == 1
+            # a canary with the right answer does not readmit it: the canary job overcharged
+            prober = CanaryProber(client, client.directory)
+            outcomes = {o.executor: o for o in await prober.probe_once()}
+            assert not outcomes[cheat.did].passed and "overcharge" in (
+                outcomes[cheat.did].problem or ""
+            )
+            assert outcomes[honest.did].passed
+            assert client.excluded(cheat.did, "echo") is not None
         for node in (cheat, honest):
             assert node.record_store is not None
             await node.record_store.wait_flushed()
@@ -136,6 +145,7 @@ async def test_an_executor_charging_more_than_it_bid_is_paid_its_bid_and_exclude
     # ... and the audit proves the overcharge from the cheat's own signatures
     report = audit(records, now_ms=time.time_ns() // 1_000_000 + 1000)
     over = [f for f in report.findings if f.kind == "overcharge"]
-    assert len(over) == winners.count(cheat.did) and {f.executor for f in over} == {cheat.did}
+    # (its 1 winning job, and the canary job it overcharged too)
+    assert len(over) == winners.count(cheat.did) + 1 and {f.executor for f in over} == {cheat.did}
     assert report.executors[cheat.did].misconduct == len(over)
     assert report.executors[honest.did].misconduct == 0
