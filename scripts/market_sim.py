@@ -224,8 +224,8 @@ class Originator:
         kind = misbehaviour if failure is None else failure_kind(failure)
         if failure is None or kind is not None:
             reason = self.conduct.commitment(e.name, "sim", kind) or reason
-        if slo_met is not None:
-            reason = self.conduct.promise(e.name, "sim", slo_met) or reason
+        if service is not None:
+            reason = self.conduct.promise(e.name, "sim", service, promised_p95) or reason
         rep = self.reputation.get(e.name) or market.LocalReputation()
         self.reputation[e.name] = rep.record(success=success, slo_met=slo_met)
         if reason is not None:

@@ -975,8 +975,8 @@ class Client:
             reason = self.conduct.commitment(executor, capability, kind)
             if reason is not None:
                 self.exclude(executor, capability, reason)
-        if slo_met is not None:
-            reason = self.conduct.promise(executor, capability, slo_met)
+        if service_us is not None and bid.slo.p95_us is not None:
+            reason = self.conduct.promise(executor, capability, service_us, bid.slo.p95_us)
             if reason is not None:
                 self.exclude(executor, capability, reason)
         rep = self._reputation.get(executor) or market.LocalReputation()

@@ -10,7 +10,8 @@ until a canary passes (RFC 0002 §6.1):
 kind                  what happened
 ===================== =====================================================================
 slo_missed            a job's service time exceeded the p95 its bid promised
-under_promising       too few promises kept (:class:`~crankmesh.market.PromiseKeeping`)
+under_promising       service time above 3 × the promised p95 in more than half of the
+                      recent jobs (:class:`~crankmesh.market.PromiseKeeping`)
 canary_wrong          a canary job came back with the wrong answer
 canary_slow           canary service times far above the advertised p95, twice in a row
 no_delivery           accepted an assignment, then never delivered a receipt
@@ -35,7 +36,7 @@ from typing import Final
 from .. import market
 from ..observability import Metrics
 
-__all__ = ["MISBEHAVIOUR_KINDS", "ConductBook", "failure_kind"]
+__all__ = ["MISBEHAVIOUR_KINDS", "SHORTFALL_LIMIT", "ConductBook", "failure_kind"]
 
 MISBEHAVIOUR_KINDS: Final = (
     "slo_missed",
@@ -47,6 +48,9 @@ MISBEHAVIOUR_KINDS: Final = (
     "rejected_assignment",
     "overcharge",
 )
+
+#: A job counts against exclusion when its service time exceeds this × the promised p95.
+SHORTFALL_LIMIT: Final = 3.0
 
 #: Assignments judged before broken commitments can exclude (promises: 10).
 COMMITMENT_MIN_JOBS: Final = 4
@@ -96,17 +100,25 @@ class ConductBook:
         """One line per kind for ``explain``: ``"3 × rejected_assignment"``."""
         return tuple(f"{n} × {kind}" for kind, n in sorted(self._counts.get(executor, {}).items()))
 
-    def promise(self, executor: str, capability: str, kept: bool) -> str | None:
-        """One job judged against its p95 promise; the exclusion reason when it trips."""
-        if not kept:
+    def promise(
+        self, executor: str, capability: str, service_us: int, promised_us: int
+    ) -> str | None:
+        """One job judged against its p95 promise; the exclusion reason when it trips.
+
+        A service time above the promise is a missed SLO (``slo_missed``; reputation prices
+        it); exclusion needs more than noise or a busy machine: the service time must exceed
+        :data:`SHORTFALL_LIMIT` × the promise in more than half of the recent jobs.
+        """
+        if service_us > promised_us:
             self.note(executor, "slo_missed")
+        kept = service_us <= promised_us * SHORTFALL_LIMIT
         if not self.promises.record(_key(executor, capability), kept):
             return None
         self.note(executor, "under_promising")
         p = self.promises
         return (
-            f"kept fewer than {p.threshold:.0%} of its last {p.min_jobs}+ p95 promises "
-            "(service time above the promised p95; RFC 0002 §6.1)"
+            f"service time above {SHORTFALL_LIMIT:g} × its promised p95 in more than "
+            f"{1 - p.threshold:.0%} of its last {p.min_jobs}+ jobs (RFC 0002 §6.1)"
         )
 
     def commitment(self, executor: str, capability: str, kind: str | None) -> str | None:

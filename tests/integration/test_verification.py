@@ -80,11 +80,11 @@ async def test_executor_far_slower_than_promised_ranks_below_an_honest_one(nats_
             # ... and past the threshold of missed promises it is excluded, which the
             # explanation says (RFC 0002 §6.1: its service time is judged, not a constant).
             reason = client.excluded(slow.did, "echo")
-            assert reason is not None and "p95 promises" in reason
+            assert reason is not None and "promised p95" in reason
             r = await client.run(Job.echo(b"z", slo_p95_ms=20), policy="slo")
             assert r.executor == honest.did
             considered = {c.executor: c for c in r.explanation.considered}
             assert considered[slow.did].failed_filter == "reputation"
-            assert "excluded: kept fewer than 50%" in (considered[slow.did].failure_reason or "")
+            assert "excluded: service time above 3 ×" in (considered[slow.did].failure_reason or "")
             assert client.conduct.counts(slow.did)["slo_missed"] >= 10
             assert client.conduct.counts(honest.did).get("slo_missed", 0) <= 1

@@ -42,11 +42,16 @@ def test_broken_commitments_exclude_within_four_assignments_and_are_counted() ->
     )
 
 
-def test_missed_promises_exclude_and_count() -> None:
+def test_missed_promises_count_and_a_large_shortfall_excludes() -> None:
     m = Metrics()
     book = ConductBook(m)
-    out = [book.promise("liar", "python.run", False) for _ in range(10)]
-    assert out[-1] is not None and "p95 promises" in out[-1]
+    out = [book.promise("liar", "python.run", 10_000, 1_000) for _ in range(10)]  # 10 × over
+    assert out[:9] == [None] * 9 and out[-1] is not None and "3 ×" in out[-1]
     assert book.counts("liar") == {"slo_missed": 10, "under_promising": 1}
     assert _metric(m, "under_promising") == 1
-    assert not any(book.promise("honest", "echo", i % 20 != 0) for i in range(400))
+    # a busy honest executor, 2 × over its promise every time: priced, never excluded
+    assert not any(book.promise("busy", "echo", 2_000, 1_000) for _ in range(100))
+    assert book.counts("busy") == {"slo_missed": 100}
+    assert not any(
+        book.promise("honest", "echo", 900 if i % 20 else 1_100, 1_000) for i in range(400)
+    )
