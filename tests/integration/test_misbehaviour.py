@@ -12,7 +12,7 @@ import anyio
 import pytest
 
 from crankmesh.executor.agent import MAX_ASSIGNMENT_BYTES, Executor, ExecutorConfig
-from crankmesh.originator import Job
+from crankmesh.originator import ClientConfig, Job
 from crankmesh.protocol.messages import Assignment, Settlement, decode_message
 from crankmesh.receipts.audit import audit
 from crankmesh.receipts.export import read_stream
@@ -149,3 +149,37 @@ async def test_an_executor_charging_more_than_it_bid_is_paid_its_bid_and_exclude
     assert len(over) == winners.count(cheat.did) + 1 and {f.executor for f in over} == {cheat.did}
     assert report.executors[cheat.did].misconduct == len(over)
     assert report.executors[honest.did].misconduct == 0
+
+
+async def test_an_executor_that_accepts_then_never_delivers_is_excluded(nats_server, monkeypatch):
+    silent: set[str] = set()
+    honest_execute = Executor._execute
+
+    async def execute(self: Executor, *args: Any, **kwargs: Any) -> None:
+        if self.identity.did not in silent:
+            await honest_execute(self, *args, **kwargs)
+        # else: accepted, holds the job, never delivers a receipt
+
+    async def work(payload: bytes) -> bytes:
+        return payload
+
+    monkeypatch.setattr(Executor, "_execute", execute)
+    cfgs = [
+        # (its jobs never end: do not wait for them when it shuts down)
+        node_config(0, capabilities=("work",), price=100, drain_grace_s=0.5),
+        node_config(1, capabilities=("work",), price=5000),
+    ]
+    config = ClientConfig(receipt_grace_ms=150)
+    async with mesh(nats_server.url, cfgs, work=work) as (cheat, honest):
+        silent.add(cheat.did)
+        async with client_for(nats_server.url, "work", 2, config=config) as client:
+            tried = []
+            for i in range(8):
+                r = await client.run(Job.call("work", bytes([i]), timeout_sec=0.2))
+                assert r.ok and r.executor == honest.did
+                tried.append(any(a.executor == cheat.did for a in r.attempts))
+            assert tried[:4] == [True] * 4 and not any(tried[-3:])
+            reason = client.excluded(cheat.did, "work")
+            assert reason is not None and "no_delivery" in reason
+            assert 4 <= _misconduct(client, cheat.did, "no_delivery") <= 5
+            assert _metric(client, "no_delivery") >= 4
