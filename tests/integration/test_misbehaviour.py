@@ -183,3 +183,30 @@ async def test_an_executor_that_accepts_then_never_delivers_is_excluded(nats_ser
             assert reason is not None and "no_delivery" in reason
             assert 4 <= _misconduct(client, cheat.did, "no_delivery") <= 5
             assert _metric(client, "no_delivery") >= 4
+
+
+async def test_an_executor_answering_assignments_with_garbage_is_excluded(nats_server, monkeypatch):
+    garblers: set[str] = set()
+    honest_handler = Executor._on_assignment
+
+    async def garble(self: Executor, msg: Any) -> None:
+        if self.identity.did not in garblers:
+            await honest_handler(self, msg)
+            return
+        await self._reply(msg, b"\x84 not an accept, a reject or a receipt")
+
+    monkeypatch.setattr(Executor, "_on_assignment", garble)
+    cfgs = [node_config(0, price=100), node_config(1, price=5000)]
+    async with mesh(nats_server.url, cfgs) as (garbler, honest):
+        garblers.add(garbler.did)
+        async with client_for(nats_server.url, "echo", 2) as client:
+            tried = []
+            for i in range(10):
+                r = await client.run(Job.echo(bytes([i])))
+                assert r.ok and r.executor == honest.did
+                tried.append([a.outcome for a in r.attempts if a.executor == garbler.did])
+            assert all(t and t[0].startswith("bad_accept") for t in tried[:4])
+            assert not any(tried[-3:])
+            reason = client.excluded(garbler.did, "echo")
+            assert reason is not None and "invalid_delivery" in reason
+            assert _metric(client, "invalid_delivery") >= 4
