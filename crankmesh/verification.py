@@ -194,7 +194,7 @@ class CanaryProber:
         latency_ms = (time.perf_counter() - started) * 1000
         problem = check(result)
         if problem is not None:
-            self.client.metrics.misbehaviour.labels(kind="canary_wrong").inc()
+            self.client.conduct.note(peer.did, "canary_wrong")
         else:
             # a right answer delivered with misconduct (e.g. charging more than the bid)
             # does not pass: the client has just excluded the peer for it
@@ -210,7 +210,7 @@ class CanaryProber:
                 strikes = self._slow_strikes.get(key, 0) + 1
                 self._slow_strikes[key] = strikes
                 if strikes >= 2:
-                    self.client.metrics.misbehaviour.labels(kind="canary_slow").inc()
+                    self.client.conduct.note(peer.did, "canary_slow")
                     problem = (
                         f"canary service time {service_us / 1000:.3f} ms (observed "
                         f"{latency_ms:.1f} ms end to end, less the measured overhead) is far "

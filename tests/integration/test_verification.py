@@ -54,6 +54,10 @@ async def test_executor_with_wrong_canary_answers_is_excluded_within_two_interva
             assert r.executor == honest.did and r.output == b"xyz"
         considered = {c.executor: c for c in r.explanation.considered}
         assert considered[liar.did].failed_filter == "reputation"
+        # counted, and the explanation says why
+        assert me.client.conduct.counts(liar.did).get("canary_wrong", 0) >= 1
+        assert "canary_wrong" in (considered[liar.did].failure_reason or "")
+        assert not set(me.client.conduct.counts(honest.did)) - {"slo_missed"}
 
 
 async def test_executor_far_slower_than_promised_ranks_below_an_honest_one(nats_server):
