@@ -105,6 +105,7 @@ async def main_async(args: argparse.Namespace) -> int:
             async with Client(nats=server.url) as client:
                 await client.wait_for_peers("work", 1, wait_s=10)
                 await _phase(client, node.did, 0.0, args.warmup, service_s, args.concurrency)
+                await anyio.sleep(0.15)  # the agent refreshes its quoted profile every 100 ms
                 phases = []
                 for load in loads:
                     cids, failed = await _phase(
