@@ -52,6 +52,7 @@ class ConsideredBid:
     local: bool
     degraded: bool
     warnings: tuple[str, ...]
+    conduct: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, JSONScalar | list[str]]:
         score = self.score
@@ -72,6 +73,7 @@ class ConsideredBid:
             "local": self.local,
             "degraded": self.degraded,
             "warnings": list(self.warnings),
+            "conduct": list(self.conduct),
         }
 
 
@@ -155,6 +157,7 @@ class Explanation:
             tags = ["local"] if c.local else []
             if c.degraded:
                 tags.append("degraded: " + "; ".join(c.warnings) if c.warnings else "degraded")
+            tags.extend(c.conduct)
             if tags:
                 last += f"  [{', '.join(tags)}]"
         return (
@@ -251,6 +254,7 @@ def _considered(
         local=c.local,
         degraded=c.degraded,
         warnings=c.warnings,
+        conduct=c.conduct,
     )
 
 
