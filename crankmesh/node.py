@@ -236,11 +236,16 @@ class Node:
                 self.nc = await connect(opts)
 
                 async def _close_nc() -> None:
+                    # NATS may be gone (an embedded server stopped, the network down):
+                    # closing is best effort and never raises out of the node's exit.
                     with anyio.move_on_after(5, shield=True):
                         try:
                             await self.nc.drain()
                         except Exception:
-                            await self.nc.close()
+                            try:
+                                await self.nc.close()
+                            except Exception as exc:
+                                log.debug("closing the NATS connection: %r", exc)
 
                 stack.push_async_callback(_close_nc)
             handlers = await self._handlers(stack)

@@ -18,11 +18,12 @@ commands read (each also sets ``fn``).
     A live view: the peers (from adverts) and the message rates on ``crank.<fed>.>`` by
     kind, redrawn every ``--interval`` seconds; ``--iterations N`` stops after N frames.
 ``cmd_explain``
-    Ask the federation why a job went where it went: the node whose client ran the job
+    Why a job went where it went: from ``$CRANKMESH_HOME/explanations`` when
+    ``crankmesh submit`` ran it on this machine, else the node whose client ran the job
     answers (:mod:`crankmesh.originator.explain_service`).
 
 Exit status: 0 success (``peers`` also when no peer matches); 1 ``explain``: no node
-answered; 2 usage errors, NATS unreachable.
+answered; 2 usage errors; 3 NATS unreachable or credentials refused.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from ..protocol import subjects
 from ..protocol.errors import ProtocolError, TransportError
 from ..protocol.messages import AdvertCapability
 from ..transport import unsubscribe_quietly
+from ._errors import EXIT_CONNECTION
 
 __all__ = [
     "MESSAGE_KINDS",
@@ -131,13 +133,9 @@ def _positive(text: str) -> float:
 
 
 def _add_connection_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--nats", required=True, help="NATS URL(s), comma-separated")
-    p.add_argument(
-        "--federation", help="federation name (default: $CRANKMESH_FEDERATION or 'default')"
-    )
-    p.add_argument(
-        "--connect-timeout", type=_positive, default=5.0, help="seconds to reach NATS (default 5)"
-    )
+    from ._connect import add_connection_arguments
+
+    add_connection_arguments(p)
 
 
 def add_peers_arguments(p: argparse.ArgumentParser) -> None:
@@ -213,15 +211,10 @@ def _federation(args: argparse.Namespace) -> str:
 
 
 async def _connect(args: argparse.Namespace, name: str, *, reconnect: bool) -> Any:
-    from ..transport import NatsOptions, connect
+    from ..transport import connect
+    from ._connect import nats_options
 
-    options = NatsOptions.from_url(
-        args.nats,
-        name=name,
-        initial_connect_timeout_s=float(args.connect_timeout),
-        max_reconnect_attempts=-1 if reconnect else 0,
-    )
-    return await connect(options)
+    return await connect(nats_options(args, name, reconnect=reconnect))
 
 
 async def _close(nc: Any) -> None:
@@ -514,7 +507,9 @@ def cmd_peers(args: argparse.Namespace) -> int:
     )
     try:
         peers = run_loop(_collect_peers, args, federation)
-    except (TransportError, ValueError) as exc:
+    except TransportError as exc:
+        return _error(str(exc), EXIT_CONNECTION)
+    except ValueError as exc:
         return _error(str(exc))
     rows = select_peers(peers, query)
     if args.json:
@@ -692,7 +687,9 @@ def cmd_top(args: argparse.Namespace) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
-    except (TransportError, ValueError) as exc:
+    except TransportError as exc:
+        return _error(str(exc), EXIT_CONNECTION)
+    except ValueError as exc:
         return _error(str(exc))
     return 0
 
@@ -770,9 +767,17 @@ def cmd_explain(args: argparse.Namespace) -> int:
         parse_cid(job_cid)
     except ProtocolError as exc:
         return _error(f"{job_cid!r:.100} is not a job CID ({exc})")
+    from ..originator.explain_service import load_explanation
+
+    # Jobs `crankmesh submit` ran on this machine: their explanation was saved when they
+    # ended (the submitting process has exited since, so no node could answer for them).
+    reply = load_explanation(job_cid)
     try:
-        reply = run_loop(_ask, args, federation, job_cid)
-    except (TransportError, ValueError) as exc:
+        if reply is None:
+            reply = run_loop(_ask, args, federation, job_cid)
+    except TransportError as exc:
+        return _error(str(exc), EXIT_CONNECTION)
+    except ValueError as exc:
         return _error(str(exc))
     if reply is None:
         return _error(
