@@ -17,6 +17,7 @@ import argparse
 import json
 import signal
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args
@@ -95,11 +96,16 @@ def add_submit_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-price", type=_price, help="integer micro-units (1500) or decimal units (0.0015)"
     )
-    p.add_argument("--policy", choices=_policy_names(), default="cost")
+    p.add_argument(
+        "--policy",
+        choices=_policy_names(),
+        help="selection policy (default: cost; slo when --slo-p95-ms is given)",
+    )
     p.add_argument(
         "--slo-p95-ms",
         type=positive_float,
-        help="required p95 latency (ms): bids promising worse are filtered out",
+        help="required p95 latency (ms): bids promising (or observed) worse are filtered "
+        "out; implies --policy slo",
     )
     p.add_argument(
         "--budget", metavar="TOKENFILE", help="pay from this budget token chain (needs --key)"
@@ -193,8 +199,20 @@ def _budget(args: argparse.Namespace, job: Any, identity: Any) -> Any:
     return job.with_budget(chain)
 
 
+def _policy(args: argparse.Namespace) -> str:
+    if args.slo_p95_ms is not None:
+        if args.policy not in (None, "slo"):
+            raise UsageError(
+                f"--slo-p95-ms filters bids under --policy slo, not --policy {args.policy}"
+            )
+        return "slo"
+    return str(args.policy or "cost")
+
+
 def _job(args: argparse.Namespace) -> Any:
     from ..originator import Job
+
+    args.policy = _policy(args)
 
     if args.capability == "python.run":
         return Job.python(
@@ -366,6 +384,7 @@ async def _run(
         async def one() -> None:
             nonlocal last_error
             async with limiter:
+                started_ms = time.time_ns() // 1_000_000
                 try:
                     r = await client.run(job)
                 except TransportError:
@@ -391,6 +410,7 @@ async def _run(
                 except OSError:
                     pass  # `crankmesh explain` then asks the federation
                 obj = _result_obj(client, job, r)
+                obj["started_ms"], obj["ended_ms"] = started_ms, time.time_ns() // 1_000_000
                 text = _result_text(client, job, r, obj)
                 if args.explain:
                     expl = _explanation_of(client, r.job_cid)

@@ -28,7 +28,8 @@ in exactly one place each, with ``raise ... from exc``.
     │   └── JobTimeout
     ├── SelectionError                 nothing could be selected
     │   ├── NoBids                     no executor answered the announcement
-    │   │   └── NoCapacity             executors offer it, but all are full or limiting you
+    │   │   ├── NoCapacity             executors offer it, but all are full or limiting you
+    │   │   └── NoSuitableExecutor     executors offer it, but each is ruled out (says why)
     │   ├── NoEligibleBid              bids came, none passed the filters
     │   └── ExecutorsExhausted         every attempt failed; lists each one
     ├── BudgetError
@@ -202,6 +203,24 @@ class NoCapacity(NoBids):
             f"no capacity for job {job_cid}: {len(self.peers)} executor(s) offer "
             f"{capability!r} but none bid within {waited_ms} ms (full, or rate-limiting "
             f"this originator); last advertised load:\n  - {body}",
+        )
+
+
+class NoSuitableExecutor(NoBids):
+    """Executors offering the capability are live, but none can take this job: their
+    adverts (price, env profiles, isolation, hardware) or their no-bids rule each one out.
+    ``reasons`` has one line per executor."""
+
+    def __init__(self, job_cid: str, capability: str, reasons: Sequence[str]) -> None:
+        self.job_cid = job_cid
+        self.capability = capability
+        self.window_ms = 0
+        self.reasons = tuple(reasons)
+        body = "\n  - ".join(self.reasons)
+        SelectionError.__init__(
+            self,
+            f"no executor can take job {job_cid}: {len(self.reasons)} offer {capability!r} "
+            f"but each is ruled out:\n  - {body}",
         )
 
 

@@ -55,6 +55,7 @@ SUBMIT_USAGE_CASES = [
     (["--code", "1", "--concurrency", "0"], "--concurrency"),
     (["--code", "1", "--timeout", "-1"], "--timeout"),
     (["--code", "1", "--slo-p95-ms", "-5"], "--slo-p95-ms"),
+    (["--code", "1", "--slo-p95-ms", "5", "--policy", "cost"], "--policy slo"),
     (["--code", "1", "--key", "/nope.key"], "/nope.key"),
     (["--code", "1", "--budget", "/nope.tok", "--key", "/nope.key"], "/nope"),
     (["--code", "1", "--connect-timeout", "0"], "--connect-timeout"),
