@@ -41,6 +41,7 @@ from typing import Any, Final
 import anyio
 
 from .._loop import run as run_loop
+from .._tables import render_table
 from ..capabilities import CapabilityOffer, CapabilitySpecError, GpuOffer, GpuType
 from ..directory import Peer, PeerDirectory
 from ..market._format import fmt_money, fmt_us, short_did
@@ -230,18 +231,11 @@ def _gb(mb: int) -> str:
 
 
 def _table(rows: Sequence[Sequence[str]], right: Iterable[int] = ()) -> list[str]:
-    """Left-aligned columns (``right``: right-aligned), two spaces apart."""
+    """The header ``rows[0]`` and the rows, through the one renderer (``right``: right-aligned
+    column indexes)."""
     if not rows:
         return []
-    aligned = set(right)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    out = []
-    for row in rows:
-        cells = [
-            c.rjust(widths[i]) if i in aligned else c.ljust(widths[i]) for i, c in enumerate(row)
-        ]
-        out.append("  ".join(cells).rstrip())
-    return out
+    return render_table(rows[0], rows[1:], right=right).split("\n")
 
 
 def _load_ratio(peer: Peer) -> float:
