@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -206,3 +207,26 @@ def test_concurrency_1_runs_one_at_a_time(trusting_mesh: Mesh) -> None:
     jobs = [json.loads(line) for line in r.stdout.strip().splitlines()][:-1]
     spans = sorted((j["started_ms"], j["ended_ms"]) for j in jobs)
     assert all(b[0] >= a[1] for a, b in zip(spans, spans[1:], strict=False)), spans
+
+
+def test_ctrl_c_during_a_batch_prints_the_summary_and_exits_130(trusting_mesh: Mesh) -> None:
+    proc = subprocess.Popen(
+        [*CLI, "submit", "--nats", trusting_mesh.url, "--key", str(trusting_mesh.key),
+         "--code", "import time\ntime.sleep(0.3)", "--count", "50", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=trusting_mesh.env(),
+        start_new_session=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    first = json.loads(proc.stdout.readline())
+    assert first["status"] == "ok"
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["summary"] and summary["interrupted"] and summary["ok"] >= 1
+    assert summary["ok"] + summary["failed"] + summary["not_run"] == 50
+    assert summary["not_run"] > 0
