@@ -27,8 +27,20 @@ __all__ = ["Diagnosis", "PeerVerdict", "diagnose", "TRANSIENT_NO_BID_REASONS"]
 #: No-bid reasons that waiting can fix (the executor is busy or limiting the rate):
 #: an executor giving only these is not ruled out.
 TRANSIENT_NO_BID_REASONS = frozenset(
-    {"busy", "full", "queue_full", "capacity", "rate_limited", "rate", "overloaded", "draining"}
+    {"no_capacity", "busy", "full", "queue_full", "rate_limited", "overloaded", "draining"}
 )
+
+#: The executors' decline reasons (``bids_declined_total{reason}``) in words.
+_NO_BID_TEXT = {
+    "over_max_price": "declined: its price is above the job's max price",
+    "currency": "declined: it prices in another currency",
+    "incompatible": "declined: the job's requirements do not match it",
+    "bad_requirements": "declined: it cannot read the job's requirements",
+    "no_accelerator": "declined: it has no accelerator of the kind the job asks for",
+    "unsupported_env_profile": "declined: it does not have the job's env profile",
+    "isolation_too_weak": "declined: its sandbox isolation is below the job's",
+    "payload_too_large": "declined: the payload is over its limit",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +148,7 @@ def diagnose(
                     f"does not trust this originator{who} (submit with a key on its trust list)"
                 )
             else:
-                reasons.append(f"declined: {reason}")
+                reasons.append(_NO_BID_TEXT.get(reason, f"declined: {reason}"))
         load = a.load
         out.append(
             PeerVerdict(
