@@ -170,7 +170,10 @@ class Node:
             "peers": len(self.directory),
             "running": ex.load.running if ex else 0,
             "queued": ex.load.queued if ex else 0,
-            "capacity": ex.capacity if ex else 0,
+            # as the adverts (and `crankmesh peers`) count it: jobs run at once; the
+            # queue behind them is queue_depth
+            "capacity": ex.load.capacity if ex else 0,
+            "queue_depth": ex.config.queue_depth if ex else 0,
             "records_pending": self.record_store.pending if self.record_store else 0,
         }
 

@@ -131,7 +131,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    async def serve() -> None:
+    async def serve(stop: anyio.Event) -> None:
         from ..testing import NatsServer
 
         async with AsyncExitStack() as stack:
@@ -160,12 +160,16 @@ def _cmd_node(args: argparse.Namespace) -> int:
             }
             print(json.dumps(ready), flush=True)
             log.info("node %s ready (%s mode)", node.did, settings.mode)
-            await anyio.sleep_forever()
+            await stop.wait()
+            # leaving the stack uncancelled: the node drains (running jobs finish and
+            # publish their receipts), then the embedded server stops
 
     async def run() -> None:
         # The daemon's shape: the signal receiver is open before anything starts (a
-        # Ctrl-C during startup is not a KeyboardInterrupt), and a signal cancels the
-        # root scope, so the node drains and the embedded server stops after it.
+        # Ctrl-C during startup is not a KeyboardInterrupt: the node finishes starting,
+        # then drains), and a signal ends serve() normally, not by cancellation, so the
+        # drain can wait for running jobs; the embedded server stops after the node.
+        stop = anyio.Event()
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with anyio.create_task_group() as tg:
 
@@ -174,11 +178,12 @@ def _cmd_node(args: argparse.Namespace) -> int:
                         log.info("signal received: draining (a second signal exits at once)")
                         signal.signal(signal.SIGINT, signal.SIG_DFL)
                         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                        tg.cancel_scope.cancel()
+                        stop.set()
                         return
 
                 tg.start_soon(stop_on_signal)
-                await serve()
+                await serve(stop)
+                tg.cancel_scope.cancel()
 
     run_loop(run)  # errors: one line and an exit code from crankmesh.cli._errors
     return 0

@@ -98,3 +98,18 @@ def test_top_on_a_terminal_is_coloured_and_q_quits(nats_server) -> None:
             proc.kill()
         proc.communicate()
         os.close(master)
+
+
+@pytest.mark.anyio
+async def test_healthz_capacity_is_what_peers_shows(nats_server) -> None:
+    url = nats_server.url
+    cfg = node_config(0, max_concurrency=3, queue_depth=5)
+    async with mesh(url, [cfg]) as (node,):
+        health = node.health()
+        r = await anyio.run_process(
+            [*CLI, "peers", "--nats", url, "--json", "--listen-s", "1.5"], env=ENV, check=False
+        )
+    assert r.returncode == 0, r.stderr
+    (peer,) = json.loads(r.stdout)
+    assert health["capacity"] == peer["capacity"] == 3
+    assert health["queue_depth"] == 5
