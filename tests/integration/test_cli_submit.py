@@ -230,3 +230,41 @@ def test_ctrl_c_during_a_batch_prints_the_summary_and_exits_130(trusting_mesh: M
     assert summary["summary"] and summary["interrupted"] and summary["ok"] >= 1
     assert summary["ok"] + summary["failed"] + summary["not_run"] == 50
     assert summary["not_run"] > 0
+
+
+def test_timeout_ends_a_long_job(trusting_mesh: Mesh) -> None:
+    r = trusting_mesh.submit("--code", "import time\ntime.sleep(5)", "--timeout", "0.5", "--json")
+    assert r.returncode == 1, r.stderr
+    assert _last_json(r)["status"] == "timeout"
+
+
+def test_file_is_the_code(trusting_mesh: Mesh, tmp_path: Path) -> None:
+    job = tmp_path / "job.py"
+    job.write_text("print('from a file', args['x'])\n")
+    r = trusting_mesh.submit("--file", str(job), "--args", '{"x": 7}')
+    assert r.returncode == 0, r.stderr
+    assert "from a file 7" in r.stdout
+
+
+def test_federation_flag_and_variable_choose_the_federation(trusting_mesh: Mesh) -> None:
+    # the node is on 'default': on another federation nobody offers echo
+    for extra, env in (
+        (["--federation", "elsewhere"], {}),
+        ([], {"CRANKMESH_FEDERATION": "elsewhere"}),
+    ):
+        r = trusting_mesh.submit(
+            "--capability", "echo", "--payload", "x", "--wait-peers", "0.3", *extra, **env
+        )
+        assert r.returncode == 1, r.stdout
+        assert "no executor bid" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_crankmesh_nats_variable_is_the_default_url(trusting_mesh: Mesh) -> None:
+    r = subprocess.run(
+        [*CLI, "submit", "--key", str(trusting_mesh.key), "--capability", "echo",
+         "--payload", "via env", "--json"],
+        capture_output=True, text=True, timeout=120,
+        env=trusting_mesh.env(CRANKMESH_NATS=trusting_mesh.url),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert _last_json(r)["output"] == "via env"
