@@ -61,9 +61,9 @@ def _cmd_identity_new(args: argparse.Namespace) -> int:
     identity = Identity.generate()
     try:
         path = save_identity(identity, args.out, overwrite=args.force)
-    except KeystoreError as exc:
+    except KeystoreError as exc:  # e.g. the file exists and no --force: a usage error
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_USAGE
     _emit(
         args,
         {"did": identity.did, "path": str(path)},
@@ -80,9 +80,9 @@ def _cmd_identity_show(args: argparse.Namespace) -> int:
     path = Path(args.key) if args.key else default_key_path()
     try:
         identity = load_identity(path)
-    except KeystoreError as exc:
+    except KeystoreError as exc:  # missing, malformed or unsafe key file: usage
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_USAGE
     obj = {"did": identity.did, "path": str(path), "public_key": identity.public_key.hex()}
     if args.trust_domain:
         obj["spiffe"] = spiffe_alias(identity.did, args.trust_domain)

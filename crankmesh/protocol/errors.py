@@ -201,8 +201,9 @@ class NoCapacity(NoBids):
         SelectionError.__init__(
             self,
             f"no capacity for job {job_cid}: {len(self.peers)} executor(s) offer "
-            f"{capability!r} but none bid within {waited_ms} ms (full, or rate-limiting "
-            f"this originator); last advertised load:\n  - {body}",
+            f"{capability!r} but none bid within {waited_ms} ms (full, rate-limiting "
+            "this originator, or not trusting its key: a node with a trust list ignores "
+            f"other originators); last advertised load:\n  - {body}",
         )
 
 
