@@ -268,3 +268,40 @@ def test_crankmesh_nats_variable_is_the_default_url(trusting_mesh: Mesh) -> None
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert _last_json(r)["output"] == "via env"
+
+
+def test_a_batch_on_a_terminal_shows_a_progress_bar(trusting_mesh: Mesh) -> None:
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [*CLI, "submit", "--nats", trusting_mesh.url, "--key", str(trusting_mesh.key),
+         "--code", "import time\ntime.sleep(0.3)", "--count", "4", "--wait-peers", "5"],
+        stdin=subprocess.DEVNULL, stdout=slave, stderr=slave,
+        env=trusting_mesh.env(TERM="xterm-256color"),
+    )  # fmt: skip
+    os.close(slave)
+    seen = b""
+    try:
+        while True:
+            ready, _, _ = select.select([master], [], [], 1.0)
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+            elif proc.poll() is not None:
+                break
+        assert proc.wait(timeout=60) == 0, seen[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    text = seen.decode("utf-8", "replace")
+    assert "jobs" in text and "━" in text, text[-3000:]  # the bar
+    assert "4 ok, 0 failed" in text
