@@ -121,17 +121,10 @@ class Explanation:
             lines.append(f"  requirements: {text or '(none)'}")
         lines.append("")
         header = ("rank", "executor", "bid", "price", "p95", "load", "score / failed filter")
-        rows = [header] + [self._row(c) for c in self.considered]
-        widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
-        right = {0, 3, 4, 5}
-        for n, row in enumerate(rows):
-            cells = [
-                row[i].rjust(widths[i]) if i in right else row[i].ljust(widths[i])
-                for i in range(len(widths))
-            ]
-            lines.append("  " + "  ".join(cells) + "  " + row[-1])
-            if n == 0:
-                lines.append("  " + "  ".join("-" * w for w in widths) + "  " + "-" * 21)
+        from .._tables import render_table  # the one table renderer (pure: no I/O)
+
+        rows = [self._row(c) for c in self.considered]
+        lines.append(render_table(header, rows, right=(0, 3, 4, 5), indent=2, rule=True))
         if not self.considered:
             lines.append("  (no bids)")
         lines.append("")

@@ -70,6 +70,7 @@ from ..protocol.errors import (
     ExecutorsExhausted,
     NoBids,
     NoCapacity,
+    NoSuitableExecutor,
     OversizedMessage,
     ProtocolError,
     SelectionError,
@@ -926,7 +927,7 @@ class Client:
                     break
                 continue
             # Nobody bid this round: wait (with backoff) while live peers could serve it.
-            peers = self._raise_if_mismatched(spec)
+            peers = self._raise_if_ruled_out(spec, job_cid)
             if not peers or time.monotonic() + backoff > busy_until:
                 break
             if self._declined_for_good(track, {p.did for p in peers} - failed):
@@ -935,7 +936,7 @@ class Client:
             backoff = min(backoff * 2, 0.5)
         if not attempts and not track.bids:
             self.metrics.jobs_failed.labels(reason="no_bids").inc()
-            peers = self._raise_if_mismatched(spec)
+            peers = self._raise_if_ruled_out(spec, job_cid)
             declines = track.decline_reasons()
             if declines and not any(
                 nb.reason in _TRANSIENT_NO_BID for _, nb in track.declines.values()
@@ -1090,6 +1091,21 @@ class Client:
         if results and len(results) == len(peers) and not any(r.ok for r in results.values()):
             raise mismatch_error(results)
         return [p for p in peers if p.did not in results or results[p.did].ok]
+
+    def _raise_if_ruled_out(
+        self, spec: JobSpec, job_cid: str, no_bids: Iterable[tuple[str, str]] = ()
+    ) -> list[Peer]:
+        """As :meth:`_raise_if_mismatched`, and raise NoSuitableExecutor when the directory
+        (price, env profile, isolation, memory, hardware) or the executors' own no-bid
+        reasons rule every live peer out, so nobody waits for capacity that cannot help."""
+        from ._diagnosis import diagnose
+
+        usable = self._raise_if_mismatched(spec)  # all on hardware: CapabilityMismatch
+        peers, results = self._match_peers(spec)
+        verdict = diagnose(spec, peers, results, no_bids, originator=self.identity.did)
+        if verdict.ruled_out:
+            raise NoSuitableExecutor(job_cid, spec.capability, verdict.lines())
+        return usable
 
     def explain(self, job_cid: str) -> market.Explanation | None:
         """The selection explanation of a job this client ran (most recent ranking)."""

@@ -319,11 +319,10 @@ class AuditReport:
                         "YES" if s.equivocated else "no",
                     )
                 )
-            widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+            from .._tables import render_table  # the one table renderer
+
             lines.append("")
-            for row in rows:
-                cells = (c.ljust(w) for c, w in zip(row, widths, strict=True))
-                lines.append("  ".join(cells).rstrip())
+            lines.append(render_table(header, rows[1:]))
         if self.budgets:
             lines += ["", "budgets (root tokens):"]
             for b in self.budgets:
