@@ -254,7 +254,20 @@ def test_operating_identity_logs_and_toml(shell: Shell, tmp_path: Path) -> None:
     # a node started as written, its warnings and errors filtered through jq; then Ctrl-C
     shell.start_node(logs.text.strip())
     assert shell.stop() == [0]
-    (toml_block,) = _doc_blocks("docs/operating.md", "toml")
+    toml_block, *more_toml = _doc_blocks("docs/operating.md", "toml")
+    for block in more_toml:  # the other examples (e.g. executor caps): valid settings as shown
+        extra = tmp_path / f"extra-{block.line}.toml"
+        extra.write_text(block.text)
+        r = subprocess.run(
+            ["bash", "-c", f"crankmesh node --config {extra} --print-config"],
+            env=shell.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert r.returncode == 0, r.stderr
+        for key, value in tomllib.loads(block.text).items():
+            assert f"{key} = {value!r}".replace("'", '"') in r.stdout or str(value) in r.stdout
     doc = tomllib.loads(toml_block.text)
     conf = tmp_path / "etc" / "node.toml"
     conf.parent.mkdir()
