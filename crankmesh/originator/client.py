@@ -371,7 +371,9 @@ class Client:
         advert sync (RFC 0001 §8.10) together, so a short settle lets the first job see
         every bidder, not just the first to answer.
         """
-        while self._first_run_hooks:  # a node follows the directory once it originates
+        # Waiting for peers is the start of originating: a node's client starts following
+        # the directory now (an executor-only node follows nothing, RFC 0001 §8.15).
+        while self._first_run_hooks:
             await self._first_run_hooks.pop()()
         offering = self.directory.offering
         with anyio.move_on_after(wait_s):
