@@ -296,6 +296,25 @@ class NodeSettings(BaseSettings):
         "int",
         "milliseconds a bid (and its capacity reservation) stays valid (default: 10000)",
     )
+    quote_valid_ms: int = _opt(
+        15000,
+        "int",
+        "milliseconds a firm quote stands (RFC 0001 §8.14; default: 15000)",
+    )
+    directory: str = _opt(
+        "bucket",
+        "str",
+        "where adverts and quotes go: bucket (the JetStream directory bucket, falling back "
+        "to the adverts subject without JetStream) or subject (default: bucket)",
+        choices=("bucket", "subject"),
+    )
+    originate: str = _opt(
+        "auto",
+        "str",
+        "when this node follows the directory: auto (from its first job), always, never "
+        "(default: auto)",
+        choices=("auto", "always", "never"),
+    )
     advert_interval_s: float = _opt(
         1.0, "float", "seconds between advert heartbeats (default: 1)", flags=("--advert-interval",)
     )
@@ -553,6 +572,7 @@ class NodeSettings(BaseSettings):
             max_concurrency=self.max_concurrency,
             queue_depth=self.queue_depth,
             bid_valid_ms=self.bid_valid_ms,
+            quote_valid_ms=self.quote_valid_ms,
             isolation=isolation,
             caps=ExecutorCaps(
                 max_timeout_ms=round(self.max_job_timeout_s * 1000),
@@ -589,6 +609,8 @@ class NodeSettings(BaseSettings):
             metrics_port=self.metrics_port if self.metrics_enabled else None,
             isolation_min=self.isolation_min,
             receipts_replicas=self.receipts_replicas,
+            directory=cast(Any, self.directory),
+            originate=cast(Any, self.originate),
         )
 
 
@@ -820,6 +842,11 @@ def _check(s: NodeSettings) -> list[tuple[str, str]]:
     _int_at_least(bad, "max_concurrency", s.max_concurrency, 1, 64)
     _int_at_least(bad, "queue_depth", s.queue_depth, 0, 1_000_000)
     _int_at_least(bad, "bid_valid_ms", s.bid_valid_ms, 1, 3_600_000)
+    _int_at_least(bad, "quote_valid_ms", s.quote_valid_ms, 1, 120_000)
+    if s.directory not in ("bucket", "subject"):
+        bad("directory", f"must be bucket or subject, got {s.directory!r}")
+    if s.originate not in ("auto", "always", "never"):
+        bad("originate", f"must be auto, always or never, got {s.originate!r}")
     _int_at_least(bad, "metrics_port", s.metrics_port, 0, 65535)
     _int_at_least(bad, "receipts_replicas", s.receipts_replicas, 1, 5)  # JetStream's limit
     if not isinstance(s.max_job_timeout_s, int | float) or not (

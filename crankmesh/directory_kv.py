@@ -26,9 +26,10 @@ __all__ = ["DEFAULT_BUCKET_TTL_S", "open_bucket"]
 
 log = logging.getLogger("crankmesh.directory")
 
-#: The bucket's TTL when a party that has no advert TTL of its own (a standalone
-#: Client) creates it; a node creates it with its advert TTL.  Entries older than the
-#: TTL are removed by the server; liveness is the advert's own ``exp`` either way.
+#: The bucket's TTL (max age), whoever creates it: only the horizon after which the
+#: server removes a dead node's entry.  Liveness is each advert's own ``exp``; the TTL
+#: must exceed every node's refresh period (at most a third of the longest quote
+#: validity, 120 s), so that a live node's entry never ages out between two puts.
 DEFAULT_BUCKET_TTL_S = 60.0
 #: Largest value the bucket takes (the Advert limit, RFC 0001 §11).
 MAX_VALUE_BYTES = 64 * 1024

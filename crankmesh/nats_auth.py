@@ -99,6 +99,19 @@ def permissions(role: str, did: str, *, federation: str = "default") -> dict[str
         subjects.settlements(federation, did),
         subjects.tokens(federation, did),
     ]
+    # The directory bucket (RFC 0001 §8.15): every member may find, create and watch it
+    # (watchers are ephemeral ordered consumers: the server removes them when idle); a
+    # node may put under its own key only.
+    kv_stream = f"KV_{subjects.directory_bucket(federation)}"
+    directory_watch = [
+        f"$JS.API.STREAM.INFO.{kv_stream}",
+        f"$JS.API.STREAM.CREATE.{kv_stream}",
+        f"$JS.API.CONSUMER.CREATE.{kv_stream}",
+        f"$JS.API.CONSUMER.CREATE.{kv_stream}.>",
+        f"$JS.API.CONSUMER.INFO.{kv_stream}.>",
+        f"$JS.FC.{kv_stream}.>",
+    ]
+    own_directory_key = f"$KV.{subjects.directory_bucket(federation)}.{node}"
     if role == "admin":
         return {"publish": {"allow": [">"]}, "subscribe": {"allow": [">"]}}
     if role == "auditor":
@@ -120,7 +133,9 @@ def permissions(role: str, did: str, *, federation: str = "default") -> dict[str
         f"{fed}.jobs.*.assignment.*",
         f"{fed}.jobs.*.closed",
         f"{fed}.nodes.sync",
+        f"{fed}.nodes.*.announce",  # calls for bids sampled to one executor (§10.8)
         f"{fed}.explain.*",
+        *directory_watch,
     ]
     # The first member to start creates the record stream; CREATE cannot alter an
     # existing one (UPDATE, DELETE and PURGE are the admin's).
@@ -146,6 +161,7 @@ def permissions(role: str, did: str, *, federation: str = "default") -> dict[str
                     f"{fed}.jobs.*.bids",
                     f"{fed}.jobs.*.receipt",
                     f"{fed}.nodes.adverts",
+                    own_directory_key,
                     *own_records,
                     *js,
                 ]

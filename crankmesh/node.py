@@ -197,7 +197,10 @@ class Node:
             "peers": len(self.directory),
             "running": load.running if load else 0,
             "queued": load.queued if load else 0,
+            # as the adverts (and `crankmesh peers`) count it: jobs run at once; the
+            # queue behind them is queue_depth
             "capacity": load.capacity if load else 0,
+            "queue_depth": ex.config.queue_depth if ex else 0,
             "records_pending": self.record_store.pending if self.record_store else 0,
         }
 
@@ -287,11 +290,16 @@ class Node:
                 self.nc = await connect(opts)
 
                 async def _close_nc() -> None:
+                    # NATS may be gone (an embedded server stopped, the network down):
+                    # closing is best effort and never raises out of the node's exit.
                     with anyio.move_on_after(5, shield=True):
                         try:
                             await self.nc.drain()
                         except Exception:
-                            await self.nc.close()
+                            try:
+                                await self.nc.close()
+                            except Exception as exc:
+                                log.debug("closing the NATS connection: %r", exc)
 
                 stack.push_async_callback(_close_nc)
             handlers = await self._handlers(stack)
@@ -415,11 +423,8 @@ class Node:
         else on the adverts subject as in revision 1 (every node hears every advert)."""
         kv = None
         if self.config.directory == "bucket":
-            kv = await open_bucket(
-                self.nc,
-                self.config.federation,
-                ttl_s=self.config.advert_ttl_s,
-                replicas=self.config.receipts_replicas,
+            kv = await open_bucket(  # TTL: the default horizon, whatever the advert TTL
+                self.nc, self.config.federation, replicas=self.config.receipts_replicas
             )
         self.directory_bucket = kv
         if kv is None:

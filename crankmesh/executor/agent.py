@@ -63,6 +63,7 @@ from ..transport import unsubscribe_quietly
 from .benchmark import SelfBenchmark
 from .caps import CapsLedger, CapsViolation, ExecutorCaps
 from .handlers import MAX_PAYLOAD_BYTES, CapabilityHandler, Outcome
+from .load_quote import quote_at_load
 from .quotes import (
     DEFAULT_QUOTE_VALID_MS,
     QuoteBook,
@@ -337,13 +338,27 @@ class Executor:
             now=now_ms() if now is None else now,
             price=price,
             currency=self.config.currency,
-            slo=lambda: self.slo_for(capability),
+            # What it promises at the load quoted (the load-sensitivity profile).
+            slo=lambda: self.quote_at_load(capability, self.slo_for(capability)),
             load=self.load,
             band=self.load_band(),
             isolation=self.config.isolation,
             terms=terms,
             draining=self._draining,
             hardware=self.offer,
+        )
+
+    def quote_at_load(self, capability: str, slo: BidSlo) -> BidSlo:
+        """``slo`` as a promise for one more job now: scaled by the load-sensitivity
+        profile and with the wait behind the jobs running and queued (see
+        :mod:`.load_quote`)."""
+        prof = self.bench.profiles.get(capability)
+        return quote_at_load(
+            slo,
+            running=self._running,
+            queued=self._queued,
+            slots=self.config.max_concurrency,
+            load_p50=prof.load_sensitivity if prof is not None else None,
         )
 
     def _match(self, requirements_wire: dict[str, Any]) -> MatchResult:
@@ -708,7 +723,7 @@ class Executor:
             nonce=os.urandom(16),
             price=price,
             currency=self.config.currency,
-            slo=slo,
+            slo=self.quote_at_load(capability, slo),
             load=self.load,
             est_us=(slo.p50_us or 0) + queue_wait if slo.p50_us else None,
             isolation=self.config.isolation,

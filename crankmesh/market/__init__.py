@@ -39,6 +39,7 @@ from ._policies import (
 from ._ranking import Ranking, ScoredCandidate, ScoreKind
 from ._reputation import UNKNOWN_REPUTATION, LocalReputation, reputation_score
 from ._resource_price import resource_price
+from ._service_time import OverheadEstimator, PromiseKeeping, service_time_us
 
 __all__ = [
     "BASE_FILTERS",
@@ -52,8 +53,10 @@ __all__ = [
     "KeyPolicy",
     "LocalReputation",
     "Negotiation",
+    "OverheadEstimator",
     "POLICIES",
     "Policy",
+    "PromiseKeeping",
     "Ranking",
     "RejectedCandidate",
     "SLO_FILTERS",
@@ -72,4 +75,5 @@ __all__ = [
     "resource_price",
     "sample_executors",
     "select",
+    "service_time_us",
 ]

@@ -290,7 +290,11 @@ Event = (
 
 @dataclass(frozen=True, slots=True)
 class RefreshPeers:
-    """Tell me the live peers that may serve the job (answer with :class:`Peers`)."""
+    """Tell me the live peers that may serve the job (answer with :class:`Peers`).
+    ``after_empty_round``: nobody bid in the round just over (the I/O layer may then
+    diagnose whether any peer could ever take the job)."""
+
+    after_empty_round: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -657,8 +661,10 @@ class Negotiation:
                 if action is not None:
                     return action
                 continue
-            if phase in (_Phase.PEERS, _Phase.BUSY_CHECK):
+            if phase is _Phase.PEERS:
                 return RefreshPeers()
+            if phase is _Phase.BUSY_CHECK:
+                return RefreshPeers(after_empty_round=True)
             if phase is _Phase.ANNOUNCE:
                 return self._announce()
             if phase is _Phase.SLEEPING:

@@ -8,7 +8,8 @@ bad observations; one equivocation bans: score 0.0). An executor's observations:
   (:data:`~crankmesh.receipts.audit.EXECUTOR_MISCONDUCT`: overcharge, a bid of someone
   else or for another job, a broken chain link);
 * ``slo_met`` / ``slo_missed``: its receipts whose bid promised a p95, by whether the
-  observed latency was within the promise (definitions in :mod:`.audit`);
+  service time (the observed latency less the originator's measured overhead estimate,
+  never less than the executor's meter) was within the promise (definitions in :mod:`.audit`);
 * ``equivocations``: proven forks of its receipt chain.
 
 Pure: no I/O, no clock.
@@ -20,11 +21,11 @@ from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, replace
 from typing import Final, TypeVar
 
-from ..market import LocalReputation, reputation_score
+from ..market import LocalReputation, reputation_score, service_time_us
 from ..protocol.envelope import Envelope, open_envelope
 from ..protocol.errors import ProtocolError
-from ..protocol.messages import Bid, Receipt, Settlement, decode_message
-from .audit import NETWORK_ALLOWANCE_US, AuditReport
+from ..protocol.messages import Bid, Quote, Receipt, Settlement, decode_message
+from .audit import AuditReport
 
 __all__ = ["ReputationBook", "reputation_from_report"]
 
@@ -46,7 +47,7 @@ def reputation_from_report(report: AuditReport) -> dict[str, float]:
 @dataclass(frozen=True, slots=True)
 class _BidInfo:
     signer: str
-    job: str
+    job: str | None  # None: a firm quote (RFC 0001 §8.14), good for any job
     price: int
     currency: str
     p95_us: int | None
@@ -66,18 +67,21 @@ class _Job:
     currency: str
     promise: int | None = None
     observed_us: int | None = None
+    overhead_us: int | None = None
     misconduct: bool = False
     # the SLO classification currently counted for this job (met, missed, None: no SLO)
     counted_slo: bool | None = None
 
     @property
-    def latency(self) -> int:
-        return self.observed_us if self.observed_us is not None else self.wall_us
+    def service_us(self) -> int:
+        if self.observed_us is None:
+            return self.wall_us
+        return service_time_us(self.observed_us, self.wall_us, self.overhead_us)
 
     def slo(self) -> bool | None:
         if self.promise is None:
             return None
-        return self.latency <= self.promise + NETWORK_ALLOWANCE_US
+        return self.service_us <= self.promise
 
 
 _DEFAULT_MEMORY: Final = 100_000
@@ -115,7 +119,7 @@ class ReputationBook:
         self._jobs: OrderedDict[str, _Job] = OrderedDict()
         self._bids: OrderedDict[str, _BidInfo] = OrderedDict()
         self._waiting_bid: OrderedDict[str, str] = OrderedDict()
-        self._settlements: OrderedDict[str, tuple[str, str, int]] = OrderedDict()
+        self._settlements: OrderedDict[str, tuple[str, str, int, int | None]] = OrderedDict()
         # executor → seq → (receipt CID, its prev), and prev → receipt CID
         self._by_seq: dict[str, OrderedDict[int, tuple[str, str | None]]] = defaultdict(OrderedDict)
         self._by_prev: dict[str, OrderedDict[str, str]] = defaultdict(OrderedDict)
@@ -152,7 +156,7 @@ class ReputationBook:
         try:
             env = data if isinstance(data, Envelope) else open_envelope(data)
             cid = env.cid
-            if cid in self._seen or env.type not in ("receipt", "bid", "settlement"):
+            if cid in self._seen or env.type not in ("receipt", "bid", "settlement", "quote"):
                 return False
             if env.type == "receipt":
                 _, receipt = decode_message(env, Receipt)
@@ -162,6 +166,11 @@ class ReputationBook:
                 _, bid = decode_message(env, Bid)
                 env.verify()
                 self._bid(cid, env.signer, bid)
+            elif env.type == "quote":
+                _, quote = decode_message(env, Quote)
+                env.verify()
+                info = _BidInfo(env.signer, None, quote.price, quote.currency, quote.slo.p95_us)
+                self._offer(cid, info)
             else:
                 _, settlement = decode_message(env, Settlement)
                 env.verify()
@@ -220,7 +229,10 @@ class ReputationBook:
         self._recount(job)
 
     def _bid(self, cid: str, signer: str, bid: Bid) -> None:
-        info = _BidInfo(signer, bid.job, bid.price, bid.currency, bid.slo.p95_us)
+        self._offer(cid, _BidInfo(signer, bid.job, bid.price, bid.currency, bid.slo.p95_us))
+
+    def _offer(self, cid: str, info: _BidInfo) -> None:
+        """A bid or quote record: joined with the receipt won on it (now or later)."""
         receipt_cid = self._waiting_bid.pop(cid, None)
         job = self._jobs.get(receipt_cid) if receipt_cid is not None else None
         if job is None or receipt_cid is None:
@@ -234,7 +246,7 @@ class ReputationBook:
         """Take the promise from the receipt's bid; misconduct counts as a failure."""
         honest = (
             bid.signer == job.executor
-            and bid.job == job.job
+            and bid.job in (None, job.job)
             and bid.currency == job.currency
             and job.charge <= bid.price
         )
@@ -256,17 +268,20 @@ class ReputationBook:
     def _settlement(self, signer: str, s: Settlement) -> None:
         job = self._jobs.get(s.receipt)
         if job is None:
-            self._settlements[s.receipt] = (signer, s.executor, s.observed_us)
+            self._settlements[s.receipt] = (signer, s.executor, s.observed_us, s.overhead_us)
             _trim(self._settlements, self._memory)
             return
-        self._apply_settlement(job, signer, s.executor, s.observed_us)
+        self._apply_settlement(job, signer, s.executor, s.observed_us, s.overhead_us)
         self._recount(job)
 
     @staticmethod
-    def _apply_settlement(job: _Job, signer: str, executor: str, observed_us: int) -> None:
+    def _apply_settlement(
+        job: _Job, signer: str, executor: str, observed_us: int, overhead_us: int | None
+    ) -> None:
         # only the originator's word, about this executor, replaces the self-metered time
         if signer == job.originator and executor == job.executor:
             job.observed_us = observed_us
+            job.overhead_us = overhead_us
 
     def _recount(self, job: _Job) -> None:
         new, old = job.slo(), job.counted_slo

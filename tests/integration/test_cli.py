@@ -86,10 +86,10 @@ def test_identity_new_and_show(tmp_path: Path) -> None:
     shown = json.loads(r.stdout)
     assert shown["did"] == did and shown["spiffe"].startswith("spiffe://example.org/node/z6Mk")
     # refuses to overwrite, refuses unsafe permissions
-    assert run_cli("identity", "new", "--out", str(key)).returncode == 1
+    assert run_cli("identity", "new", "--out", str(key)).returncode == 2  # refused overwrite
     key.chmod(0o644)
     r = run_cli("identity", "show", "--key", str(key))
-    assert r.returncode == 1 and "chmod 600" in r.stderr
+    assert r.returncode == 2 and "chmod 600" in r.stderr
 
 
 def test_node_subprocess_serves_submit_and_exits_0_on_sigterm(nats_server, tmp_path: Path) -> None:
@@ -189,7 +189,9 @@ def test_demo_then_audit_on_the_stream_reports_50_verified_receipts(nats_server)
 async def test_sigkilled_executor_vanishes_from_every_peers_directory_within_its_ttl(
     nats_server, tmp_path: Path
 ) -> None:
-    async with mesh(nats_server.url, [node_config(0), node_config(1)]) as peers:
+    # Peers that originate follow the directory (an executor-only one hears no adverts).
+    always = {"originate": "always"}
+    async with mesh(nats_server.url, [node_config(0, **always), node_config(1, **always)]) as peers:
         with node_process(
             nats_server.url, tmp_path / "gone.key", "--capabilities", "echo", "--advert-ttl", "2"
         ) as (proc, victim):

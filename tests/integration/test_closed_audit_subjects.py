@@ -19,7 +19,7 @@ from crankmesh.node import Node
 from crankmesh.originator import Client, Job
 from crankmesh.protocol import subjects
 from crankmesh.protocol.errors import TransportError
-from crankmesh.protocol.identity import Identity
+from crankmesh.protocol.identity import Identity, did_node_id
 from crankmesh.receipts.export import read_stream
 from crankmesh.receipts.store import stream_name
 from crankmesh.testing import closed_nats_server, member_options
@@ -58,10 +58,15 @@ async def test_attacker_cannot_publish_into_other_nodes_audit_subjects(
     with closed_nats_server(members, federation=FED) as server:
         url = server.url
         cfg = node_config(0, capabilities=("echo",))
-        async with Node(identity=honest, nats=member_options(url, honest, tmp_path), config=cfg):
+        opts = member_options(url, honest, tmp_path)
+        async with Node(identity=honest, nats=opts, config=cfg) as honest_node:
+            # The permissions let a node put its own directory key (RFC 0001 §8.15), and
+            # an originator watch the bucket: neither falls back to the adverts subject.
+            assert honest_node.directory_bucket is not None
             async with Client(
                 nats=member_options(url, origin, tmp_path), identity=origin, federation=FED
             ) as client:
+                assert client.directory.source == "kv"
                 assert await client.wait_for_peers("echo", 1, wait_s=10) >= 1
                 errors: list[str] = []
                 nc = await _connect(member_options(url, attacker, tmp_path), errors)
@@ -71,6 +76,8 @@ async def test_attacker_cannot_publish_into_other_nodes_audit_subjects(
                         subjects.bid_records(FED, honest.did),
                         subjects.settlements(FED, origin.did),
                         subjects.tokens(FED, origin.did),
+                        # ... and the honest node's directory key (RFC 0001 §8.15).
+                        f"$KV.{subjects.directory_bucket(FED)}.{did_node_id(honest.did)}",
                     ]
                     for subject in forged:
                         await nc.publish(subject, MARK, headers={"Nats-Msg-Id": subject})

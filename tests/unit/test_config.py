@@ -522,6 +522,32 @@ def test_executor_caps_come_from_every_layer_and_reach_the_executor(tmp_path: Pa
     assert s.sources["max_job_memory_mb"] == "flag --max-job-memory-mb"
 
 
+def test_directory_and_quote_settings_reach_the_node(tmp_path: Path) -> None:
+    path = write(tmp_path, 'quote_valid_ms = 4000\ndirectory = "subject"\noriginate = "never"\n')
+    cfg = load(file=path).node_config()
+    assert cfg.executor.quote_valid_ms == 4000
+    assert (cfg.directory, cfg.originate) == ("subject", "never")
+    s = load(flags={"originate": "always"}, env={"CRANKMESH_DIRECTORY": "bucket"}, file=path)
+    assert (s.node_config().directory, s.node_config().originate) == ("bucket", "always")
+    defaults = load().node_config()
+    assert (defaults.directory, defaults.originate) == ("bucket", "auto")
+    assert defaults.executor.quote_valid_ms == 15_000
+
+
+@pytest.mark.parametrize(
+    ("env", "name"),
+    [
+        ({"CRANKMESH_QUOTE_VALID_MS": "0"}, "quote_valid_ms"),
+        ({"CRANKMESH_QUOTE_VALID_MS": "999999"}, "quote_valid_ms"),
+        ({"CRANKMESH_DIRECTORY": "kv"}, "directory"),
+        ({"CRANKMESH_ORIGINATE": "sometimes"}, "originate"),
+    ],
+)
+def test_bad_directory_and_quote_settings_are_named(env: dict[str, str], name: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        load(env=env)
+
+
 def test_executor_cap_defaults_are_bounded() -> None:
     caps = load().executor_config().caps
     assert caps.max_timeout_ms == 600_000 and caps.max_memory_mb == 4096

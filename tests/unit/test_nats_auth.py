@@ -49,6 +49,17 @@ def test_a_node_publishes_audit_records_under_its_own_id_only() -> None:
     assert not any("DELETE" in p or "PURGE" in p or "UPDATE" in p for p in allow)
 
 
+def test_a_node_puts_its_own_directory_key_only_and_may_sample_announces() -> None:
+    allow = permissions("node", A.did, federation="f")["publish"]["allow"]
+    assert f"$KV.crank_f_directory.{A.node_id}" in allow
+    assert not any(p.startswith("$KV.") and not p.endswith(A.node_id) for p in allow)
+    assert "$JS.API.CONSUMER.CREATE.KV_crank_f_directory.>" in allow  # it may watch
+    assert "crank.f.nodes.*.announce" in allow
+    orig = permissions("originator", B.did, federation="f")["publish"]["allow"]
+    assert not any(p.startswith("$KV.") for p in orig)  # watches, never puts
+    assert "$JS.API.STREAM.INFO.KV_crank_f_directory" in orig
+
+
 def test_a_node_subscribes_to_its_own_assignments_only() -> None:
     perms = permissions("node", A.did, federation="f")
     sub = perms["subscribe"]["allow"]
