@@ -1,10 +1,16 @@
 """The originator SDK: ``async with Client(...) as c: result = await c.run(job)``.
 
-One job's life (RFC 0001 §10):
+One job's life (RFC 0001 §10).  The decisions (path, window, ranking, attempts, failover,
+errors) are taken by the pure :class:`~crankmesh.market.Negotiation`; this class performs
+the I/O it asks for and feeds back what happened.
 
+0. the live firm quotes that admit the job are ranked by the policy; the best gets the
+   Assignment (carrying the spec) at once: one request/reply, no Announce (§8.14); a
+   Reject takes the next quote, and when none is left the job goes on as below;
 1. the job spec (payload replaced by its CID) is content-addressed;
-2. an :class:`~crankmesh.protocol.messages.Announce` goes to
-   ``jobs.announce.<capability>``; bids come back on ``jobs.<cid>.bids``;
+2. an :class:`~crankmesh.protocol.messages.Announce` goes to a power-of-k sample of the
+   directory's compatible executors on ``nodes.<id>.announce`` (§10.8), or to
+   ``jobs.announce.<capability>`` for an auction; bids come back on ``jobs.<cid>.bids``;
 3. the bid window closes as soon as every peer the advert directory knows to
    offer the capability has answered, or a bid arrives that no outstanding
    bidder could beat, bounded by ``max_bid_window_ms``;
