@@ -438,3 +438,54 @@ async def test_unprotected_node_serves_python_run_only_to_its_allow_list(
                 await client.run(Job.python("print('stranger')"))
         declined = node.metrics.bids_declined.labels(reason="originator_not_allowed")
         assert declined._value.get() >= 1
+
+
+def test_capabilities_command_says_whether_the_node_is_protected_and_why(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import argparse
+
+    import crankmesh.executor.sandbox as sandbox_package
+    from crankmesh.cli._executor_cmds import cmd_capabilities
+
+    args = argparse.Namespace(json=True, no_gpu=True, storage_dir=None)
+    assert cmd_capabilities(args) == 0
+    doc = json.loads(capsys.readouterr().out)["isolation"]
+    assert doc["protects_node"] is HOST.features["protects_node"]
+    if doc["protects_node"]:
+        assert doc["python_run"].startswith("served to any originator")
+    features = {"rlimits": True, "landlock": False, "seccomp": True, "protects_node": False}
+    gap = "unprotected node: a job could read the node's key"
+    fake = IsolationReport(IsolationLevel.BASIC, features, (gap,))
+    monkeypatch.setattr(sandbox_package, "detect_isolation", lambda: fake)
+    assert cmd_capabilities(args) == 0
+    doc = json.loads(capsys.readouterr().out)["isolation"]
+    assert doc["protects_node"] is False
+    assert doc["python_run"].startswith("served only to allow-listed originators")
+    assert gap in doc["python_run"]
+    args.json = False
+    assert cmd_capabilities(args) == 0
+    assert "python.run: served only to allow-listed originators" in capsys.readouterr().out
+
+
+def test_unprivileged_capabilities_report_basic_protected_isolation() -> None:
+    if UNPRIVILEGED is None:
+        pytest.skip("needs root and a python that uid nobody can run")
+    exe, path = UNPRIVILEGED
+    out = subprocess.run(
+        [exe, "-m", "crankmesh.cli", "capabilities", "--json"],
+        env={"PYTHONPATH": path, "PATH": "/usr/bin:/bin", "CRANKMESH_ENV": "development"},
+        user=NOBODY,
+        group=NOBODY,
+        extra_groups=[],
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    doc = json.loads(out.stdout)["isolation"]
+    assert doc["level"] == "basic"
+    features = doc["features"]
+    expected = features["landlock"] and features["seccomp"]
+    assert doc["protects_node"] is expected, doc
