@@ -343,15 +343,16 @@ async def test_job_cannot_exceed_memory_time_or_cpu(target: Target) -> None:
     r = await _run(target, "x = bytearray(2 * 1024**3)", memory_mb=256)
     assert r.status == "memory_limit"
     code = (
-        "import os\n"  # four processes, as much memory as the limit each allows
+        "import os, time\n"  # four processes, each under the limit, together far over it
         "for _ in range(3):\n"
         "    if os.fork() == 0:\n"
         "        break\n"
-        "x = bytearray(200 * 1024**2)\n"
-        "y = bytearray(200 * 1024**2)\n"
+        "x = bytearray(150 * 1024**2)\n"
+        "time.sleep(3)\n"
     )
     r = await _run(target, code, memory_mb=256)
-    assert r.status == "memory_limit"
+    assert r.status == "memory_limit", r.receipt.detail
+    assert "processes together" in r.receipt.detail
     r = await _run(target, "import time\ntime.sleep(30)", timeout_sec=1)
     assert r.status == "timeout"
     assert r.receipt.metering.wall_us < 5_000_000
@@ -489,3 +490,37 @@ def test_unprivileged_capabilities_report_basic_protected_isolation() -> None:
     features = doc["features"]
     expected = features["landlock"] and features["seccomp"]
     assert doc["protects_node"] is expected, doc
+
+
+SPIN_IN_CHILDREN = (  # CPU in processes that each stay under the per-process RLIMIT_CPU
+    "import os, time\n"
+    "for _ in range(5):\n"
+    "    pid = os.fork()\n"
+    "    if pid == 0:\n"
+    "        end = time.process_time() + 1.0\n"
+    "        while time.process_time() < end:\n"
+    "            pass\n"
+    "        os._exit(0)\n"
+    "    os.waitpid(pid, 0)\n"
+)
+
+
+@pytest.mark.parametrize("level", [IsolationLevel.BASIC, IsolationLevel.STRICT])
+async def test_cpu_and_memory_limits_bind_the_whole_process_tree(
+    level: IsolationLevel, tmp_path: Path
+) -> None:
+    from crankmesh.executor.sandbox import Sandbox, SandboxLimits
+
+    if level > HOST.level:
+        pytest.skip(f"this host does not allow {level.token}")
+    async with Sandbox(isolation=level, workdir_root=str(tmp_path / "w")) as sandbox:
+        # 5 s of CPU in children of 1 s each: each under cpu_seconds=2, together over it
+        r = await sandbox.run(
+            code=SPIN_IN_CHILDREN, limits=SandboxLimits(timeout_s=60, cpu_seconds=2)
+        )
+        assert r.status.value == "killed", r
+        assert "cpu time limit of 2 s exceeded by the job's" in r.detail
+        r = await sandbox.run(
+            code=SPIN_IN_CHILDREN, limits=SandboxLimits(timeout_s=60, cpu_seconds=8)
+        )
+        assert r.ok, r

@@ -874,6 +874,10 @@ class _Job:
     files_cap: int = 0
     disk_next: float = 0.0
     disk_exceeded: str = ""
+    #: the whole job tree's memory (bytes beyond its warm copies) and CPU (clock ticks)
+    mem_cap: int = 0
+    cpu_cap_ticks: int = 0
+    tree_exceeded: tuple[str, str] | None = None
 
 
 #: A slot whose child was used is re-forked once the loop has been idle this long (or at
@@ -883,6 +887,54 @@ PREFORK_IDLE_S = 0.002
 KILL_GRACE_S = 2.0
 #: How often a running job's directory is measured against its disk quota.
 DISK_CHECK_S = 0.1
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+#: Per process, what a job's tree may hold beyond ``memory_mb`` and its warm copies.
+TREE_SLACK_BYTES = 8 << 20
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _statm_anon(pid: int) -> int | None:
+    """Resident minus file-backed/shared pages of ``pid``, in bytes (None: it is gone)."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as fh:
+            fields = fh.read().split()
+        return (int(fields[1]) - int(fields[2])) * _PAGE
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _tree_usage(root: int) -> tuple[int, int, int] | None:
+    """(anonymous bytes, CPU clock ticks incl. reaped children, processes) of ``root`` and
+    every descendant (orphans are reparented to ``root``: a subreaper or a pid-ns init)."""
+    anon, ticks, procs = 0, 0, 0
+    stack, seen = [root], set()
+    while stack:
+        pid = stack.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as fh:
+                stat = fh.read().rsplit(b")", 1)[1].split()
+            tids = os.listdir(f"/proc/{pid}/task")
+        except (OSError, IndexError):
+            if pid == root:
+                return None
+            continue
+        ticks += sum(int(v) for v in stat[11:15])  # utime stime cutime cstime
+        mem = _statm_anon(pid)
+        if mem is not None:
+            anon += mem
+            procs += 1
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/children", "rb") as fh:
+                    stack.extend(int(c) for c in fh.read().split())
+            except (OSError, ValueError):
+                continue
+    return anon, ticks, procs
 
 
 def _disk_usage(path: str, max_entries: int) -> tuple[int, int] | None:
@@ -928,6 +980,8 @@ class _Server:
         # exits itself; answering then saves its exit. Not at STANDARD: there init has
         # become the job's uid to kill(-1), so it must be gone before we answer.
         self.answer_early = not cfg.namespaces and not cfg.separate_uid
+        #: anonymous memory of this warm interpreter: what each forked copy starts with
+        self.base_anon = _statm_anon(os.getpid()) or 0
 
     # -- fd bookkeeping
     def watch(self, fd: int, events: int, handler: Callable[[int], None]) -> None:
@@ -1087,6 +1141,10 @@ class _Server:
             job.deadline = float(request["limits"]["timeout_s"])
             job.disk_cap = int(request["limits"].get("max_disk_bytes", 0))
             job.files_cap = int(request["limits"].get("max_files", 0))
+            if self.cfg.level >= LEVEL_BASIC:
+                if request.get("accelerator", "cpu") == "cpu":  # as RLIMIT_AS (CUDA: not)
+                    job.mem_cap = int(request["limits"]["memory_mb"]) << 20
+                job.cpu_cap_ticks = int(request["limits"]["cpu_seconds"]) * CLOCK_TICKS
             job.payload = frame(request)
         except Exception as exc:
             self.reply(job, self.result(job, "sandbox_error", detail=f"bad request: {exc}"))
@@ -1309,6 +1367,8 @@ class _Server:
             return res("timeout", f"killed after {lim.get('timeout_s', 0):g} s timeout")
         if job.disk_exceeded:
             return res("killed", job.disk_exceeded)
+        if job.tree_exceeded:
+            return res(*job.tree_exceeded)
         if failure:
             return res("sandbox_error", f"sandbox setup failed: {failure}")
         kind, detail, packed = "", "", None
@@ -1425,13 +1485,44 @@ class _Server:
                 job.timed_out = True
                 self.kill(job)
                 due = now + KILL_GRACE_S
-            elif job.disk_cap and now >= job.disk_next and self.over_quota(child, job):
+            elif self.watched(job) and now >= job.disk_next and self.over_limits(child, job):
                 self.kill(job)
                 due = now + KILL_GRACE_S
             else:
-                due = min(job.deadline, job.disk_next) if job.disk_cap else job.deadline
+                due = min(job.deadline, job.disk_next) if self.watched(job) else job.deadline
             nearest = due if nearest is None else min(nearest, due)
         return None if nearest is None else max(nearest - now, 0.0)
+
+    @staticmethod
+    def watched(job: _Job) -> bool:
+        return bool(job.disk_cap or job.mem_cap or job.cpu_cap_ticks)
+
+    def over_limits(self, child: _Child, job: _Job) -> bool:
+        """Measure the job's process tree and directory; True (and why, in the job) when
+        over a limit. rlimits bind each process; this binds all of them together."""
+        job.disk_next = time.monotonic() + DISK_CHECK_S
+        if job.mem_cap or job.cpu_cap_ticks:
+            usage = _tree_usage(child.init_pid)
+            if usage is not None:
+                anon, ticks, procs = usage
+                allowed = job.mem_cap + procs * (self.base_anon + TREE_SLACK_BYTES)
+                if job.mem_cap and anon > allowed:
+                    job.tree_exceeded = (
+                        "memory_limit",
+                        f"memory limit of {job.mem_cap >> 20} MiB exceeded by the job's "
+                        f"{procs} processes together ({anon >> 20} MiB)",
+                    )
+                elif job.cpu_cap_ticks and ticks > job.cpu_cap_ticks:
+                    job.tree_exceeded = (
+                        "killed",
+                        f"cpu time limit of {job.cpu_cap_ticks // CLOCK_TICKS} s exceeded by "
+                        f"the job's {procs} processes together",
+                    )
+                if job.tree_exceeded:
+                    return True
+        if not job.disk_cap:
+            return False
+        return self.over_quota(child, job)
 
     def over_quota(self, child: _Child, job: _Job) -> bool:
         """Measure the job's directory; True (and why, in the job) when over its quota."""

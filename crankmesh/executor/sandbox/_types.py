@@ -27,7 +27,9 @@ class IsolationLevel(enum.IntEnum):
     - ``NONE``: output capture and wall-clock timeout only.
     - ``BASIC``: rlimits, own session, private working directory, scrubbed environment,
       inherited file descriptors closed, ``no_new_privs``; everything the job spawned is
-      killed when it ends (walking the job's descendants).
+      killed when it ends (walking the job's descendants); Landlock (files, TCP, signal and
+      ptrace scoping) and seccomp where the kernel has them. ``features["protects_node"]``
+      says whether a job can reach the node (key, state, memory, environ, signals, network).
     - ``STANDARD``: ``BASIC`` + a separate unprivileged uid per job slot, so the job can
       neither read the node's private files nor signal the node or other jobs, and the
       uid's processes are killed when the job ends.
