@@ -336,6 +336,30 @@ async def test_job_cannot_write_outside_its_directory(target: Target) -> None:
     await _still_serving(target)
 
 
+async def test_job_cannot_read_host_files_or_create_namespaces(target: Target) -> None:
+    code = (
+        "import ctypes, os, subprocess\n"
+        "for path in ('/etc/passwd', '/etc/hostname', '/etc/group', '/root', '/home', '/'):\n"
+        "    try:\n"
+        "        print('READ', path, (open(path).read(20) if os.path.isfile(path)"
+        " else os.listdir(path))[:3])\n"
+        "    except OSError as e:\n"
+        "        print('hidden', type(e).__name__)\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "for name, flag in (('user', 0x10000000), ('mount', 0x20000), ('net', 0x40000000)):\n"
+        "    print('unshare', name, libc.unshare(flag), ctypes.get_errno())\n"
+        "r = subprocess.run(['/usr/bin/unshare', '-U', '-r', 'true'], capture_output=True)\n"
+        "print('unshare-cmd', r.returncode)\n"
+    )
+    r = await _run(target, code)
+    assert r.ok, (r.receipt.detail, r.stderr)
+    assert "READ" not in r.stdout and r.stdout.count("hidden") == 6, r.stdout
+    for name in ("user", "mount", "net"):
+        assert f"unshare {name} -1 1\n" in r.stdout, r.stdout  # EPERM
+    assert "unshare-cmd 0" not in r.stdout
+    await _still_serving(target)
+
+
 # --------------------------------------------------------------------------- the limits
 
 
