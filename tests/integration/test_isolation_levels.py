@@ -548,3 +548,21 @@ async def test_cpu_and_memory_limits_bind_the_whole_process_tree(
             code=SPIN_IN_CHILDREN, limits=SandboxLimits(timeout_s=60, cpu_seconds=8)
         )
         assert r.ok, r
+
+
+READABLE = "/etc/ld.so.cache"
+
+
+@pytest.mark.skipif(not os.path.isfile(READABLE), reason=f"no {READABLE} on this host")
+async def test_a_key_the_job_can_read_makes_the_node_unprotected(
+    nats_server, tmp_path: Path
+) -> None:
+    """The self-test reads the configured key: one in a path jobs may read (here a
+    world-readable system file standing in for it) is found, and python.run allow-listed."""
+    readable = READABLE
+    cfg = node_config(0, capabilities=("python.run",), state_dir=str(tmp_path), key_path=readable)
+    async with mesh(nats_server.url, [cfg]) as (node,):
+        report = node.sandbox.isolation
+        assert not report.features["protects_node"]
+        assert any(f"read {readable}" in note for note in report.notes), report.notes
+        assert node.executor.config.isolation == "none"
