@@ -566,3 +566,60 @@ async def test_a_key_the_job_can_read_makes_the_node_unprotected(
         assert not report.features["protects_node"]
         assert any(f"read {readable}" in note for note in report.notes), report.notes
         assert node.executor.config.isolation == "none"
+
+
+WRITE_MIB_FILES = (
+    "import os\n"
+    "n = 0\n"
+    "try:\n"
+    "    for i in range(args['files']):\n"
+    "        with open(f'f{i}', 'wb') as f:\n"
+    "            f.write(b'x' * (1 << 20))\n"
+    "        n += 1\n"
+    "except OSError as e:\n"
+    "    print('stopped', e.errno)\n"
+    "print('written', n)\n"
+)
+
+
+@pytest.mark.parametrize("level", [IsolationLevel.BASIC, IsolationLevel.STRICT])
+async def test_per_job_disk_limits_and_the_sandbox_quota(
+    level: IsolationLevel, tmp_path: Path
+) -> None:
+    from crankmesh.executor.sandbox import Sandbox, SandboxLimits
+
+    if level > HOST.level:
+        pytest.skip(f"this host does not allow {level.token}")
+    async with Sandbox(
+        isolation=level, workdir_root=str(tmp_path / "w"), max_disk_bytes=16 << 20
+    ) as sandbox:
+        # the job's own quota, below the sandbox's: checked during and (below STRICT) after
+        pause = "n += 1\n        __import__('time').sleep(0.05)\n"
+        slow = WRITE_MIB_FILES.replace("n += 1\n", pause)
+        r = await sandbox.run(
+            code=slow, args={"files": 12}, limits=SandboxLimits(max_disk_bytes=4 << 20)
+        )
+        assert r.status.value == "killed" and "disk quota of 4194304 bytes" in r.detail, r
+        if level < IsolationLevel.STRICT:  # fast writers are caught by the end check
+            r = await sandbox.run(
+                code=WRITE_MIB_FILES,
+                args={"files": 8},
+                limits=SandboxLimits(max_disk_bytes=4 << 20),
+            )
+            assert r.status.value == "killed" and "disk quota" in r.detail, r
+        r = await sandbox.run(
+            code="import time\nfor i in range(50):\n    open(f'e{i}', 'w').close()\n"
+            "    time.sleep(0.01)\n",
+            limits=SandboxLimits(max_files=20),
+        )
+        assert r.status.value in ("killed", "error") and (
+            "20 files" in r.detail or b"No space" in r.stderr_tail
+        ), r
+        if level is IsolationLevel.STRICT:  # the kernel holds the sandbox's 16 MiB
+            r = await sandbox.run(
+                code=WRITE_MIB_FILES,
+                args={"files": 40},
+                limits=SandboxLimits(max_disk_bytes=1 << 30, max_file_bytes=1 << 30),
+            )
+            assert r.ok and "stopped 28" in r.stdout.decode(), r
+            assert int(r.stdout.decode().split("written ")[1]) <= 16
