@@ -267,8 +267,7 @@ async def test_job_cannot_open_the_node_memory_or_ptrace_it(target: Target) -> N
         "except OSError as e:\n"
         "    print('mem denied', type(e).__name__)\n"
         "libc = ctypes.CDLL(None, use_errno=True)\n"
-        "if libc.ptrace(16, pid, 0, 0) == 0:\n"  # PTRACE_ATTACH
-        "    libc.ptrace(17, pid, 0, 0)\n"
+        "if libc.ptrace(0x4206, pid, 0, 0) == 0:\n"  # PTRACE_SEIZE: no SIGSTOP if it works
         "    print('PTRACED')\n"
         "else:\n"
         "    print('ptrace denied', ctypes.get_errno())\n"
@@ -454,6 +453,10 @@ async def test_unprotected_node_serves_python_run_only_to_its_allow_list(
         report = node.sandbox.isolation
         assert not report.features["protects_node"]
         assert any("unprotected node" in note for note in report.notes)
+        if os.geteuid() == 0:  # an unconfined root job can do it all; the node kept running
+            found = next(n for n in report.notes if n.startswith("unprotected node: a job could"))
+            for attack in ("read the node's environment", "ptrace the node", "connect to a TCP"):
+                assert attack in found, found
         assert node.executor.config.isolation == "none"  # advertised: no isolation claim
         async with client_for(nats_server.url, "python.run", 1, identity=allowed) as client:
             r = await client.run(Job.python("print('trusted')"))
@@ -593,20 +596,20 @@ async def test_per_job_disk_limits_and_the_sandbox_quota(
     async with Sandbox(
         isolation=level, workdir_root=str(tmp_path / "w"), max_disk_bytes=16 << 20
     ) as sandbox:
-        # the job's own quota, below the sandbox's: checked during and (below STRICT) after
+        # the job's own quota, below the sandbox's: checked every 100 ms and at the end
         pause = "n += 1\n        __import__('time').sleep(0.05)\n"
         slow = WRITE_MIB_FILES.replace("n += 1\n", pause)
         r = await sandbox.run(
             code=slow, args={"files": 12}, limits=SandboxLimits(max_disk_bytes=4 << 20)
         )
         assert r.status.value == "killed" and "disk quota of 4194304 bytes" in r.detail, r
-        if level < IsolationLevel.STRICT:  # fast writers are caught by the end check
-            r = await sandbox.run(
-                code=WRITE_MIB_FILES,
-                args={"files": 8},
-                limits=SandboxLimits(max_disk_bytes=4 << 20),
-            )
-            assert r.status.value == "killed" and "disk quota" in r.detail, r
+        # fast writers (done before the first check) are caught by the end check
+        r = await sandbox.run(
+            code=WRITE_MIB_FILES,
+            args={"files": 8},
+            limits=SandboxLimits(max_disk_bytes=4 << 20),
+        )
+        assert r.status.value == "killed" and "disk quota" in r.detail, r
         r = await sandbox.run(
             code="import time\nfor i in range(50):\n    open(f'e{i}', 'w').close()\n"
             "    time.sleep(0.01)\n",

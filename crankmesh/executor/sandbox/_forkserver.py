@@ -878,6 +878,8 @@ class _Job:
     mem_cap: int = 0
     cpu_cap_ticks: int = 0
     tree_exceeded: tuple[str, str] | None = None
+    #: STRICT: the job directory's tmpfs, held open so it can be measured after the job
+    dir_fd: int = -1
 
 
 #: A slot whose child was used is re-forked once the loop has been idle this long (or at
@@ -1252,6 +1254,14 @@ class _Server:
             del child.st[: -(1 << 20)]
         if child.job is not None and self.answer_early and _records(child.st).get("E"):
             self.finish(child, -1, None)
+        job = child.job
+        if self.cfg.namespaces and job is not None and job.disk_cap and job.dir_fd < 0:
+            if "P" in _records(child.st):  # the job runs: its tmpfs is mounted
+                with contextlib.suppress(OSError):
+                    job.dir_fd = os.open(
+                        f"/proc/{child.init_pid}/root{JOB_DIR_IN_NS}",
+                        os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC,
+                    )
 
     # -- ending a job
     def kill(self, job: _Job) -> None:
@@ -1282,8 +1292,11 @@ class _Server:
             job.output_exceeded = len(data) > room
         job.stderr += _read_all(child.err_r, 1 << 24)
         job.res += _read_all(child.res_r, job.cap + (1 << 16) + 1 - len(job.res))
-        if job.disk_cap and not job.disk_exceeded and not self.cfg.namespaces:
+        if job.disk_cap and not job.disk_exceeded and (not self.cfg.namespaces or job.dir_fd >= 0):
             self.over_quota(child, job)  # what it wrote since the last check
+        if job.dir_fd >= 0:
+            os.close(job.dir_fd)  # the last reference: the tmpfs goes
+            job.dir_fd = -1
         _remove_tree(child.workdir)
         child.workdir_removed = True
         self.reply(job, self.verdict(job, _records(child.st), status, ru, wall))
@@ -1527,8 +1540,13 @@ class _Server:
     def over_quota(self, child: _Child, job: _Job) -> bool:
         """Measure the job's directory; True (and why, in the job) when over its quota."""
         job.disk_next = time.monotonic() + DISK_CHECK_S
-        path = f"/proc/{child.init_pid}/root{JOB_DIR_IN_NS}" if self.cfg.namespaces else None
-        usage = _disk_usage(path or child.workdir, job.files_cap)
+        if job.dir_fd >= 0:
+            path = f"/proc/self/fd/{job.dir_fd}"
+        elif self.cfg.namespaces:
+            path = f"/proc/{child.init_pid}/root{JOB_DIR_IN_NS}"
+        else:
+            path = child.workdir
+        usage = _disk_usage(path, job.files_cap)
         if usage is None:
             job.disk_exceeded = "disk quota check failed: the job made its directory unreadable"
         elif usage[0] > job.disk_cap:

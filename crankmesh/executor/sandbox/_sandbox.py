@@ -408,8 +408,9 @@ try:
     libc = ctypes.CDLL(None, use_errno=True)
 except (ImportError, OSError):
     libc = None
-if libc is not None and libc.ptrace(16, pid, 0, 0) == 0:  # PTRACE_ATTACH
-    libc.ptrace(17, pid, 0, 0)  # PTRACE_DETACH
+# PTRACE_SEIZE, not ATTACH: it does not stop the node when it succeeds (the tracer's exit
+# detaches), where ATTACH's SIGSTOP would outlive this job
+if libc is not None and libc.ptrace(0x4206, pid, 0, 0) == 0:
     done.append("ptrace the node")
 result = done
 """
