@@ -454,7 +454,7 @@ async def test_unprotected_node_serves_python_run_only_to_its_allow_list(
         assert not report.features["protects_node"]
         assert any("unprotected node" in note for note in report.notes)
         if os.geteuid() == 0:  # an unconfined root job can do it all; the node kept running
-            found = next(n for n in report.notes if n.startswith("unprotected node: a job could"))
+            found = "; ".join(report.notes)
             for attack in ("read the node's environment", "ptrace the node", "connect to a TCP"):
                 assert attack in found, found
         assert node.executor.config.isolation == "none"  # advertised: no isolation claim
