@@ -964,6 +964,10 @@ class Client:
         if isinstance(outcome, JobResult):
             track.result = outcome
             return ng.Delivered(_now_ms(), outcome.price)
+        if action.path == "quote" and isinstance(outcome, ng.Rejected):
+            # A quote refused (full now, expired, the job beyond its terms) is the quote
+            # mechanism working (RFC 0001 §8.14), no broken commitment: nothing recorded.
+            return outcome
         self._record_outcome(
             cand.executor,
             success=False,

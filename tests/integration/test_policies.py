@@ -32,6 +32,7 @@ async def five(nats_server, request):
     cfgs = [node_config(i, price=p[0], name=name) for i, (name, p) in enumerate(PROFILES.items())]
     async with mesh(nats_server.url, cfgs) as nodes:
         by_name = {}
+        seqs: dict[str, int] = {}
         for node, (name, (_price, p50, p95, acc, queued)) in zip(
             nodes, PROFILES.items(), strict=True
         ):
@@ -45,6 +46,7 @@ async def five(nats_server, request):
             # the faked profile in the directory at once: a fresh quote and advert
             node.executor.quotes._current.clear()
             await node._publish_advert()
+            seqs[node.did] = node._advert_seq
         try:
             async with client_for(
                 nats_server.url,
@@ -56,7 +58,7 @@ async def five(nats_server, request):
                 use_quotes=request.param == "quote",
                 auction=request.param == "auction",
             ) as client:
-                await _wait_for_profiles(client, by_name)
+                await _wait_for_profiles(client, by_name, seqs)
                 yield by_name, client
         finally:
             for node in by_name.values():
@@ -64,17 +66,19 @@ async def five(nats_server, request):
                 node.executor._idle.set()
 
 
-async def _wait_for_profiles(client, nodes) -> None:
-    """Until the client's directory has every node's faked advert and quote."""
-    want = {n.did: PROFILES[name][2] for name, n in nodes.items()}
+async def _wait_for_profiles(client, nodes, seqs) -> None:
+    """Until the client's directory has every node's advert and quote signed after the
+    faked profile was set (``seqs``: each node's advert seq then)."""
     with anyio.fail_after(10):
         while True:
-            quotes = {q.did: q.quote.slo.p95_us for q in client.directory.quotes("echo")}
-            adverts = {
-                p.did: next(c.slo.p95_us for c in p.advert.capabilities if c.slo)
-                for p in client.directory.offering("echo")
-            }
-            if quotes == want and adverts == want:
+            quotes = {q.did: q.cid for q in client.directory.quotes("echo")}
+            fresh = all(
+                (peer := client.directory.get(n.did)) is not None
+                and peer.advert.seq >= seqs[n.did]
+                and quotes.get(n.did) == n.executor.quotes._current["echo"].cid
+                for n in nodes.values()
+            )
+            if fresh:
                 return
             await client.directory.wait_changed()
 

@@ -311,7 +311,7 @@ def test_quote_path_assigns_on_the_best_quote_without_announcing() -> None:
 
 def test_quote_reject_takes_the_next_quote_then_calls_for_bids() -> None:
     quotes = [cand("a", 10, cid="bafyq-a"), cand("b", 20, cid="bafyq-b")]
-    n = neg(quotes=quotes, limits=Limits(sample_k=3), rng=random.Random(1))
+    n = neg(quotes=quotes, limits=Limits(sample_k=3, explore=0.0), rng=random.Random(1))
     act = n.next_action()
     assert isinstance(act, Assign) and act.candidate.executor == did("a")
     n.send(Rejected(reason="no_capacity"))
@@ -319,10 +319,12 @@ def test_quote_reject_takes_the_next_quote_then_calls_for_bids() -> None:
     assert isinstance(act, Assign) and act.candidate.executor == did("b")
     n.send(Rejected(reason="quote_expired"))
     # no fitting quote left: a call for bids, to a sample of the peers
-    peers = [peer(x) for x in "abcdefgh"]
+    peers = [peer(x, 10 + ord(x)) for x in "abcdefgh"]
     a = open_round(n, peers)
     assert a.targets is not None and len(a.targets) == 3
-    assert did("a") not in a.targets and did("b") not in a.targets  # they failed the job
+    # a refused quote does not rule its executor out of the call for bids
+    assert n.failed == set()
+    assert did("a") in a.targets  # the cheapest is always sampled (explore draws aside)
     assert n.path == "call_for_bids"
     for t in a.targets:
         n.send(NoBidReceived(t, "full") if t != a.targets[0] else BidReceived(cand(t[-1])))
@@ -440,3 +442,13 @@ def test_sampling_follows_the_policy_and_the_slo() -> None:
     n = neg(policy="latency", limits=Limits(sample_k=1, explore=0.0), rng=random.Random(0))
     a2 = open_round(n, list(peers))
     assert a2.targets == ("fast",)
+
+
+def test_a_quote_executor_that_failed_otherwise_is_out() -> None:
+    n = neg(quotes=[cand("a", 10, cid="bafyq-a"), cand("b", 20, cid="bafyq-b")])
+    act = n.next_action()
+    assert isinstance(act, Assign)
+    n.send(Unreachable("no responders"))
+    assert n.failed == {did("a")}
+    act = n.next_action()
+    assert isinstance(act, Assign) and act.candidate.executor == did("b")
