@@ -629,9 +629,10 @@ class Negotiation:
         if isinstance(event, AttemptFailed):
             self._pending = None
             executor = pending.candidate.executor
-            # A quote refused (full now, expired, the job beyond its terms) says nothing
-            # against the executor: it may still bid on the call for bids that follows.
-            if not (pending.path == "quote" and isinstance(event, Rejected)):
+            # A quote refused (full now, expired, the job beyond its terms) or not heard
+            # (nobody listening yet) says nothing against the executor: it may still bid
+            # on the call for bids that follows (a dead one will not).
+            if not (pending.path == "quote" and isinstance(event, Rejected | Unreachable)):
                 self.failed.add(executor)
             self.attempts.append(Attempt(pending.attempt, executor, event.outcome))
             self._phase = _Phase.QUOTES if pending.path == "quote" else _Phase.SELECTING

@@ -964,9 +964,10 @@ class Client:
         if isinstance(outcome, JobResult):
             track.result = outcome
             return ng.Delivered(_now_ms(), outcome.price)
-        if action.path == "quote" and isinstance(outcome, ng.Rejected):
+        if action.path == "quote" and isinstance(outcome, ng.Rejected | ng.Unreachable):
             # A quote refused (full now, expired, the job beyond its terms) is the quote
-            # mechanism working (RFC 0001 §8.14), no broken commitment: nothing recorded.
+            # mechanism working (RFC 0001 §8.14), no broken commitment: nothing recorded
+            # (nor for no responders: a node advertises before its executor listens).
             return outcome
         self._record_outcome(
             cand.executor,

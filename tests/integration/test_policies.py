@@ -55,6 +55,7 @@ async def five(nats_server, request):
                 max_bid_window_ms=400,
                 min_bid_window_ms=150,
                 sample_k=3,
+                sample_explore=0.0,  # no random slot: the best fitting one is always asked
                 use_quotes=request.param == "quote",
                 auction=request.param == "auction",
             ) as client:

@@ -448,7 +448,10 @@ def test_a_quote_executor_that_failed_otherwise_is_out() -> None:
     n = neg(quotes=[cand("a", 10, cid="bafyq-a"), cand("b", 20, cid="bafyq-b")])
     act = n.next_action()
     assert isinstance(act, Assign)
-    n.send(Unreachable("no responders"))
+    n.send(NoReceipt("none within 5000 ms"))
     assert n.failed == {did("a")}
     act = n.next_action()
     assert isinstance(act, Assign) and act.candidate.executor == did("b")
+
+    n.send(Unreachable("no responders"))  # b not listening (yet): it may still bid
+    assert n.failed == {did("a")}
