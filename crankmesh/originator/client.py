@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import heapq
 import logging
 import os
 import random
@@ -158,6 +159,9 @@ class ClientConfig:
     #: Assign straight on the best live firm quote that admits the job (RFC 0001 §8.14);
     #: False: always a (sampled) call for bids.
     use_quotes: bool = True
+    #: At most this many live quotes are ranked per job (the best by the policy's order
+    #: of what they quote); 0 = all of them.
+    max_quotes: int = 32
 
 
 class _State(enum.Enum):
@@ -764,7 +768,7 @@ class Client:
         )
 
     def _quote_candidates(
-        self, spec: JobSpec, track: _JobTrack, now: int
+        self, spec: JobSpec, track: _JobTrack, now: int, policy_name: str, terms: market.Terms
     ) -> list[market.Candidate]:
         """The live firm quotes (RFC 0001 §8.14) that admit the job, as candidates: the
         quote's terms fit the job, its currency is the job's, and the job's requirements
@@ -774,7 +778,7 @@ class Client:
         if not live:
             return []
         peers, matches = self._match_peers(spec)
-        out = []
+        fitting = []
         for lq in live:
             q = lq.quote
             match = matches.get(lq.did)
@@ -784,6 +788,19 @@ class Client:
                 continue
             if self._trusted is not None and not self._trusted(lq.did):
                 continue
+            fitting.append((lq, match))
+        limit = self.config.max_quotes
+        if 0 < limit < len(fitting):
+            # Thousands of quotes: rank only the best ``max_quotes`` by what the policy
+            # looks at (the same order a sampled call for bids uses), so the work per job
+            # does not grow with the directory.
+            key = ng.policy_sample_key(policy_name, terms)
+            fitting = heapq.nsmallest(
+                limit, fitting, key=lambda item: key(_quote_view(item[0].did, item[0].quote))
+            )
+        out = []
+        for lq, match in fitting:
+            q = lq.quote
             track.offers[lq.cid] = (lq._env, q)
             warnings = tuple(match.warnings) if match is not None else ()
             out.append(
@@ -864,7 +881,12 @@ class Client:
         started_ms = _now_ms() - int((time.perf_counter() - started) * 1000)
         auction = job.auction or self.config.auction
         use_quotes = self.config.use_quotes and not auction
-        quotes = self._quote_candidates(spec, track, started_ms) if use_quotes else []
+        policy_name = policy if isinstance(policy, str) else policy.name
+        quotes = (
+            self._quote_candidates(spec, track, started_ms, policy_name, terms)
+            if use_quotes
+            else []
+        )
         neg = market.Negotiation(
             job_cid=job_cid,
             capability=spec.capability,
@@ -1741,6 +1763,20 @@ _OUTCOME_RANK = {
     MatchOutcome.INCOMPATIBLE: 2,
 }
 _ACCELERATOR_GPU_TYPE = {"cuda": "cuda", "rocm": "rocm", "mps": "metal", "gpu": None}
+
+
+def _quote_view(did: str, q: Quote) -> ng.PeerView:
+    """A quote as the sampling order sees a peer (price, promised latency, load)."""
+    return ng.PeerView(
+        did=did,
+        price_micros=q.price,
+        running=q.load.running,
+        queued=q.load.queued,
+        capacity=q.load.capacity,
+        p95_us=q.slo.p95_us,
+        p50_us=q.slo.p50_us,
+        accuracy_ppm=q.slo.accuracy_ppm,
+    )
 
 
 def _job_requirements(spec: JobSpec) -> list[Requirements] | None:

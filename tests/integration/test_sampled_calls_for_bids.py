@@ -77,3 +77,16 @@ async def test_a_job_on_a_live_quote_needs_no_call_for_bids(nats_server):
             assert len(r.explanation.quotes) == N  # every live quote was considered
             assert sum(_announces(nodes)) == 0  # no Announce at all
             assert r.receipt.bid == r.explanation.winner.bid_cid  # the receipt names the quote
+
+
+async def test_max_quotes_bounds_the_quotes_ranked_per_job(nats_server):
+    async with mesh(nats_server.url, [node_config(i) for i in range(N)]) as nodes:
+        async with client_for(nats_server.url, "echo", N, use_quotes=True, max_quotes=2) as c:
+            for _ in range(20):
+                if len(c.directory.quotes("echo")) == N:
+                    break
+                await c.directory.wait_changed()
+            r = await c.run(Job.echo(b"two of six"))
+            assert r.explanation.path == "quote" and r.executor == nodes[0].did
+            # only the two cheapest quotes were ranked, not all six
+            assert {q.executor for q in r.explanation.quotes} == {nodes[0].did, nodes[1].did}
