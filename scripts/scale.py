@@ -264,11 +264,18 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             try:
                 row = await _one_n(server, n, args)
             except (Exception, TimeoutError) as exc:  # report, skip the larger N
-                row = {"n": n, "error": f"{type(exc).__name__}: {exc}"}
+                row = {"n": n, "error": _describe(exc)}
                 failed = n
         result["results"].append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)  # progress
     return result
+
+
+def _describe(exc: BaseException) -> str:
+    """One line per leaf exception (an ExceptionGroup's members, not its summary)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(_describe(e) for e in exc.exceptions)
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _ns(text: str) -> list[int]:
