@@ -24,6 +24,7 @@ from functools import partial
 from typing import Any
 
 import anyio
+import nats.errors
 from anyio.abc import TaskStatus
 
 from .directory_kv import open_bucket
@@ -312,7 +313,15 @@ class PeerDirectory:
             kv = await open_bucket(nc, self.federation)
         async with anyio.create_task_group() as tg:
             if kv is not None:
-                await tg.start(self.follow_bucket, kv)
+                try:
+                    await tg.start(self.follow_bucket, kv)
+                except (nats.errors.Error, OSError, TimeoutError) as exc:
+                    log.warning(
+                        "cannot watch the directory bucket (%r): following the adverts "
+                        "subject only",
+                        exc,
+                    )
+                    kv = None
             await tg.start(partial(self._follow_subject, nc, solicit=solicit))
             self.source = "kv" if kv is not None else "subject"
             task_status.started()

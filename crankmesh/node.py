@@ -450,7 +450,12 @@ class Node:
     ) -> None:
         """Follow this node's own key only: another node putting adverts signed with
         this node's key is detected (``own_key_elsewhere``) at a cost independent of N."""
-        watcher = await kv.watch(did_node_id(self.did))
+        try:
+            watcher = await kv.watch(did_node_id(self.did))
+        except Exception as exc:  # JetStream refused: no impostor check, the rest works
+            log.warning("cannot watch this node's own directory key: %r", exc)
+            task_status.started()
+            return
         try:
             task_status.started()
             async for entry in watcher:
@@ -494,7 +499,10 @@ class Node:
         """Put this node's advert in the directory bucket: now, when its quotes' facts
         change (checked every :data:`QUOTE_CHECK_S`, puts at least
         :data:`SYNC_MIN_GAP_S` apart) and every :meth:`_refresh_s` otherwise."""
-        await self._put_advert(kv)
+        try:
+            await self._put_advert(kv)
+        except Exception as exc:  # the next refresh tries again
+            log.warning("advert put failed: %s", exc)
         last, facts = time.monotonic(), self._quote_facts()
         task_status.started()
         while True:
