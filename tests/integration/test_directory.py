@@ -227,3 +227,17 @@ async def test_directory_subject_mode_keeps_revision_1_adverts(nats_server):
             await anyio.sleep(0.5)
             assert len(seen) == count  # bucket mode: no heartbeats on the subject
     assert seen
+
+
+async def test_on_a_cluster_a_late_client_on_another_server_has_the_r3_directory(nats_cluster):
+    cfgs = [node_config(i, **SLOW, receipts_replicas=3) for i in range(2)]
+    async with mesh(nats_cluster.urls[2], cfgs) as nodes:
+        assert all(n.directory_bucket is not None for n in nodes)
+        status = await nodes[0].directory_bucket.status()
+        assert status.stream_info.config.num_replicas == 3  # replicated like the records
+        await anyio.sleep(0.3)
+        async with Client(nats=nats_cluster.urls[0]) as client:
+            assert client.directory.source == "kv"
+            assert {p.did for p in client.directory.offering("echo")} == {n.did for n in nodes}
+            r = await client.run(Job.echo(b"across the routes"))
+            assert r.ok and r.executor == nodes[0].did
