@@ -504,9 +504,12 @@ class Node:
         except Exception as exc:  # the next refresh tries again
             log.warning("advert put failed: %s", exc)
         last, facts = time.monotonic(), self._quote_facts()
+        now = last
         task_status.started()
         while True:
-            await anyio.sleep(QUOTE_CHECK_S)
+            # Wake for the next check, or right at the refresh: a late put would look like
+            # a lapse of presence (RFC 0001 §10.7) to this node's own executor.
+            await anyio.sleep(min(QUOTE_CHECK_S, max(0.0, self._refresh_s() - (now - last))))
             now = time.monotonic()
             changed = self._quote_facts() != facts and now - last >= SYNC_MIN_GAP_S
             if not changed and now - last < self._refresh_s():
