@@ -31,6 +31,7 @@ from .directory import PeerDirectory
 from .executor.agent import Executor, ExecutorConfig
 from .executor.handlers import CapabilityHandler, EchoCapability, InProcessCapability
 from .executor.hardware import HardwareMonitor
+from .executor.results import ResultCache
 from .http import serve_http
 from .keystore import lock_state_dir
 from .observability import Metrics
@@ -44,6 +45,7 @@ from .protocol.messages import Advert, AdvertCapability
 from .receipts.chain import ChainHead
 from .receipts.reputation import ReputationBook
 from .receipts.store import RecordStore
+from .tables import REPUTATION_MEMORY, watch_tables
 from .transport import unsubscribe_quietly
 from .verification import CanaryProber
 
@@ -139,7 +141,7 @@ class Node:
         self.hardware: HardwareMonitor | None = None
         self.prober: CanaryProber | None = None
         #: Reputation derived from audited records on the stream (RFC 0002 §7).
-        self.reputation = ReputationBook()
+        self.reputation = ReputationBook(memory=REPUTATION_MEMORY)
         self._stack: AsyncExitStack | None = None
         self._opened = False
         self._advert_seq = 0
@@ -268,7 +270,15 @@ class Node:
                 chain=ChainHead(chain_path),
                 trusted=self.trusts if self.config.trusted is not None else None,
                 offer=self._merge_declared(CapabilityOffer(), isolation),
+                results=ResultCache(
+                    memory_bytes=exec_cfg.result_memory_bytes,
+                    directory=Path(self.config.state_dir) / "results"
+                    if self.config.state_dir
+                    else None,
+                    disk_bytes=exec_cfg.result_disk_bytes,
+                ),
             )
+            watch_tables(self.metrics, self)
             self.executor.presence.margin_ms = presence_margin_ms(
                 int(self.config.advert_interval_s * 1000), int(self.config.advert_ttl_s * 1000)
             )

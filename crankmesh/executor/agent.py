@@ -60,6 +60,7 @@ from ..receipts.chain import ChainHead
 from ..transport import unsubscribe_quietly
 from .benchmark import SelfBenchmark
 from .handlers import CapabilityHandler, Outcome
+from .results import ResultCache
 
 __all__ = ["Executor", "ExecutorConfig"]
 
@@ -97,6 +98,10 @@ class ExecutorConfig:
     originator_burst: int = 400
     #: Which budget-token issuers this executor accepts money from (None = any issuer).
     trusted_budget_roots: Callable[[str], bool] | None = None
+    #: Bounds of the deliveries kept for re-delivery (§10.4): bytes in memory, and bytes
+    #: on disk in the node's state dir (none without one); the oldest go first.
+    result_memory_bytes: int = 16 << 20
+    result_disk_bytes: int = 1 << 30
 
     def price_for(self, capability: str) -> int:
         return self.prices.get(capability, self.default_price)
@@ -127,8 +132,10 @@ class _JobRecord:
     job_cid: str
     #: The signed Accept; empty while the job's answer is to be its receipt (below).
     accept_raw: bytes
-    delivery: bytes | None = None
-    done: anyio.Event = field(default_factory=anyio.Event)
+    #: The ReceiptDelivery was made (its bytes live in the executor's ResultCache).
+    delivered: bool = False
+    #: Answered (delivered or handed back): the record may be forgotten when full.
+    finished: bool = False
     #: Where the ReceiptDelivery goes as the answer to the Assignment (RFC 0001 §8.6),
     #: for a quick job that started at once; empty: published on the receipt subject.
     answer_to: str = ""
@@ -156,6 +163,7 @@ class Executor:
         offer: CapabilityOffer | None = None,
         bench: SelfBenchmark | None = None,
         trusted: Callable[[str], bool] | None = None,
+        results: ResultCache | None = None,
     ) -> None:
         self.identity = identity
         self.federation = subjects.check_federation(federation)
@@ -199,6 +207,12 @@ class Executor:
         #: accepted and not yet answered: what a lapse or a drain hands back.
         self.presence = Presence()
         self._live: dict[str, _JobRecord] = {}
+        #: Deliveries kept for idempotent re-delivery (§10.4), bounded by bytes.
+        self.results = (
+            results
+            if results is not None
+            else ResultCache(memory_bytes=self.config.result_memory_bytes, disk_bytes=0)
+        )
 
     # ------------------------------------------------------------------ state
 
@@ -297,9 +311,10 @@ class Executor:
         while jobs:
             exp, oldest = next(iter(jobs.values()))
             if exp < now or len(jobs) > self.config.idempotency_capacity:
-                if not oldest.done.is_set() and len(jobs) <= self.config.idempotency_capacity:
+                if not oldest.finished and len(jobs) <= self.config.idempotency_capacity:
                     break
                 jobs.popitem(last=False)
+                self.results.discard(oldest.job_cid)
             else:
                 break
 
@@ -583,9 +598,14 @@ class Executor:
                 # to the receipt subject, where the originator now waits for it.
                 job_rec.answer_to = ""
             await self._reply(msg, job_rec.accept_raw)
-            if job_rec.delivery is not None:
+            if job_rec.delivered:
+                delivery = self.results.get(asg.job)
+                if delivery is None:  # both bounds of the result cache were full
+                    self.metrics.reject("assignment", "result_forgotten")
+                    log.warning("job %s: its delivery is no longer kept to re-send", asg.job)
+                    return
                 await self._nc.publish(
-                    subjects.receipt_delivery(self.federation, asg.job), job_rec.delivery
+                    subjects.receipt_delivery(self.federation, asg.job), delivery
                 )
             return
         rec = self._bids.get(asg.job)
@@ -738,7 +758,7 @@ class Executor:
             .sign(self.identity)
             .raw
         )
-        job_rec.done.set()
+        job_rec.finished = True
         if rec.job.budget is not None:
             self.budgets.release_if_reserved(rec.job_cid)
         self.metrics.handed_back.labels(cause=cause).inc()
@@ -842,8 +862,8 @@ class Executor:
             receipt=renv.raw,
             result=None if result is None else seal(result, job.originator, sender=self.identity),
         ).encode()
-        job_rec.delivery = delivery
-        job_rec.done.set()
+        self.results.put(rec.job_cid, delivery)
+        job_rec.delivered = job_rec.finished = True
         answer_to, job_rec.answer_to = job_rec.answer_to, ""
         await self._nc.publish(
             answer_to or subjects.receipt_delivery(self.federation, rec.job_cid),
