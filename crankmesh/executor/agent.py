@@ -100,7 +100,7 @@ class ExecutorConfig:
     trusted_budget_roots: Callable[[str], bool] | None = None
     #: Bounds of the deliveries kept for re-delivery (§10.4): bytes in memory, and bytes
     #: on disk in the node's state dir (none without one); the oldest go first.
-    result_memory_bytes: int = 16 << 20
+    result_memory_bytes: int = 2 << 20
     result_disk_bytes: int = 1 << 30
 
     def price_for(self, capability: str) -> int:
@@ -862,14 +862,18 @@ class Executor:
             receipt=renv.raw,
             result=None if result is None else seal(result, job.originator, sender=self.identity),
         ).encode()
-        self.results.put(rec.job_cid, delivery)
-        job_rec.delivered = job_rec.finished = True
         answer_to, job_rec.answer_to = job_rec.answer_to, ""
-        await self._nc.publish(
-            answer_to or subjects.receipt_delivery(self.federation, rec.job_cid),
-            delivery,
-            headers=trace_headers(rec.trace, rec.job_cid),
-        )
+        try:
+            await self._nc.publish(
+                answer_to or subjects.receipt_delivery(self.federation, rec.job_cid),
+                delivery,
+                headers=trace_headers(rec.trace, rec.job_cid),
+            )
+        finally:
+            # Kept once it went out (or failed to): a spill to disk when the cache is full
+            # is off the critical path; a repeat meanwhile gets the Accept (it is in flight).
+            self.results.put(rec.job_cid, delivery)
+            job_rec.delivered = job_rec.finished = True
         # Audit records (RFC 0002): the winning bid, then the receipt, deduplicated by CID.
         store = self.record_store
         if store is not None:

@@ -26,8 +26,8 @@ __all__ = ["ResultCache"]
 
 log = logging.getLogger("crankmesh.executor")
 
-#: Defaults: 16 MiB in memory, 1 GiB on disk.
-DEFAULT_MEMORY_BYTES = 16 << 20
+#: Defaults: 2 MiB in memory (a soak's steady state is reached in minutes), 1 GiB on disk.
+DEFAULT_MEMORY_BYTES = 2 << 20
 DEFAULT_DISK_BYTES = 1 << 30
 
 
@@ -124,12 +124,11 @@ class ResultCache:
         while self.disk_bytes + len(blob) > self.disk_limit and self._disk:
             self._forget_file(next(iter(self._disk)))
             self.dropped += 1
-        path = self._dir / key
-        tmp = path.with_suffix(".tmp")
+        # No rename: a file cut short by a crash is never read (the directory is emptied
+        # on start), and an entry is listed only once its file is complete.
         try:
-            with open(tmp, "wb", opener=lambda p, flags: os.open(p, flags, 0o600)) as f:
+            with open(self._dir / key, "wb", opener=lambda p, fl: os.open(p, fl, 0o600)) as f:
                 f.write(blob)
-            os.replace(tmp, path)
         except OSError as exc:
             self._warn("write", f"result file for {key} not written ({exc}); forgotten")
             self.dropped += 1
