@@ -490,7 +490,9 @@ class Node:
     async def _publish_advert(self, *, draining: bool = False) -> None:
         advert = self.advert(draining=draining)
         self._own_adverts.append((advert.ts, advert.seq))
-        if self.executor is not None:  # at most once across pauses (RFC 0001 §10.7)
+        # At most once across pauses (RFC 0001 §10.7): presence extends only with an advert
+        # that can reach peers; after a pause or an outage past the TTL, jobs are fenced.
+        if self.executor is not None and getattr(self.nc, "is_connected", True):
             self.executor.note_advert(advert.ts, advert.exp)
         await self.nc.publish(
             subjects.adverts(self.config.federation), advert.sign(self.identity).raw
