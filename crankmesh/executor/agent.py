@@ -590,7 +590,12 @@ class Executor:
             job_rec = known[1]
             self.metrics.assignments.labels(outcome="duplicate").inc()
             if job_rec.handed_back is not None:  # fenced: the answer is the hand-back
-                await self._reply(msg, job_rec.handed_back)
+                if msg.reply:
+                    await self._reply(msg, job_rec.handed_back)
+                else:  # a re-send after the deadline waits on the receipt subject
+                    await self._nc.publish(
+                        subjects.receipt_delivery(self.federation, asg.job), job_rec.handed_back
+                    )
                 return
             if not job_rec.accept_raw:  # a quick job: its answer is (or was) the receipt
                 job_rec.accept_raw = self._accept(asg, env.cid, now).raw
