@@ -20,12 +20,15 @@ bytes or time) and exported as ``crankmesh_table_entries{table}`` (and
 | ``client_rankings`` | selection explanations: 1,024 |
 | ``client_costs`` | cost entries: :data:`crankmesh.originator.client.COSTS_KEPT` |
 | ``records_pending`` | audit records waiting for JetStream (the record store's buffer limit) |
+| ``verified_envelopes`` | envelopes whose signature verified (per process): 4,096 and 1 MiB |
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
+
+from .protocol.envelope import verified_cache_size
 
 if TYPE_CHECKING:
     from .node import Node
@@ -49,7 +52,10 @@ def _len(obj: object) -> int:
 def table_sizes(node: Node) -> dict[str, int]:
     """Entries per table now (bytes for ``*_bytes``): what the gauges report."""
     ex, cl, book = node.executor, node.client, node.reputation
+    verified, verified_bytes = verified_cache_size()
     out: dict[str, int] = {
+        "verified_envelopes": verified,
+        "verified_envelopes_bytes": verified_bytes,
         "directory_peers": len(node.directory),
         "reputation_book": _len(getattr(book, "_jobs", ())),
     }
@@ -100,8 +106,9 @@ def watch_tables(metrics: Metrics, node: Node) -> None:
         "client_rankings",
         "client_costs",
         "records_pending",
+        "verified_envelopes",
     ]
     for name in names:
         metrics.table_entries.labels(table=name).set_function(reader(name))
-    for name in ("executor_results_memory", "executor_results_disk"):
+    for name in ("executor_results_memory", "executor_results_disk", "verified_envelopes"):
         metrics.table_bytes.labels(table=name).set_function(reader(f"{name}_bytes"))
