@@ -14,7 +14,7 @@ bytes or time) and exported as ``crankmesh_table_entries{table}`` (and
 | ``executor_announce_replay`` | announce signatures seen: 100,000, each until its expiry |
 | ``executor_token_buckets`` | per-originator rate limits: 10,000 (least recent out) |
 | ``executor_match_cache`` | requirement shapes: 1,024 (cleared when full) |
-| ``directory_peers`` | peers whose advert is live (TTL ≤ 120 s) |
+| ``directory_peers`` | peers whose advert is live (TTL ≤ 120 s), at most 10,000 |
 | ``reputation_book`` | receipts remembered for joins: :data:`REPUTATION_MEMORY` |
 | ``client_tracks`` | jobs this node originates right now |
 | ``client_rankings`` | selection explanations: 1,024 |
