@@ -31,3 +31,19 @@ def test_a_short_soak_is_paced_bounded_and_samples_every_node() -> None:
         assert len(n["rss_mib"]) >= 4 and all(v > 10 for v in n["rss_mib"])  # 0, 3, 6, 9 s
         assert n["growth_last_two_thirds_pct"] is not None
     assert isinstance(out["growth_under_5_pct"], bool)
+
+
+def test_python_jobs_and_the_in_flight_cap_skip_slots_instead_of_falling_behind() -> None:
+    r = subprocess.run(
+        [sys.executable, str(SCRIPT), "--minutes", "0.05", "--rate", "1000", "--nodes", "1",
+         "--capability", "python.run", "--max-in-flight", "1", "--sample-s", "1"],
+        capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout)
+    assert out["capability"] == "python.run" and out["payload_bytes"] is None
+    assert out["completed"] == out["submitted"] >= 1 and not out["failed"]
+    # One job at a time cannot keep up with 1,000/s: the other slots are skipped.
+    assert out["skipped"] > out["submitted"]
+    assert 2_500 <= out["submitted"] + out["skipped"] <= 3_001
+    assert [n["node"] for n in out["nodes"]] == ["node-0"]
