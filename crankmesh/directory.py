@@ -74,8 +74,11 @@ class PeerDirectory:
         trusted: Callable[[str], bool] | None = None,
         max_ttl_ms: int = 120_000,
         impostor: Callable[[Advert], bool] | None = None,
+        max_peers: int = 10_000,
     ) -> None:
         self.federation = federation
+        #: Bound on the table: a new peer beyond it is dropped (``directory_full``).
+        self.max_peers = max_peers
         self.metrics = metrics or Metrics()
         self._trusted = trusted
         self._impostor = impostor
@@ -153,6 +156,10 @@ class PeerDirectory:
         env.verify()
         if self._impostor is not None and self._impostor(advert):
             raise _Drop("own_key_elsewhere")
+        if advert.signer not in self._peers and len(self._peers) >= self.max_peers:
+            self.sweep(now)
+            if len(self._peers) >= self.max_peers:
+                raise _Drop("directory_full")
         self.observe(advert, now)
         return advert
 

@@ -63,6 +63,7 @@ from .benchmark import SelfBenchmark
 from .caps import CapsLedger, CapsViolation, ExecutorCaps
 from .handlers import CapabilityHandler, Outcome
 from .load_quote import quote_at_load
+from .results import ResultCache
 
 __all__ = ["Executor", "ExecutorConfig"]
 
@@ -107,6 +108,10 @@ class ExecutorConfig:
     caps: ExecutorCaps = field(default_factory=ExecutorCaps)
     #: Micro-units added per GiB-second a job reserves (memory x timeout); 0 = flat price.
     price_per_gib_s: int = 0
+    #: Bounds of the deliveries kept for re-delivery (§10.4): bytes in memory, and bytes
+    #: on disk in the node's state dir (none without one); the oldest go first.
+    result_memory_bytes: int = 2 << 20
+    result_disk_bytes: int = 1 << 30
 
     def price_for(self, capability: str) -> int:
         return self.prices.get(capability, self.default_price)
@@ -151,8 +156,10 @@ class _JobRecord:
     job_cid: str
     #: The signed Accept; empty while the job's answer is to be its receipt (below).
     accept_raw: bytes
-    delivery: bytes | None = None
-    done: anyio.Event = field(default_factory=anyio.Event)
+    #: The ReceiptDelivery was made (its bytes live in the executor's ResultCache).
+    delivered: bool = False
+    #: Answered (delivered or handed back): the record may be forgotten when full.
+    finished: bool = False
     #: Where the ReceiptDelivery goes as the answer to the Assignment (RFC 0001 §8.6),
     #: for a quick job that started at once; empty: published on the receipt subject.
     answer_to: str = ""
@@ -180,6 +187,7 @@ class Executor:
         offer: CapabilityOffer | None = None,
         bench: SelfBenchmark | None = None,
         trusted: Callable[[str], bool] | None = None,
+        results: ResultCache | None = None,
     ) -> None:
         self.identity = identity
         self.federation = subjects.check_federation(federation)
@@ -233,6 +241,12 @@ class Executor:
         #: accepted and not yet answered: what a lapse or a drain hands back.
         self.presence = Presence()
         self._live: dict[str, _JobRecord] = {}
+        #: Deliveries kept for idempotent re-delivery (§10.4), bounded by bytes.
+        self.results = (
+            results
+            if results is not None
+            else ResultCache(memory_bytes=self.config.result_memory_bytes, disk_bytes=0)
+        )
 
     # ------------------------------------------------------------------ state
 
@@ -376,9 +390,10 @@ class Executor:
         while jobs:
             exp, oldest = next(iter(jobs.values()))
             if exp < now or len(jobs) > self.config.idempotency_capacity:
-                if not oldest.done.is_set() and len(jobs) <= self.config.idempotency_capacity:
+                if not oldest.finished and len(jobs) <= self.config.idempotency_capacity:
                     break
                 jobs.popitem(last=False)
+                self.results.discard(oldest.job_cid)
             else:
                 break
 
@@ -777,7 +792,12 @@ class Executor:
             job_rec = known[1]
             self.metrics.assignments.labels(outcome="duplicate").inc()
             if job_rec.handed_back is not None:  # fenced: the answer is the hand-back
-                await self._reply(msg, job_rec.handed_back)
+                if msg.reply:
+                    await self._reply(msg, job_rec.handed_back)
+                else:  # a re-send after the deadline waits on the receipt subject
+                    await self._nc.publish(
+                        subjects.receipt_delivery(self.federation, asg.job), job_rec.handed_back
+                    )
                 return
             if not job_rec.accept_raw:  # a quick job: its answer is (or was) the receipt
                 job_rec.accept_raw = self._accept(asg, env.cid, now).raw
@@ -785,9 +805,14 @@ class Executor:
                 # to the receipt subject, where the originator now waits for it.
                 job_rec.answer_to = ""
             await self._reply(msg, job_rec.accept_raw)
-            if job_rec.delivery is not None:
+            if job_rec.delivered:
+                delivery = self.results.get(asg.job)
+                if delivery is None:  # both bounds of the result cache were full
+                    self.metrics.reject("assignment", "result_forgotten")
+                    log.warning("job %s: its delivery is no longer kept to re-send", asg.job)
+                    return
                 await self._nc.publish(
-                    subjects.receipt_delivery(self.federation, asg.job), job_rec.delivery
+                    subjects.receipt_delivery(self.federation, asg.job), delivery
                 )
             return
         rec = self._bids.get(asg.job)
@@ -950,7 +975,7 @@ class Executor:
             .sign(self.identity)
             .raw
         )
-        job_rec.done.set()
+        job_rec.finished = True
         if rec.job.budget is not None:
             self.budgets.release_if_reserved(rec.job_cid)
         self.metrics.handed_back.labels(cause=cause).inc()
@@ -1054,14 +1079,18 @@ class Executor:
             receipt=renv.raw,
             result=None if result is None else seal(result, job.originator, sender=self.identity),
         ).encode()
-        job_rec.delivery = delivery
-        job_rec.done.set()
         answer_to, job_rec.answer_to = job_rec.answer_to, ""
-        await self._nc.publish(
-            answer_to or subjects.receipt_delivery(self.federation, rec.job_cid),
-            delivery,
-            headers=trace_headers(rec.trace, rec.job_cid),
-        )
+        try:
+            await self._nc.publish(
+                answer_to or subjects.receipt_delivery(self.federation, rec.job_cid),
+                delivery,
+                headers=trace_headers(rec.trace, rec.job_cid),
+            )
+        finally:
+            # Kept once it went out (or failed to): a spill to disk when the cache is full
+            # is off the critical path; a repeat meanwhile gets the Accept (it is in flight).
+            self.results.put(rec.job_cid, delivery)
+            job_rec.delivered = job_rec.finished = True
         # Audit records (RFC 0002): the winning bid, then the receipt, deduplicated by CID.
         store = self.record_store
         if store is not None:
