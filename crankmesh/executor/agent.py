@@ -1042,24 +1042,28 @@ class Executor:
         ).encode()
         job_rec.delivery = delivery
         job_rec.done.set()
+        # Audit records (RFC 0002): the winning bid, then the receipt, deduplicated by CID.
+        # Queued (and journaled) before the delivery is sent, so no receipt leaves this
+        # process without its record; the store publishes them later, in batches.
+        store = self.record_store
+        if store is not None:
+            await store.submit_many(
+                [
+                    (
+                        subjects.bid_records(self.federation, self.identity.did),
+                        rec.bid_raw,
+                        rec.bid_cid,
+                    ),
+                    (subjects.receipts(self.federation, self.identity.did), renv.raw, renv.cid),
+                ]
+            )
         answer_to, job_rec.answer_to = job_rec.answer_to, ""
         await self._nc.publish(
             answer_to or subjects.receipt_delivery(self.federation, rec.job_cid),
             delivery,
             headers=trace_headers(rec.trace, rec.job_cid),
         )
-        # Audit records (RFC 0002): the winning bid, then the receipt, deduplicated by CID.
-        store = self.record_store
-        if store is not None:
-            await store.submit(
-                subjects.bid_records(self.federation, self.identity.did),
-                rec.bid_raw,
-                rec.bid_cid,
-            )
-            await store.submit(
-                subjects.receipts(self.federation, self.identity.did), renv.raw, renv.cid
-            )
-        else:
+        if store is None:
             await self._nc.publish(subjects.receipts(self.federation, self.identity.did), renv.raw)
         self.metrics.receipts.labels(status=outcome.status).inc()
         log.info(
