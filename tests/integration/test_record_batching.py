@@ -136,6 +136,31 @@ async def test_a_torn_journal_tail_is_cut_off_and_later_records_follow_in_order(
         await nc.close()
 
 
+async def test_a_journal_that_cannot_be_written_is_logged_once_and_records_stay_in_memory(
+    nats_server: NatsServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    envs = _records(4)
+    spill = tmp_path / "no-such-dir" / "records.spill"
+    nc = await connect(nats_server.client_options())
+    try:
+        store = RecordStore(nc, federation=FED, spill_path=spill, buffer_limit=3)
+        await store.ensure_stream()
+        outcomes = await store.submit_many([(record_subject(FED, e), e.raw, e.cid) for e in envs])
+        # three fit in memory; the fourth has neither room nor a journal: dropped, counted
+        assert outcomes == ["buffered", "buffered", "buffered", "dropped"]
+        assert store.dropped == 1
+        await store.submit_many([])  # nothing to journal: no second error
+        journal_errors = [
+            r for r in caplog.records if "cannot write the record journal" in r.message
+        ]
+        assert len(journal_errors) == 1
+        assert await store.close(timeout_s=5)
+        records = await read_stream(nc, store.stream)
+        assert [r.data for r in records] == [e.raw for e in envs[:3]]
+    finally:
+        await nc.close()
+
+
 def _start_node(url: str, key: Path, state: Path) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
         [
