@@ -91,8 +91,10 @@ PublishOutcome = Literal["stored", "duplicate", "buffered", "spilled", "dropped"
 """What :meth:`RecordStore.publish` did with a record.
 
 ``stored``: JetStream acknowledged it; ``duplicate``: JetStream already had a record
-with this message id; ``buffered`` / ``spilled``: kept in memory / in the spill file for
-the flush loop; ``dropped``: the buffer was full and there is no spill file (counted in
+with this message id, or (:meth:`RecordStore.submit`) this store has already queued or
+stored one recently (a quote many jobs were assigned on is sent once, not per job);
+``buffered`` / ``spilled``: kept in memory / in the spill file for the flush loop;
+``dropped``: the buffer was full and there is no spill file (counted in
 :attr:`RecordStore.dropped`); ``rejected``: JetStream refused it for good (e.g. larger
 than the stream's maximum message size; counted in :attr:`RecordStore.rejected`).
 """
@@ -109,6 +111,8 @@ _WINDOW: Final = BATCH_MAX
 _COMPACT_BYTES: Final = 4 * 1024 * 1024
 #: The unanswered tail a compaction copies at most (in the event loop; else it waits).
 _COMPACT_TAIL_MAX: Final = 1024 * 1024
+#: Message ids remembered as queued or stored, so that a repeated submit costs nothing.
+_RECENT_MAX: Final = 4096
 
 
 def stream_name(federation: str) -> str:
@@ -268,9 +272,13 @@ class RecordStore:
         self._ack_sub: Any = None
         self._ack_waiting: dict[str, asyncio.Future[Any]] = {}
         self._ack_seq = itertools.count()
+        # Message ids queued or stored lately (oldest first): a repeat is not sent again.
+        self._recent: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.stored = 0
         self.dropped = 0
         self.rejected = 0
+        #: submits skipped because this store had queued or stored the same record lately
+        self.repeats = 0
         #: batches the loop (or a flush) published
         self.batches = 0
         if self._spill is not None:
@@ -478,12 +486,36 @@ class RecordStore:
         away and the journal work exactly as for :meth:`publish`. With a journal the
         record is in it when this returns.
         """
-        return self._enqueue([_Pending(subject, bytes(raw), msg_id)])[0]
+        return (await self.submit_many([(subject, raw, msg_id)]))[0]
 
     async def submit_many(self, records: list[tuple[str, bytes, str]]) -> list[PublishOutcome]:
         """:meth:`submit` for several ``(subject, raw, msg_id)`` records, in order, with
-        one journal write for all of them."""
-        return self._enqueue([_Pending(s, bytes(r), m) for s, r, m in records])
+        one journal write for all of them.
+
+        A record whose message id this store queued or stored lately (the last
+        4,096 ids) is not queued again: its outcome is ``duplicate``, counted in
+        :attr:`repeats`. A record that was dropped is not remembered, so it can be
+        submitted again.
+        """
+        fresh: list[_Pending] = []
+        repeat: list[bool] = []
+        recent = self._recent
+        for subject, raw, msg_id in records:
+            seen = msg_id in recent or any(r.msg_id == msg_id for r in fresh)
+            if seen:
+                self.repeats += 1
+            else:
+                fresh.append(_Pending(subject, bytes(raw), msg_id))
+            repeat.append(seen)
+        queued = iter(self._enqueue(fresh) if fresh else ())
+        return ["duplicate" if seen else next(queued) for seen in repeat]
+
+    def _remember(self, msg_id: str) -> None:
+        recent = self._recent
+        recent[msg_id] = None
+        recent.move_to_end(msg_id)
+        if len(recent) > _RECENT_MAX:
+            recent.popitem(last=False)
 
     def _enqueue(self, records: list[_Pending]) -> list[PublishOutcome]:
         journaled = self._journal(records)
@@ -493,12 +525,14 @@ class RecordStore:
         for record in records:
             if self._spill_count == 0 and len(self._buffer) < self._buffer_limit:
                 self._buffer.append(record)
+                self._remember(record.msg_id)
                 outcomes.append("buffered")
             elif record.end >= 0:  # in the journal only, read back when there is room
                 if self._spill_count == 0:
                     self._spill_offset = record.end - len(_frame(record))
                     logger.warning("record buffer full: spilling records to %s", self._spill)
                 self._spill_count += 1
+                self._remember(record.msg_id)
                 outcomes.append("spilled")
             else:
                 self.dropped += 1

@@ -92,6 +92,33 @@ async def test_a_full_batch_leaves_at_once_and_close_flushes_the_rest(
         await nc.close()
 
 
+async def test_a_record_submitted_again_is_sent_once(nats_server: NatsServer) -> None:
+    """The quote many jobs were assigned on is one record: repeats cost no publish."""
+    env, other = _records(2)
+    nc = await connect(nats_server.client_options())
+    try:
+        store = RecordStore(nc, federation=FED, linger_s=0)
+        await store.ensure_stream()
+        record = (record_subject(FED, env), env.raw, env.cid)
+        async with anyio.create_task_group() as tg:
+            await tg.start(store.run)
+            assert await store.submit_many([record, record]) == ["buffered", "duplicate"]
+            with anyio.fail_after(10):
+                await store.wait_flushed()
+            assert await store.submit(*record) == "duplicate"  # stored: still remembered
+            assert await store.submit(record_subject(FED, other), other.raw, other.cid) == (
+                "buffered"
+            )
+            with anyio.fail_after(10):
+                await store.wait_flushed()
+            tg.cancel_scope.cancel()
+        assert (store.stored, store.repeats) == (2, 2)  # JetStream acked two publishes
+        records = await read_stream(nc, store.stream)
+        assert [r.data for r in records] == [env.raw, other.raw]
+    finally:
+        await nc.close()
+
+
 async def test_every_queued_record_is_in_the_journal_until_jetstream_has_it(
     nats_server: NatsServer, tmp_path: Path
 ) -> None:
