@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .node import Node, NodeConfig
 from .originator import Client, ClientConfig, CostReport, Job, JobHandle, JobResult, SyncClient
+from .originator.pipeline import Pipeline, PipelineBudgetExceeded, PipelineRun, StepFailed
 from .protocol.errors import (
     BidsDeclined,
     BudgetExceeded,
@@ -20,6 +21,7 @@ from .protocol.errors import (
     NoBids,
     NoCapacity,
     NoEligibleBid,
+    NoSuitableExecutor,
     ProtocolError,
     SelectionError,
     TransportError,
@@ -47,10 +49,15 @@ __all__ = [
     "NoBids",
     "NoCapacity",
     "NoEligibleBid",
+    "NoSuitableExecutor",
     "Node",
     "NodeConfig",
+    "Pipeline",
+    "PipelineBudgetExceeded",
+    "PipelineRun",
     "ProtocolError",
     "SelectionError",
+    "StepFailed",
     "SyncClient",
     "TransportError",
     "__version__",

@@ -183,7 +183,10 @@ class Node:
             "peers": len(self.directory),
             "running": load.running if load else 0,
             "queued": load.queued if load else 0,
+            # as the adverts (and `crankmesh peers`) count it: jobs run at once; the
+            # queue behind them is queue_depth
             "capacity": load.capacity if load else 0,
+            "queue_depth": ex.config.queue_depth if ex else 0,
             "records_pending": self.record_store.pending if self.record_store else 0,
         }
 
@@ -273,11 +276,16 @@ class Node:
                 self.nc = await connect(opts)
 
                 async def _close_nc() -> None:
+                    # NATS may be gone (an embedded server stopped, the network down):
+                    # closing is best effort and never raises out of the node's exit.
                     with anyio.move_on_after(5, shield=True):
                         try:
                             await self.nc.drain()
                         except Exception:
-                            await self.nc.close()
+                            try:
+                                await self.nc.close()
+                            except Exception as exc:
+                                log.debug("closing the NATS connection: %r", exc)
 
                 stack.push_async_callback(_close_nc)
             handlers = await self._handlers(stack)

@@ -310,6 +310,13 @@ class Metrics:
         )
 
         r.register(_Rfc0022Aliases(self))
+        self.misbehaviour = Counter(
+            "executor_misbehaviour",
+            "Executor misbehaviour this originator detected and priced in reputation, by kind",
+            ["kind"],
+            namespace=_NS,
+            registry=r,
+        )
 
     def reject(self, kind: str, reason: str) -> None:
         self.rejections.labels(kind=kind, reason=reason).inc()

@@ -128,6 +128,9 @@ class _Process:
             encoding="utf-8",
             errors="replace",
             bufsize=1,
+            # Its own process group: a terminal's Ctrl-C (SIGINT to the foreground group)
+            # reaches the node, which drains and then stops this server, not both at once.
+            process_group=0,
         )
         self._finalizer = weakref.finalize(self, _reap, self.popen)
         self._thread = threading.Thread(

@@ -3,9 +3,12 @@
 A node periodically sends each peer, for each capability it advertises that has a
 canary, a small job whose answer is known, pinned to that peer
 (``Client.run(job, executor=did)``).  A wrong answer, a failed accelerator check
-(the peer advertises a GPU the canary cannot see), or a latency far above the p95
-the peer advertised excludes that peer from that capability's work in this
-originator's selection; a later passing canary readmits it.
+(the peer advertises a GPU the canary cannot see), or a service time far above the
+p95 the peer advertised excludes that peer from that capability's work in this
+originator's selection; a later passing canary readmits it.  The service time is the one
+the client judges every job by (RFC 0002 §6.1): observed less the client's measured
+overhead estimate for that peer, never below the peer's own meter — no fixed network
+allowance, so honest quick executors are not excluded for the network's latency.
 
 Resource handling: :meth:`CanaryProber.run` lives in the node's task group and is
 cancelled with it.  Error handling: a canary that cannot run (no bid, transport
@@ -33,6 +36,10 @@ from .protocol.errors import CrankmeshError
 __all__ = ["Canary", "CanaryOutcome", "CanaryProber", "default_canaries"]
 
 log = logging.getLogger("crankmesh.verification")
+
+_COMMITMENT_KINDS = frozenset(
+    {"no_delivery", "invalid_delivery", "rejected_assignment", "overcharge"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +127,9 @@ def default_canaries() -> dict[str, Canary]:
 class CanaryProber:
     """Probes peers with canary jobs and excludes those that fail (see module doc).
 
-    ``slow_factor``: a canary slower than ``slow_factor ×`` the peer's advertised p95
-    (plus ``network_allowance_ms``) twice in a row counts as a failure.
+    ``slow_factor``: a canary whose service time exceeds ``slow_factor ×`` the peer's
+    advertised p95 twice in a row counts as a failure; after one such canary the peer is not
+    readmitted until a canary is within it again.
     """
 
     def __init__(
@@ -132,8 +140,7 @@ class CanaryProber:
         interval_s: float = 60.0,
         canaries: Mapping[str, Canary] | None = None,
         exclude_for_s: float = 600.0,
-        slow_factor: float = 10.0,
-        network_allowance_ms: float = 50.0,
+        slow_factor: float = 3.0,
         own_did: str | None = None,
     ) -> None:
         self.client = client
@@ -142,7 +149,6 @@ class CanaryProber:
         self.canaries = dict(canaries if canaries is not None else default_canaries())
         self.exclude_for_s = exclude_for_s
         self.slow_factor = slow_factor
-        self.network_allowance_ms = network_allowance_ms
         self.own_did = own_did
         self.outcomes: list[CanaryOutcome] = []
         self._slow_strikes: dict[tuple[str, str], int] = {}
@@ -174,6 +180,7 @@ class CanaryProber:
         job, check = canary.make(peer)
         key = (peer.did, canary.capability)
         started = time.perf_counter()
+        before = self.client.conduct.counts(peer.did)
         try:
             result = await self.client.run(job, executor=peer.did)
         except CrankmeshError as exc:
@@ -186,21 +193,35 @@ class CanaryProber:
             return CanaryOutcome(peer.did, canary.capability, True, None, None, _now_ms())
         latency_ms = (time.perf_counter() - started) * 1000
         problem = check(result)
-        if problem is None and p95_us is not None:
-            limit_ms = p95_us / 1000 * self.slow_factor + self.network_allowance_ms
-            if latency_ms > limit_ms:
+        if problem is not None:
+            self.client.conduct.note(peer.did, "canary_wrong")
+        else:
+            # a right answer delivered with misconduct (e.g. charging more than the bid)
+            # does not pass: the client has just excluded the peer for it
+            after = self.client.conduct.counts(peer.did)
+            broken = sorted(
+                k for k, n in after.items() if k in _COMMITMENT_KINDS and n > before.get(k, 0)
+            )
+            if broken:
+                problem = "canary job: " + ", ".join(broken)
+        service_us = self.client.service_time(peer.did, canary.capability)
+        if problem is None and p95_us is not None and service_us is not None:
+            if service_us > p95_us * self.slow_factor:
                 strikes = self._slow_strikes.get(key, 0) + 1
                 self._slow_strikes[key] = strikes
                 if strikes >= 2:
+                    self.client.conduct.note(peer.did, "canary_slow")
                     problem = (
-                        f"canary took {latency_ms:.1f} ms, far above the advertised p95 of "
-                        f"{p95_us / 1000:.1f} ms"
+                        f"canary service time {service_us / 1000:.3f} ms (observed "
+                        f"{latency_ms:.1f} ms end to end, less the measured overhead) is far "
+                        f"above the advertised p95 of {p95_us / 1000:.3f} ms"
                     )
             else:
                 self._slow_strikes.pop(key, None)
         if problem is None:
-            if self.client.excluded(peer.did, canary.capability) is not None:
-                self.client.readmit(peer.did, canary.capability)
+            if key not in self._slow_strikes:  # a clean pass, not a first slow strike
+                if self.client.excluded(peer.did, canary.capability) is not None:
+                    self.client.readmit(peer.did, canary.capability)
         else:
             self.client.exclude(
                 peer.did,

@@ -48,6 +48,7 @@ from crankmesh.protocol.messages import (
     Receipt,
     ReceiptDelivery,
     Reject,
+    Settlement,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -344,6 +345,20 @@ def build_vectors() -> dict[str, Any]:
         reason=HANDED_BACK,
         detail="drained: drain grace of 1 s expired",
     ).sign(executor)
+    settlement = Settlement(
+        signer=originator.did,
+        ts=T0 + 70,
+        receipt=receipt.cid,
+        job=job_cid,
+        executor=executor.did,
+        verified=True,
+        observed_us=3_456,
+        promised_p95_us=2_000,
+        charge=1_200,
+        currency="USD",
+        assignment=assignment.cid,
+        overhead_us=2_100,
+    ).sign(originator)
 
     nonce_result = _label_key("crankmesh rfc 0001 box nonce 2")[:24]
     shared_result, key_result, sealed_result = box_with_nonce(
@@ -404,6 +419,7 @@ def build_vectors() -> dict[str, Any]:
             _signed_vector("nobid", "second executor", nobid, full=True),
             _signed_vector("reject", "second executor", reject),
             _signed_vector("reject (handed back)", "executor", handed_back),
+            _signed_vector("settlement", "originator", settlement),
         ],
         "receipt_delivery": {
             "receipt": "receipt",

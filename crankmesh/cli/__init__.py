@@ -1,8 +1,11 @@
 """The ``crankmesh`` command line.
 
 Every command has ``--help``; those that report results take ``--json`` for
-machine output.  Exit status: 0 success, 1 the operation failed (e.g. a job
-without a verified receipt), 2 usage errors.
+machine output.  Exit status, for every command (:mod:`crankmesh.cli._errors`):
+0 success, 1 the operation failed (a job failed or nobody could run it, audit
+findings), 2 usage errors, 3 NATS unreachable or credentials refused, 130
+interrupted.  Errors are one ``error:`` line; ``crankmesh --debug ...`` adds the
+traceback.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import anyio
 
 from .._loop import backend_options
 from .._loop import run as run_loop
+from . import _pipeline_cmds
+from ._errors import EXIT_CODES_HELP, EXIT_USAGE, CliParser, run_command
 
 __all__ = ["main"]
 
@@ -57,9 +62,9 @@ def _cmd_identity_new(args: argparse.Namespace) -> int:
     identity = Identity.generate()
     try:
         path = save_identity(identity, args.out, overwrite=args.force)
-    except KeystoreError as exc:
+    except KeystoreError as exc:  # e.g. the file exists and no --force: a usage error
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_USAGE
     _emit(
         args,
         {"did": identity.did, "path": str(path)},
@@ -76,9 +81,9 @@ def _cmd_identity_show(args: argparse.Namespace) -> int:
     path = Path(args.key) if args.key else default_key_path()
     try:
         identity = load_identity(path)
-    except KeystoreError as exc:
+    except KeystoreError as exc:  # missing, malformed or unsafe key file: usage
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_USAGE
     obj = {"did": identity.did, "path": str(path), "public_key": identity.public_key.hex()}
     if args.trust_domain:
         obj["spiffe"] = spiffe_alias(identity.did, args.trust_domain)
@@ -95,7 +100,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
     from ..keystore import load_identity, load_or_create_identity
     from ..node import Node
     from ..observability import configure_logging
-    from ..protocol.errors import CrankmeshError, KeystoreError
+    from ..protocol.errors import KeystoreError
 
     try:
         settings = load_settings(flags=flags_from_args(args), file=args.config)
@@ -135,12 +140,14 @@ def _cmd_node(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    async def run() -> None:
+    async def serve(stop: anyio.Event) -> None:
         from ..testing import NatsServer
 
         async with AsyncExitStack() as stack:
             servers = None
             if settings.embedded_nats:
+                # The server runs in its own process group (the terminal's Ctrl-C reaches
+                # only the node) and, entered first, stops after the node has drained.
                 server = await stack.enter_async_context(NatsServer())
                 servers = [server.url]
                 log.info("no NATS URL given: started an embedded nats-server at %s", server.url)
@@ -162,108 +169,33 @@ def _cmd_node(args: argparse.Namespace) -> int:
             }
             print(json.dumps(ready), flush=True)
             log.info("node %s ready (%s mode)", node.did, settings.mode)
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for _sig in signals:
-                    log.info("signal received: draining (a second signal exits at once)")
-                    signal.signal(signal.SIGINT, signal.SIG_DFL)
-                    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                    break
+            await stop.wait()
+            # leaving the stack uncancelled: the node drains (running jobs finish and
+            # publish their receipts), then the embedded server stops
 
-    try:
-        run_loop(run)
-    except CrankmeshError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    async def run() -> None:
+        # The daemon's shape: the signal receiver is open before anything starts (a
+        # Ctrl-C during startup is not a KeyboardInterrupt: the node finishes starting,
+        # then drains), and a signal ends serve() normally, not by cancellation, so the
+        # drain can wait for running jobs; the embedded server stops after the node.
+        stop = anyio.Event()
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with anyio.create_task_group() as tg:
+
+                async def stop_on_signal() -> None:
+                    async for _sig in signals:
+                        log.info("signal received: draining (a second signal exits at once)")
+                        signal.signal(signal.SIGINT, signal.SIG_DFL)
+                        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                        stop.set()
+                        return
+
+                tg.start_soon(stop_on_signal)
+                await serve(stop)
+                tg.cancel_scope.cancel()
+
+    run_loop(run)  # errors: one line and an exit code from crankmesh.cli._errors
     return 0
-
-
-# ----------------------------------------------------------------------------- submit
-
-
-def _cmd_submit(args: argparse.Namespace) -> int:
-    from ..originator import Client, Job
-    from ..protocol.errors import CrankmeshError
-
-    if args.capability == "python.run":
-        code = args.code
-        if args.file:
-            code = Path(args.file).read_text()
-        if code is None:
-            print("error: python.run needs --code or --file", file=sys.stderr)
-            return 2
-        job = Job.python(
-            code,
-            json.loads(args.args) if args.args else None,
-            env_profile=args.env_profile,
-            accelerator=args.accelerator,
-            timeout_sec=args.timeout,
-            max_price=args.max_price,
-        )
-    else:
-        data = (args.payload or "").encode()
-        job = Job.call(args.capability, data, timeout_sec=args.timeout, max_price=args.max_price)
-
-    nats_target: Any = args.nats
-    if args.nats_nkey_seed_file:  # closed audit subjects: connect as the key's NATS user
-        from ..transport import NatsOptions
-
-        nats_target = NatsOptions.from_url(args.nats, nkeys_seed=args.nats_nkey_seed_file)
-    identity = None
-    if args.key:
-        from ..keystore import load_identity
-        from ..protocol.errors import KeystoreError
-
-        try:
-            identity = load_identity(args.key)
-        except KeystoreError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-
-    async def run() -> int:
-        failures = 0
-        async with Client(
-            nats=nats_target, identity=identity, federation=args.federation, policy=args.policy
-        ) as c:
-            # The nodes answer the client's advert sync together: settle briefly so the
-            # first job can go to the best of them, not the first to answer.
-            await c.wait_for_peers(job.capability, 1, wait_s=args.wait_peers, settle_s=0.05)
-            for _ in range(args.count):
-                try:
-                    r = await c.run(job)
-                except CrankmeshError as exc:
-                    failures += 1
-                    _emit(args, {"error": type(exc).__name__, "message": str(exc)}, f"error: {exc}")
-                    continue
-                obj = {
-                    "job_cid": r.job_cid,
-                    "status": r.status,
-                    "executor": r.executor,
-                    "price": r.price,
-                    "currency": r.currency,
-                    "latency_ms": round(r.latency_ms, 3),
-                    "receipt_cid": r.receipt_cid,
-                    "verified": r.verified,
-                }
-                if job.capability == "python.run":
-                    obj.update(stdout=r.stdout, stderr=r.stderr, exit_code=r.exit_code)
-                else:
-                    obj["output"] = (r.output or b"").decode("utf-8", "replace")
-                shown = r.stdout if job.capability == "python.run" else str(obj["output"])
-                text = (
-                    shown
-                    + f"\n[{r.status}] job {r.job_cid} on {r.executor} for {r.price} µ{r.currency}"
-                    f" in {r.latency_ms:.1f} ms, receipt {r.receipt_cid} verified"
-                )
-                _emit(args, obj, text)
-                if not r.ok:
-                    failures += 1
-        return 1 if failures else 0
-
-    try:
-        return run_loop(run)
-    except CrankmeshError as exc:  # e.g. NATS refused the credentials: one line, no traceback
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
 
 
 # ----------------------------------------------------------------------------- demo
@@ -285,12 +217,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = CliParser(
         prog="crankmesh",
         description="crankmesh: a decentralized pub/sub bidding mesh over NATS.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version="crankmesh 0.1.0")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p.add_argument(
+        "--debug", action="store_true", help="print the traceback of an error, not just its line"
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=CliParser)
 
     d = sub.add_parser(
         "demo",
@@ -339,41 +276,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_node_arguments(nd)
     nd.set_defaults(fn=_cmd_node)
 
-    sb = sub.add_parser("submit", help="submit a job to a mesh and print the verified result")
-    sb.add_argument("--nats", required=True, help="NATS URL(s), comma-separated")
-    sb.add_argument("--federation", default="default")
-    sb.add_argument("--capability", default="python.run")
-    sb.add_argument("--code", help="Python code for python.run")
-    sb.add_argument("--file", help="file with Python code for python.run")
-    sb.add_argument("--args", help="JSON object passed to the code as `args`")
-    sb.add_argument("--payload", help="payload (UTF-8 text) for other capabilities")
-    sb.add_argument("--env-profile", default="python-core")
-    sb.add_argument("--accelerator", default="cpu")
-    sb.add_argument("--timeout", type=float, default=10.0, help="job timeout (s)")
-    sb.add_argument("--max-price", type=_parse_price)
-    sb.add_argument("--policy", default="cost", help="greedy | balanced | cost | latency | slo")
-    sb.add_argument("--slo-p95-ms", type=float, help="required p95 latency (ms), for --policy slo")
-    sb.add_argument("--budget", metavar="TOKENFILE", help="pay from this budget token chain")
-    sb.add_argument("--key", help="originator key file (needed to spend a --budget token)")
-    sb.add_argument(
-        "--nats-nkey-seed-file",
-        help="NATS nkey seed file (`python -m crankmesh.nats_auth seed`), for servers with "
-        "closed audit subjects; use with --key, the identity it belongs to",
+    sb = sub.add_parser(
+        "submit",
+        help="submit jobs to a mesh and print the verified results",
+        description="Run a job (or --count of them, --concurrency at a time) on the mesh and "
+        "print each verified result: output, the executor by name, attempts, price, receipt.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sb.add_argument("--explain", action="store_true", help="print why the executor was chosen")
-    sb.add_argument("--count", type=int, default=1)
-    sb.add_argument(
-        "--wait-peers",
-        type=float,
-        default=3.0,
-        help="seconds to wait for a peer offering the capability",
-    )
-    sb.add_argument("--json", action="store_true")
-    sb.set_defaults(fn=_cmd_submit)
+    from ._submit_cmds import add_submit_arguments
+
+    add_submit_arguments(sb)
     _add_token_parsers(sub)
     _add_executor_parsers(sub)
     _add_audit_parsers(sub)
     _add_ops_parsers(sub)
+    _pipeline_cmds.add_pipeline_parsers(sub)
     return p
 
 
@@ -501,16 +419,8 @@ def main(argv: list[str] | None = None) -> int:
         backend_options()  # a bad CRANKMESH_EVENT_LOOP is a usage error, not a traceback
     except (ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    from ..protocol.errors import InvalidJob
-
-    try:
-        return int(args.fn(args))
-    except InvalidJob as exc:  # e.g. `submit --timeout nan`: a usage error, not a traceback
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+        return EXIT_USAGE
+    return run_command(args.fn, args)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -144,23 +144,29 @@ def _us(value: int | None) -> str:
 
 
 def _table(profiles: dict[str, dict[str, Any]]) -> str:
-    head = (
-        f"{'capability':<24} {'p50':>8} {'p95':>8} {'p99':>8} {'jobs/s':>10} "
-        f"{'accuracy':>9} {'cost':>6} {'samples':>7}  load p50 by concurrency"
-    )
-    rows = [head]
+    from .._tables import render_table
+
+    header = ("capability", "p50", "p95", "p99", "jobs/s", "accuracy", "cost", "samples",
+              "load p50 by concurrency")  # fmt: skip
+    rows = []
     for name, p in profiles.items():
         tput = p.get("throughput_mjps")
         acc = p.get("accuracy_ppm")
         load = p.get("load_p50_us", {})
         rows.append(
-            f"{name:<24} {_us(p.get('p50_us')):>8} {_us(p.get('p95_us')):>8}"
-            f" {_us(p.get('p99_us')):>8} {'-' if tput is None else f'{tput / 1000:.1f}':>10}"
-            f" {'-' if acc is None else f'{acc / 10_000:.1f}%':>9}"
-            f" {p.get('unit_cost', '-')!s:>6} {p.get('samples', 0):>7}  "
-            + " ".join(f"c{c}={_us(v)}" for c, v in load.items())
+            (
+                name,
+                _us(p.get("p50_us")),
+                _us(p.get("p95_us")),
+                _us(p.get("p99_us")),
+                "-" if tput is None else f"{tput / 1000:.1f}",
+                "-" if acc is None else f"{acc / 10_000:.1f}%",
+                str(p.get("unit_cost", "-")),
+                str(p.get("samples", 0)),
+                " ".join(f"c{c}={_us(v)}" for c, v in load.items()),
+            )
         )
-    return "\n".join(rows)
+    return render_table(header, rows, right=range(1, 8))
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

@@ -15,14 +15,17 @@ commands read (each also sets ``fn``).
     ``(running + queued) / capacity`` first), then by price.  ``--only-region`` drops peers
     whose region does not start with ``--region``.
 ``cmd_top``
-    A live view: the peers (from adverts) and the message rates on ``crank.<fed>.>`` by
-    kind, redrawn every ``--interval`` seconds; ``--iterations N`` stops after N frames.
+    A live view: the peers (from adverts; LOAD measured from their receipts' run time over
+    the interval and capacity, JOBS/S from their receipts) and the message rates on
+    ``crank.<fed>.>`` by kind, redrawn every ``--interval`` seconds, in colour on a
+    terminal, where ``q`` quits; ``--iterations N`` stops after N frames.
 ``cmd_explain``
-    Ask the federation why a job went where it went: the node whose client ran the job
+    Why a job went where it went: from ``$CRANKMESH_HOME/explanations`` when
+    ``crankmesh submit`` ran it on this machine, else the node whose client ran the job
     answers (:mod:`crankmesh.originator.explain_service`).
 
 Exit status: 0 success (``peers`` also when no peer matches); 1 ``explain``: no node
-answered; 2 usage errors, NATS unreachable.
+answered; 2 usage errors; 3 NATS unreachable or credentials refused.
 """
 
 from __future__ import annotations
@@ -33,13 +36,15 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 import anyio
 
 from .._loop import run as run_loop
+from .._tables import render_table
 from ..capabilities import CapabilityOffer, CapabilitySpecError, GpuOffer, GpuType
 from ..directory import Peer, PeerDirectory
 from ..market._format import fmt_money, fmt_us, short_did
@@ -47,9 +52,11 @@ from ..protocol import subjects
 from ..protocol.errors import ProtocolError, TransportError
 from ..protocol.messages import AdvertCapability
 from ..transport import unsubscribe_quietly
+from ._errors import EXIT_CONNECTION
 
 __all__ = [
     "MESSAGE_KINDS",
+    "ExecutorActivity",
     "MessageCounter",
     "PeerQuery",
     "PeerRow",
@@ -131,13 +138,9 @@ def _positive(text: str) -> float:
 
 
 def _add_connection_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--nats", required=True, help="NATS URL(s), comma-separated")
-    p.add_argument(
-        "--federation", help="federation name (default: $CRANKMESH_FEDERATION or 'default')"
-    )
-    p.add_argument(
-        "--connect-timeout", type=_positive, default=5.0, help="seconds to reach NATS (default 5)"
-    )
+    from ._connect import add_connection_arguments
+
+    add_connection_arguments(p)
 
 
 def add_peers_arguments(p: argparse.ArgumentParser) -> None:
@@ -213,15 +216,10 @@ def _federation(args: argparse.Namespace) -> str:
 
 
 async def _connect(args: argparse.Namespace, name: str, *, reconnect: bool) -> Any:
-    from ..transport import NatsOptions, connect
+    from ..transport import connect
+    from ._connect import nats_options
 
-    options = NatsOptions.from_url(
-        args.nats,
-        name=name,
-        initial_connect_timeout_s=float(args.connect_timeout),
-        max_reconnect_attempts=-1 if reconnect else 0,
-    )
-    return await connect(options)
+    return await connect(nats_options(args, name, reconnect=reconnect))
 
 
 async def _close(nc: Any) -> None:
@@ -237,18 +235,11 @@ def _gb(mb: int) -> str:
 
 
 def _table(rows: Sequence[Sequence[str]], right: Iterable[int] = ()) -> list[str]:
-    """Left-aligned columns (``right``: right-aligned), two spaces apart."""
+    """The header ``rows[0]`` and the rows, through the one renderer (``right``: right-aligned
+    column indexes)."""
     if not rows:
         return []
-    aligned = set(right)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    out = []
-    for row in rows:
-        cells = [
-            c.rjust(widths[i]) if i in aligned else c.ljust(widths[i]) for i, c in enumerate(row)
-        ]
-        out.append("  ".join(cells).rstrip())
-    return out
+    return render_table(rows[0], rows[1:], right=right).split("\n")
 
 
 def _load_ratio(peer: Peer) -> float:
@@ -514,7 +505,9 @@ def cmd_peers(args: argparse.Namespace) -> int:
     )
     try:
         peers = run_loop(_collect_peers, args, federation)
-    except (TransportError, ValueError) as exc:
+    except TransportError as exc:
+        return _error(str(exc), EXIT_CONNECTION)
+    except ValueError as exc:
         return _error(str(exc))
     rows = select_peers(peers, query)
     if args.json:
@@ -565,6 +558,46 @@ class MessageCounter:
         return recent
 
 
+@dataclass
+class ExecutorActivity:
+    """What the receipts on ``receipts.<executor>`` say each executor did since the last
+    :meth:`take`: jobs finished and the wall time they ran (µs, from the receipts'
+    metering).  ``top``'s LOAD is that busy time over the interval and the advertised
+    capacity: measured, where the advertised running+queued is a snapshot that quick
+    jobs rarely show."""
+
+    _jobs: dict[str, int] = field(default_factory=dict)
+    _wall_us: dict[str, int] = field(default_factory=dict)
+
+    def observe_receipt(self, data: bytes) -> None:
+        from ..protocol.messages import Receipt, decode_message
+
+        try:
+            _, receipt = decode_message(data, Receipt)
+        except ProtocolError:
+            return
+        did = receipt.signer
+        self._jobs[did] = self._jobs.get(did, 0) + 1
+        self._wall_us[did] = self._wall_us.get(did, 0) + receipt.metering.wall_us
+
+    def take(self) -> dict[str, tuple[int, int]]:
+        """``{executor: (jobs, wall_us)}`` since the previous call."""
+        out = {d: (n, self._wall_us.get(d, 0)) for d, n in self._jobs.items()}
+        self._jobs, self._wall_us = {}, {}
+        return out
+
+
+def _busy(peer: Peer, activity: dict[str, tuple[int, int]], elapsed_s: float) -> float:
+    _, wall_us = activity.get(peer.did, (0, 0))
+    return wall_us / (max(elapsed_s, 1e-9) * 1e6 * max(peer.advert.load.capacity, 1))
+
+
+def _load_style(ratio: float, draining: bool) -> str:
+    if draining:
+        return "magenta"
+    return "green" if ratio < 0.5 else "yellow" if ratio < 0.9 else "bold red"
+
+
 def _top_frame(
     *,
     federation: str,
@@ -573,37 +606,74 @@ def _top_frame(
     recent: dict[str, int],
     totals: dict[str, int],
     elapsed_s: float,
+    activity: dict[str, tuple[int, int]] | None = None,
+    color: bool = False,
 ) -> tuple[str, dict[str, Any]]:
-    """The text and the JSON object of one ``top`` frame."""
+    """The text (with ANSI colours when ``color``) and the JSON object of one ``top``
+    frame."""
+    from .._tables import table as rich_table
+    from .._tables import to_text
+
+    activity = activity or {}
     now = time.time()
+    per_s = max(elapsed_s, 1e-9)
     peers = sorted(peers, key=lambda p: (p.advert.name or "", p.did))
-    lines = [
+    title = (
         f"crankmesh top  federation {federation!r} on {server}  "
-        f"{time.strftime('%H:%M:%S', time.localtime(now))}",
-        "",
-        f"PEERS ({len(peers)})",
-    ]
-    table: list[tuple[str, ...]] = [("NAME", "DID", "REGION", "LOAD", "CAPABILITIES")]
+        f"{time.strftime('%H:%M:%S', time.localtime(now))}"
+    )
+    rows, row_styles = [], []
     for p in peers:
         a = p.advert
-        table.append(
+        busy = _busy(p, activity, elapsed_s)
+        ratio = max(busy, _load_ratio(p))
+        jobs = activity.get(p.did, (0, 0))[0]
+        rows.append(
             (
                 a.name or "-",
                 short_did(p.did),
                 a.region or "-",
+                f"{busy:.2f}",
+                f"{jobs / per_s:.1f}",
                 _load_text(p, _load_ratio(p)),
                 ", ".join(f"{c.name} ({fmt_money(c.price, c.currency)})" for c in a.capabilities),
             )
         )
-    lines.extend("  " + line for line in _table(table))
-    if not peers:
-        lines.append("  (no adverts yet: peers advertise about every second)")
-    lines += ["", "MESSAGES"]
-    per_s = max(elapsed_s, 1e-9)
-    mtable: list[tuple[str, ...]] = [("KIND", f"LAST {elapsed_s:.1f}s", "PER SEC", "TOTAL")]
-    for kind in MESSAGE_KINDS:
-        mtable.append((kind, str(recent[kind]), f"{recent[kind] / per_s:.1f}", str(totals[kind])))
-    lines.extend("  " + line for line in _table(mtable, right=(1, 2, 3)))
+        row_styles.append(_load_style(ratio, a.draining))
+    header = ("NAME", "DID", "REGION", "LOAD", "JOBS/S", "ADVERTISED", "CAPABILITIES")
+    mrows = [
+        (kind, str(recent[kind]), f"{recent[kind] / per_s:.1f}", str(totals[kind]))
+        for kind in MESSAGE_KINDS
+    ]
+    mheader = ("KIND", f"LAST {elapsed_s:.1f}s", "PER SEC", "TOTAL")
+    if color:
+        from rich.console import Group
+        from rich.padding import Padding
+        from rich.text import Text
+
+        parts: list[Any] = [Text(title, style="bold"), Text(""), Text(f"PEERS ({len(peers)})")]
+        parts.append(
+            Padding(
+                rich_table(header, rows, right=(3, 4), styles={0: "cyan"}, row_styles=row_styles),
+                (0, 0, 0, 2),
+            )
+        )
+        if not peers:
+            parts.append(Text("  (no adverts yet: peers advertise about every second)"))
+        parts += [Text(""), Text("MESSAGES")]
+        parts.append(
+            Padding(rich_table(mheader, mrows, right=(1, 2, 3), styles={0: "cyan"}), (0, 0, 0, 2))
+        )
+        parts.append(Text("q: quit", style="dim"))
+        text = to_text(Group(*parts), color=True)
+    else:
+        lines = [title, "", f"PEERS ({len(peers)})"]
+        lines.extend("  " + line for line in _table([header, *rows], right=(3, 4)))
+        if not peers:
+            lines.append("  (no adverts yet: peers advertise about every second)")
+        lines += ["", "MESSAGES"]
+        lines.extend("  " + line for line in _table([mheader, *mrows], right=(1, 2, 3)))
+        text = "\n".join(lines)
     obj = {
         "ts": round(now, 3),
         "federation": federation,
@@ -613,7 +683,10 @@ def _top_frame(
                 "did": p.did,
                 "name": p.advert.name,
                 "region": p.advert.region,
-                "load": round(_load_ratio(p), 4),
+                "load": round(max(_busy(p, activity, elapsed_s), _load_ratio(p)), 4),
+                "busy": round(_busy(p, activity, elapsed_s), 4),
+                "advertised_load": round(_load_ratio(p), 4),
+                "jobs_per_s": round(activity.get(p.did, (0, 0))[0] / per_s, 3),
                 "draining": p.advert.draining,
                 "capabilities": [c.name for c in p.advert.capabilities],
             }
@@ -621,7 +694,7 @@ def _top_frame(
         ],
         "messages": {k: {"last": recent[k], "total": totals[k]} for k in MESSAGE_KINDS},
     }
-    return "\n".join(lines), obj
+    return text, obj
 
 
 async def _run_top(args: argparse.Namespace, federation: str) -> None:
@@ -631,13 +704,17 @@ async def _run_top(args: argparse.Namespace, federation: str) -> None:
     try:
         directory = PeerDirectory(federation=federation)
         counter = MessageCounter()
+        activity = ExecutorActivity()
 
         async def on_message(msg: Any) -> None:
-            if counter.observe(msg.subject) == "adverts":
+            kind = counter.observe(msg.subject)
+            if kind == "adverts":
                 try:
                     directory.handle(msg.data)
                 except ProtocolError:
                     pass
+            elif kind == "receipts":
+                activity.observe_receipt(msg.data)
 
         sub = await nc.subscribe(f"{subjects.ROOT}.{federation}.>", cb=on_message)
         try:
@@ -649,31 +726,71 @@ async def _run_top(args: argparse.Namespace, federation: str) -> None:
             last = anyio.current_time()
             deadline = last
             frame = 0
-            while iterations is None or frame < iterations:
-                deadline += interval
-                await anyio.sleep(max(0.0, deadline - anyio.current_time()))
-                now = anyio.current_time()
-                text, obj = _top_frame(
-                    federation=federation,
-                    server=server,
-                    peers=directory.peers(),
-                    recent=counter.take(),
-                    totals=dict(counter.totals),
-                    elapsed_s=now - last,
-                )
-                last = now
-                if args.json:
-                    out = json.dumps(obj)
-                elif tty:
-                    out = _CLEAR_SCREEN + text
-                else:
-                    out = text if frame == 0 else f"{_SEPARATOR}\n{text}"
-                print(out, flush=True)
-                frame += 1
+            quit_pressed = anyio.Event()
+            with _keys(quit_pressed, enabled=tty):
+                while iterations is None or frame < iterations:
+                    deadline += interval
+                    with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
+                        await quit_pressed.wait()
+                    if quit_pressed.is_set():
+                        break
+                    now = anyio.current_time()
+                    text, obj = _top_frame(
+                        federation=federation,
+                        server=server,
+                        peers=directory.peers(),
+                        recent=counter.take(),
+                        totals=dict(counter.totals),
+                        elapsed_s=now - last,
+                        activity=activity.take(),
+                        color=tty,
+                    )
+                    last = now
+                    if args.json:
+                        out = json.dumps(obj)
+                    elif tty:
+                        out = _CLEAR_SCREEN + text
+                    else:
+                        out = text if frame == 0 else f"{_SEPARATOR}\n{text}"
+                    print(out, flush=True)
+                    frame += 1
         finally:
             await unsubscribe_quietly(sub)
     finally:
         await _close(nc)
+
+
+@contextmanager
+def _keys(quit_pressed: anyio.Event, *, enabled: bool) -> Iterator[None]:
+    """While ``top`` draws on a terminal: stdin in cbreak mode (keys arrive unbuffered,
+    unechoed) and ``q`` (or ``Q``) sets ``quit_pressed``; the terminal is restored after."""
+    import asyncio
+
+    fd = sys.stdin.fileno() if enabled and sys.stdin.isatty() else None
+    if fd is None:
+        yield
+        return
+    import termios
+    import tty
+
+    saved = termios.tcgetattr(fd)
+    loop = asyncio.get_running_loop()
+
+    def on_key() -> None:
+        try:
+            data = os.read(fd, 32)
+        except OSError:
+            return
+        if b"q" in data.lower():
+            quit_pressed.set()
+
+    tty.setcbreak(fd)
+    loop.add_reader(fd, on_key)
+    try:
+        yield
+    finally:
+        loop.remove_reader(fd)
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
 def cmd_top(args: argparse.Namespace) -> int:
@@ -692,7 +809,9 @@ def cmd_top(args: argparse.Namespace) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
-    except (TransportError, ValueError) as exc:
+    except TransportError as exc:
+        return _error(str(exc), EXIT_CONNECTION)
+    except ValueError as exc:
         return _error(str(exc))
     return 0
 
@@ -770,9 +889,17 @@ def cmd_explain(args: argparse.Namespace) -> int:
         parse_cid(job_cid)
     except ProtocolError as exc:
         return _error(f"{job_cid!r:.100} is not a job CID ({exc})")
+    from ..originator.explain_service import load_explanation
+
+    # Jobs `crankmesh submit` ran on this machine: their explanation was saved when they
+    # ended (the submitting process has exited since, so no node could answer for them).
+    reply = load_explanation(job_cid)
     try:
-        reply = run_loop(_ask, args, federation, job_cid)
-    except (TransportError, ValueError) as exc:
+        if reply is None:
+            reply = run_loop(_ask, args, federation, job_cid)
+    except TransportError as exc:
+        return _error(str(exc), EXIT_CONNECTION)
+    except ValueError as exc:
         return _error(str(exc))
     if reply is None:
         return _error(

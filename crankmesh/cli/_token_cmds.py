@@ -32,9 +32,10 @@ parse amounts and durations themselves, so no ``type=`` is needed)
 
 Optional attributes are read with ``getattr(args, name, default)``, so a parser may omit them.
 
-Exit status: 0 success (inspect: the chain verifies now), 1 the operation failed (a missing or
-malformed file, a refused delegation, an invalid chain), 2 a malformed argument (amount, ttl,
-scope, DID).
+Exit status (the CLI's one table, :mod:`crankmesh.cli._errors`): 0 success (inspect: the chain
+verifies now), 1 the operation failed (a refused delegation, an invalid chain), 2 usage: a
+malformed argument (amount, ttl, scope, DID), a missing, unreadable or malformed key or token
+file, an existing ``--out`` without ``--force``.
 """
 
 from __future__ import annotations
@@ -269,7 +270,7 @@ def cmd_token_issue(args: argparse.Namespace) -> int:
     try:
         issuer = load_identity(args.key)
     except KeystoreError as exc:
-        return _fail(str(exc))
+        return _fail(str(exc), 2)
     try:
         env = issue(
             issuer,
@@ -284,8 +285,8 @@ def cmd_token_issue(args: argparse.Namespace) -> int:
         return _fail(str(exc), 2)
     try:
         path = write_chain_file(args.out, [env], overwrite=getattr(args, "force", False))
-    except ValueError as exc:
-        return _fail(str(exc))
+    except ValueError as exc:  # exists without --force, or cannot be written
+        return _fail(str(exc), 2)
     obj = _link_obj(*decode_token(env))
     _emit(args, {**obj, "path": str(path)}, f"{_link_text(1, obj)}\ntoken written to {path}")
     return 0
@@ -302,13 +303,13 @@ def cmd_token_delegate(args: argparse.Namespace) -> int:
     try:
         chain = read_chain_file(args.token)
     except (ValueError, ProtocolError) as exc:
-        return _fail(str(exc))
+        return _fail(str(exc), 2)
     if len(chain) >= MAX_CHAIN_LINKS:
         return _fail(f"{args.token} already has {len(chain)} links, the most a chain may have")
     try:
         holder = load_identity(args.key)
     except KeystoreError as exc:
-        return _fail(str(exc))
+        return _fail(str(exc), 2)
     now = _now_ms()
     try:
         verify_chain(chain, now_ms=now, holder=holder.did)
@@ -328,8 +329,8 @@ def cmd_token_delegate(args: argparse.Namespace) -> int:
     new_chain = [*chain, child]
     try:
         path = write_chain_file(args.out, new_chain, overwrite=getattr(args, "force", False))
-    except ValueError as exc:
-        return _fail(str(exc))
+    except ValueError as exc:  # exists without --force, or cannot be written
+        return _fail(str(exc), 2)
     obj = _link_obj(*decode_token(child))
     n = len(new_chain)
     _emit(
@@ -345,7 +346,7 @@ def cmd_token_inspect(args: argparse.Namespace) -> int:
     try:
         chain = read_chain_file(args.token)
     except (ValueError, ProtocolError) as exc:
-        return _fail(str(exc))
+        return _fail(str(exc), 2)
     links = [_link_obj(*decode_token(env)) for env in chain]
     trust = getattr(args, "trust", None)
     trusted = None if trust is None else set(trust).__contains__

@@ -62,6 +62,7 @@ from ..transport import unsubscribe_quietly
 from .benchmark import SelfBenchmark
 from .caps import CapsLedger, CapsViolation, ExecutorCaps
 from .handlers import CapabilityHandler, Outcome
+from .load_quote import quote_at_load
 
 __all__ = ["Executor", "ExecutorConfig"]
 
@@ -265,6 +266,19 @@ class Executor:
         slo = self.bench.slo_for(capability)
         self._slo_cache[capability] = (now, slo)
         return slo
+
+    def quote_at_load(self, capability: str, slo: BidSlo) -> BidSlo:
+        """``slo`` as a promise for one more job now: scaled by the load-sensitivity
+        profile and with the wait behind the jobs running and queued (see
+        :mod:`.load_quote`)."""
+        prof = self.bench.profiles.get(capability)
+        return quote_at_load(
+            slo,
+            running=self._running,
+            queued=self._queued,
+            slots=self.config.max_concurrency,
+            load_p50=prof.load_sensitivity if prof is not None else None,
+        )
 
     def _match(self, requirements_wire: dict[str, Any]) -> MatchResult:
         """Match a job's requirements against this executor's offer (cached per shape)."""
@@ -621,7 +635,7 @@ class Executor:
             nonce=os.urandom(16),
             price=price,
             currency=self.config.currency,
-            slo=slo,
+            slo=self.quote_at_load(capability, slo),
             load=self.load,
             est_us=(slo.p50_us or 0) + queue_wait if slo.p50_us else None,
             isolation=self.config.isolation,

@@ -37,6 +37,7 @@ from ._policies import (
 from ._ranking import Ranking, ScoredCandidate, ScoreKind
 from ._reputation import UNKNOWN_REPUTATION, LocalReputation, reputation_score
 from ._resource_price import resource_price
+from ._service_time import OverheadEstimator, PromiseKeeping, service_time_us
 
 __all__ = [
     "BASE_FILTERS",
@@ -49,8 +50,10 @@ __all__ = [
     "JobChargeState",
     "KeyPolicy",
     "LocalReputation",
+    "OverheadEstimator",
     "POLICIES",
     "Policy",
+    "PromiseKeeping",
     "Ranking",
     "RejectedCandidate",
     "SLO_FILTERS",
@@ -67,4 +70,5 @@ __all__ = [
     "reputation_score",
     "resource_price",
     "select",
+    "service_time_us",
 ]

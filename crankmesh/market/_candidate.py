@@ -47,6 +47,9 @@ class Candidate:
     """0..1 local or audited reputation; None = unknown (treated as the prior, 2/3)."""
     observed_p95_us: int | None = None
     """p95 the originator observed from this executor's past jobs; None = no history."""
+    conduct: tuple[str, ...] = ()
+    """Misbehaviour the originator saw from this executor (and why it is excluded, if it
+    is), one note each, for explanations."""
     expires_ms: int = 0
     """Bid expiry, ms since the epoch; the bid is expired when ``expires_ms <= now_ms``."""
     arrival: int = 0

@@ -52,6 +52,7 @@ class ConsideredBid:
     local: bool
     degraded: bool
     warnings: tuple[str, ...]
+    conduct: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, JSONScalar | list[str]]:
         score = self.score
@@ -72,6 +73,7 @@ class ConsideredBid:
             "local": self.local,
             "degraded": self.degraded,
             "warnings": list(self.warnings),
+            "conduct": list(self.conduct),
         }
 
 
@@ -119,17 +121,10 @@ class Explanation:
             lines.append(f"  requirements: {text or '(none)'}")
         lines.append("")
         header = ("rank", "executor", "bid", "price", "p95", "load", "score / failed filter")
-        rows = [header] + [self._row(c) for c in self.considered]
-        widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
-        right = {0, 3, 4, 5}
-        for n, row in enumerate(rows):
-            cells = [
-                row[i].rjust(widths[i]) if i in right else row[i].ljust(widths[i])
-                for i in range(len(widths))
-            ]
-            lines.append("  " + "  ".join(cells) + "  " + row[-1])
-            if n == 0:
-                lines.append("  " + "  ".join("-" * w for w in widths) + "  " + "-" * 21)
+        from .._tables import render_table  # the one table renderer (pure: no I/O)
+
+        rows = [self._row(c) for c in self.considered]
+        lines.append(render_table(header, rows, right=(0, 3, 4, 5), indent=2, rule=True))
         if not self.considered:
             lines.append("  (no bids)")
         lines.append("")
@@ -155,6 +150,7 @@ class Explanation:
             tags = ["local"] if c.local else []
             if c.degraded:
                 tags.append("degraded: " + "; ".join(c.warnings) if c.warnings else "degraded")
+            tags.extend(c.conduct)
             if tags:
                 last += f"  [{', '.join(tags)}]"
         return (
@@ -251,6 +247,7 @@ def _considered(
         local=c.local,
         degraded=c.degraded,
         warnings=c.warnings,
+        conduct=c.conduct,
     )
 
 

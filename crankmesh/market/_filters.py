@@ -20,8 +20,10 @@ accuracy   accuracy below ``Terms.min_accuracy_ppm``, or no accuracy promised
 ========== ==============================================================================
 
 *Effective p95* is the worse of the promised p95 and the p95 this originator observed from the
-executor's past jobs (``observed_p95_us``), when it has such history: a bid is judged by what
-the executor has delivered, not only by what it claims.  Without history the promise stands.
+executor's past jobs (``observed_p95_us``), when it has such history and the observation exceeds
+the promise by more than :data:`OBSERVED_TOLERANCE` (the sampling noise of an honest p95): a bid
+is judged by what the executor has delivered, not only by what it claims.  Without history the
+promise stands.
 """
 
 from __future__ import annotations
@@ -61,12 +63,25 @@ class RejectedCandidate:
         return f"bid {c.bid_cid} from {c.executor}: {self.filter}: {self.reason}"
 
 
+#: An observed p95 up to this factor above the promise is taken as noise, not a shortfall.
+OBSERVED_TOLERANCE = 1.25
+
+
+def shortfall(c: Candidate) -> float:
+    """How many times the observed p95 exceeds the promised one (1.0 when it does not, or by
+    no more than :data:`OBSERVED_TOLERANCE`, or when either is unknown)."""
+    p95, seen = c.p95_us, c.observed_p95_us
+    if not p95 or seen is None or seen <= p95 * OBSERVED_TOLERANCE:
+        return 1.0
+    return seen / p95
+
+
 def effective_p95_us(c: Candidate) -> int | None:
     """The worse of promised and observed p95; None when nothing was promised."""
     p95, seen = c.p95_us, c.observed_p95_us
     if p95 is None:
         return None
-    if seen is not None and seen > p95:
+    if seen is not None and shortfall(c) > 1.0:
         return seen
     return p95
 
@@ -118,7 +133,8 @@ def _reputation(c: Candidate, t: Terms, now_ms: int) -> str | None:
         )
     if rep >= floor:
         return None
-    return f"reputation {fmt_ratio(rep)} is below the minimum {fmt_ratio(floor)}"
+    why = f" ({'; '.join(c.conduct)})" if c.conduct else ""
+    return f"reputation {fmt_ratio(rep)} is below the minimum {fmt_ratio(floor)}{why}"
 
 
 def _degraded(c: Candidate, t: Terms, now_ms: int) -> str | None:
@@ -136,7 +152,7 @@ def _slo_p95(c: Candidate, t: Terms, now_ms: int) -> str | None:
     if p95 is None:
         return f"no p95 promised (SLO p95 ≤ {fmt_us(slo)})"
     seen = c.observed_p95_us
-    if seen is not None and seen > p95:
+    if seen is not None and shortfall(c) > 1.0:
         if seen <= slo:
             return None
         return (

@@ -42,7 +42,14 @@ from types import MappingProxyType
 from typing import Protocol, runtime_checkable
 
 from ._candidate import Candidate, Terms
-from ._filters import BASE_FILTERS, SLO_FILTERS, Filter, apply_filters, effective_p95_us
+from ._filters import (
+    BASE_FILTERS,
+    SLO_FILTERS,
+    Filter,
+    apply_filters,
+    effective_p95_us,
+    shortfall,
+)
 from ._format import fmt_ppm, fmt_us
 from ._ranking import Ranking, ScoredCandidate, ScoreKind
 from ._reputation import UNKNOWN_REPUTATION
@@ -133,8 +140,11 @@ def expected_latency_us(c: Candidate) -> float:
     ``est_latency_us`` when the executor sent one (it already includes the executor's queue
     wait, so nothing is added for the queue); otherwise ``p50 + queued × p50 / capacity``
     (the queued jobs drain ``capacity`` at a time), falling back to p95 when no p50 was
-    promised.  Plus the network RTT observed by the originator (0 for a local executor, and
-    0 when not measured).
+    promised.  Scaled by how far the executor's service p95 observed by this originator
+    (``observed_p95_us``) exceeds its promised p95, when it does by more than the noise
+    tolerance (:func:`~crankmesh.market._filters.shortfall`): an executor whose promises run
+    short of what it delivers is ranked by what it delivers.  Plus the network RTT observed
+    by the originator (0 for a local executor, and 0 when not measured).
     """
     est = c.est_latency_us
     if est is None:
@@ -144,6 +154,7 @@ def expected_latency_us(c: Candidate) -> float:
         est_f = base + base * c.queued / c.capacity
     else:
         est_f = float(est)
+    est_f *= shortfall(c)
     if c.local or c.network_rtt_us is None:
         return est_f
     return est_f + c.network_rtt_us

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .client import Client, ClientConfig, CostEntry, CostReport, JobEvent, JobHandle
 from .job import Job, JobResult
+from .pipeline import Pipeline, PipelineBudgetExceeded, PipelineRun, Plan, StepFailed
 from .sync import SyncClient
 
 __all__ = [
@@ -15,5 +16,10 @@ __all__ = [
     "JobEvent",
     "JobHandle",
     "JobResult",
+    "Pipeline",
+    "PipelineBudgetExceeded",
+    "PipelineRun",
+    "Plan",
+    "StepFailed",
     "SyncClient",
 ]

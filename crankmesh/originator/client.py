@@ -70,6 +70,7 @@ from ..protocol.errors import (
     ExecutorsExhausted,
     NoBids,
     NoCapacity,
+    NoSuitableExecutor,
     OversizedMessage,
     ProtocolError,
     SelectionError,
@@ -95,12 +96,20 @@ from ..protocol.messages import (
 )
 from ..protocol.tokens import TokenGrant, encode_chain, verify_chain
 from ..transport import unsubscribe_quietly
+from ._local_mesh import local_mesh, nats_from_environment
 from .closes import PendingCloses
+from .conduct import ConductBook, failure_kind
 from .job import Job, JobResult
 
 __all__ = ["Client", "ClientConfig", "CostEntry", "CostReport", "JobEvent", "JobHandle"]
 
 log = logging.getLogger("crankmesh.originator")
+
+
+def _overhead_key(executor: str, capability: str) -> str:
+    """Overhead is estimated per executor and capability (payload sizes and the work
+    around a job differ between capabilities)."""
+    return f"{executor} {capability}"
 
 
 def _now_ms() -> int:
@@ -181,7 +190,10 @@ class Client:
 
     Use as an async context manager.  Either pass ``nats`` (URL(s) or
     :class:`~crankmesh.transport.NatsOptions`) to let the client connect, or
-    ``connection`` (an open nats-py client, e.g. a node's) to share one.
+    ``connection`` (an open nats-py client, e.g. a node's) to share one.  With
+    neither, ``CRANKMESH_NATS`` is used when set; else (zero-config) the client
+    starts a local mesh on enter -- an embedded nats-server and one node in this
+    process -- and stops it on exit.
     """
 
     def __init__(
@@ -197,8 +209,13 @@ class Client:
         trusted: Callable[[str], bool] | None = None,
         **overrides: Any,
     ) -> None:
-        if (nats is None) == (connection is None):
-            raise ValueError("pass exactly one of nats= (URL or NatsOptions) or connection=")
+        if nats is None and connection is None:
+            # Zero-config (seed 003 quick-start): CRANKMESH_NATS, else a local mesh on enter.
+            nats = nats_from_environment()
+        #: No NATS given anywhere: ``__aenter__`` starts a local mesh (see _local_mesh.py).
+        self.zero_config = nats is None and connection is None
+        if nats is not None and connection is not None:
+            raise ValueError("pass at most one of nats= (URL or NatsOptions) or connection=")
         cfg = config or ClientConfig()
         if overrides:
             cfg = ClientConfig(**{**cfg.__dict__, **overrides})
@@ -226,7 +243,14 @@ class Client:
         #: Spend per budget token (RFC 0001 §8.12): reserve at assignment, settle on receipt.
         self.budgets = market.BudgetLedger()
         # Observed vs promised, per executor: a local reputation used in scoring.
-        self._observed: dict[str, LatencyWindow] = {}
+        # (executor, capability) -> service time / promised p95 of its recent jobs, in
+        # permille (RFC 0002 §6.1): how it keeps its promises, whatever the load.
+        self._observed: dict[tuple[str, str], LatencyWindow] = {}
+        #: What this originator observes beyond each executor's service, from measurements.
+        self.overhead = market.OverheadEstimator()
+        #: Misbehaviour seen, by executor and kind; too much excludes until a canary passes.
+        self.conduct = ConductBook(self.metrics)
+        self._last_service: dict[tuple[str, str], int] = {}
         self._reputation: dict[str, market.LocalReputation] = {}
         #: Shared reputation from audited records on the stream (set by a node).
         self.reputation_book: Any = None
@@ -293,10 +317,31 @@ class Client:
                 "Cannot reopen a client once it has been opened; create a new Client."
             )
         stack = AsyncExitStack()
-        await stack.enter_async_context(self._lifecycle())
+        try:
+            if self.zero_config:
+                mesh = await stack.enter_async_context(
+                    local_mesh(federation=self.config.federation)
+                )
+                self._nats_target = mesh.url
+                self.local_executor = mesh.executor
+            await stack.enter_async_context(self._lifecycle())
+            if self.zero_config:
+                await self._wait_for_local_node()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await stack.aclose()
+            raise
         self._stack = stack
         self._state = _State.RUNNING
         return self
+
+    async def _wait_for_local_node(self, wait_s: float = 10.0) -> None:
+        """Zero-config: wait (bounded) until the local node's advert is in the directory,
+        so that the first job's bid window closes on its bid rather than on the timeout."""
+        did = self.local_executor
+        with anyio.move_on_after(wait_s):
+            while did is not None and self.directory.get(did) is None:
+                await self.directory.wait_changed()
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
@@ -744,7 +789,9 @@ class Client:
                     warnings=tuple(b.warnings),
                     expires_ms=b.exp,
                     arrival=i,
-                    observed_p95_us=self._observed_p95(b.signer),
+                    observed_p95_us=self._observed_p95(b.signer, capability, b.slo.p95_us),
+                    conduct=self._conduct_notes(b.signer, capability),
+                    network_rtt_us=self.overhead.typical(_overhead_key(b.signer, capability)),
                     reputation=self._reputation_score(b.signer, capability),
                 )
             )
@@ -858,7 +905,14 @@ class Client:
                         explanation=_LazyExplanation(ranking, job_cid, spec.requirements),
                     )
                 failed.add(bid.signer)
-                self._record_outcome(bid.signer, success=False, observed_us=None, bid=bid)
+                self._record_outcome(
+                    bid.signer,
+                    success=False,
+                    service_us=None,
+                    bid=bid,
+                    capability=spec.capability,
+                    failure=outcome,
+                )
                 _emit("attempt_failed", job_cid, executor=bid.signer, attempt=n, outcome=outcome)
                 attempts.append(Attempt(n, bid.signer, outcome))
                 log.info(
@@ -873,7 +927,7 @@ class Client:
                     break
                 continue
             # Nobody bid this round: wait (with backoff) while live peers could serve it.
-            peers = self._raise_if_mismatched(spec)
+            peers = self._raise_if_ruled_out(spec, job_cid)
             if not peers or time.monotonic() + backoff > busy_until:
                 break
             if self._declined_for_good(track, {p.did for p in peers} - failed):
@@ -882,7 +936,7 @@ class Client:
             backoff = min(backoff * 2, 0.5)
         if not attempts and not track.bids:
             self.metrics.jobs_failed.labels(reason="no_bids").inc()
-            peers = self._raise_if_mismatched(spec)
+            peers = self._raise_if_ruled_out(spec, job_cid)
             declines = track.decline_reasons()
             if declines and not any(
                 nb.reason in _TRANSIENT_NO_BID for _, nb in track.declines.values()
@@ -939,9 +993,16 @@ class Client:
             )
         ranking.raise_if_empty(job_cid)
 
-    def _observed_p95(self, executor: str) -> int | None:
-        w = self._observed.get(executor)
-        return w.quantile(0.95) if w is not None and len(w) >= 5 else None
+    def _observed_p95(self, executor: str, capability: str, promised: int | None) -> int | None:
+        """The p95 ``executor`` would deliver on this ``promised`` p95, judging by how
+        its recent ``capability`` jobs kept theirs: ``promised × p95(service / promise)``,
+        with service times measured as in RFC 0002 §6.1 (load-neutral: a promise quoted at
+        the current load is compared with service times at the load of their day)."""
+        w = self._observed.get((executor, capability))
+        if promised is None or w is None or len(w) < 5:
+            return None
+        ratio = w.quantile(0.95)
+        return None if ratio is None else promised * ratio // 1000
 
     def _reputation_score(self, executor: str, capability: str = "") -> float | None:
         """The worst of what this originator knows about ``executor``: excluded by a
@@ -959,6 +1020,16 @@ class Client:
         if book is not None and (book.banned(executor) or executor in book.scores()):
             scores.append(book.score(executor))
         return min(scores) if scores else None
+
+    def _conduct_notes(self, executor: str, capability: str) -> tuple[str, ...]:
+        notes = self.conduct.notes(executor)
+        reason = self.excluded(executor, capability)
+        return notes if reason is None else (f"excluded: {reason}", *notes)
+
+    def service_time(self, executor: str, capability: str) -> int | None:
+        """Service time (µs) of the last ``capability`` job ``executor`` finished for this
+        client: observed less the overhead estimate, never below its meter (RFC 0002 §6.1)."""
+        return self._last_service.get((executor, capability))
 
     def exclude(self, executor: str, capability: str, reason: str, for_ms: int = 600_000) -> None:
         """Stop routing ``capability`` work to ``executor`` (e.g. it failed a canary);
@@ -979,14 +1050,36 @@ class Client:
         return item[0] if item is not None and item[1] > _now_ms() else None
 
     def _record_outcome(
-        self, executor: str, *, success: bool, observed_us: int | None, bid: Bid
+        self,
+        executor: str,
+        *,
+        success: bool,
+        service_us: int | None,
+        bid: Bid,
+        capability: str = "",
+        failure: str | None = None,
+        misbehaviour: str | None = None,
     ) -> None:
-        """Observed vs promised: keeps this originator's local reputation of executors."""
+        """Service time vs promise, and the commitment kept or broken: keeps this
+        originator's local reputation of executors (and its conduct book, which excludes
+        executors that break too many; see :mod:`.conduct`)."""
         slo_met: bool | None = None
-        if observed_us is not None:
-            self._observed.setdefault(executor, LatencyWindow(256)).add(observed_us)
+        if service_us is not None:
+            self._last_service[(executor, capability)] = service_us
             if bid.slo.p95_us is not None:
-                slo_met = observed_us <= bid.slo.p95_us * 2  # generous: includes the network
+                slo_met = service_us <= bid.slo.p95_us
+                self._observed.setdefault((executor, capability), LatencyWindow(256)).add(
+                    service_us * 1000 // max(1, bid.slo.p95_us)
+                )
+        kind = misbehaviour if failure is None else failure_kind(failure)
+        if failure is None or kind is not None:
+            reason = self.conduct.commitment(executor, capability, kind)
+            if reason is not None:
+                self.exclude(executor, capability, reason)
+        if service_us is not None and bid.slo.p95_us is not None:
+            reason = self.conduct.promise(executor, capability, service_us, bid.slo.p95_us)
+            if reason is not None:
+                self.exclude(executor, capability, reason)
         rep = self._reputation.get(executor) or market.LocalReputation()
         self._reputation[executor] = rep.record(success=success, slo_met=slo_met)
 
@@ -998,6 +1091,21 @@ class Client:
         if results and len(results) == len(peers) and not any(r.ok for r in results.values()):
             raise mismatch_error(results)
         return [p for p in peers if p.did not in results or results[p.did].ok]
+
+    def _raise_if_ruled_out(
+        self, spec: JobSpec, job_cid: str, no_bids: Iterable[tuple[str, str]] = ()
+    ) -> list[Peer]:
+        """As :meth:`_raise_if_mismatched`, and raise NoSuitableExecutor when the directory
+        (price, env profile, isolation, memory, hardware) or the executors' own no-bid
+        reasons rule every live peer out, so nobody waits for capacity that cannot help."""
+        from ._diagnosis import diagnose
+
+        usable = self._raise_if_mismatched(spec)  # all on hardware: CapabilityMismatch
+        peers, results = self._match_peers(spec)
+        verdict = diagnose(spec, peers, results, no_bids, originator=self.identity.did)
+        if verdict.ruled_out:
+            raise NoSuitableExecutor(job_cid, spec.capability, verdict.lines())
+        return usable
 
     def explain(self, job_cid: str) -> market.Explanation | None:
         """The selection explanation of a job this client ran (most recent ranking)."""
@@ -1163,12 +1271,26 @@ class Client:
         """A verified receipt for the current attempt: record what was observed against
         what was promised, and countersign it in the background."""
         observed_us = int((time.perf_counter() - track.assigned_at) * 1_000_000)
+        metered_us = result.receipt.metering.wall_us
+        overhead_us = self.overhead.add(
+            _overhead_key(bid.signer, spec.capability), observed_us, metered_us
+        )
+        # Charging more than the bid (or in another currency) is signed misconduct: it
+        # counts as a failure, and the settlement pays the bid's price only.
+        overcharged = result.price > bid.price or result.currency != bid.currency
         self._record_outcome(
-            bid.signer, success=result.status == "ok", observed_us=observed_us, bid=bid
+            bid.signer,
+            success=result.status == "ok" and not overcharged,
+            service_us=market.service_time_us(observed_us, metered_us, overhead_us),
+            bid=bid,
+            capability=spec.capability,
+            misbehaviour="overcharge" if overcharged else None,
         )
         if self._tg is not None:
             sub, track.sub = track.sub, None
-            self._settling.spawn(self._settle, spec, result, asg, bid, observed_us, sub)
+            self._settling.spawn(
+                self._settle, spec, result, asg, bid, observed_us, sub, overhead_us
+            )
         return result
 
     async def _queue_close(
@@ -1223,6 +1345,7 @@ class Client:
         bid: Bid,
         observed_us: int,
         sub: Any = None,
+        overhead_us: int | None = None,
     ) -> None:
         """Countersign the accepted receipt (RFC 0001 §8.9): both sides have now signed
         the outcome.  Runs after the result is handed back, off the critical path; it
@@ -1239,10 +1362,11 @@ class Client:
             verified=result.verified,
             observed_us=observed_us,
             promised_p95_us=bid.slo.p95_us,
-            charge=result.price,
+            charge=min(result.price, bid.price),
             currency=result.currency,
             assignment=asg.cid,
             budget=spec.budget,
+            overhead_us=overhead_us,
         ).sign(self.identity)
         try:
             await self._publish_record(
@@ -1356,6 +1480,7 @@ class Client:
             price=receipt.charge,
             currency=receipt.currency,
             latency_ms=0.0,
+            receipt_raw=delivery.receipt,
         )
 
 

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -31,7 +33,10 @@ __all__ = [
     "ExplanationReply",
     "explain_subject",
     "explain_subject_all",
+    "explanations_dir",
+    "load_explanation",
     "request_explanation",
+    "save_explanation",
     "serve_explanations",
 ]
 
@@ -212,3 +217,53 @@ async def request_explanation(
         send.close()
         receive.close()
         await unsubscribe_quietly(sub)
+
+
+# --------------------------------------------------------------------------- persisted
+
+
+def explanations_dir() -> Path:
+    """``$CRANKMESH_HOME/explanations`` (default ``~/.crankmesh/explanations``): where the
+    ``crankmesh submit`` command keeps the explanations of the jobs it ran, so that
+    ``crankmesh explain JOB_CID`` can answer after the submitting process has exited."""
+    base = os.environ.get("CRANKMESH_HOME") or os.path.join(Path.home(), ".crankmesh")
+    return Path(base) / "explanations"
+
+
+def _explanation_path(directory: Path, job_cid: str) -> Path | None:
+    # A CID is base32 lower-case: refuse anything that could leave the directory.
+    if not job_cid or not job_cid.isalnum() or len(job_cid) > 200:
+        return None
+    return directory / f"{job_cid}.json"
+
+
+def save_explanation(client: Client, job_cid: str, directory: Path | None = None) -> Path | None:
+    """Write the explanation of ``job_cid`` (a job ``client`` ran) as the JSON reply
+    :func:`serve_explanations` would send; returns the file, or None when ``client`` has
+    no explanation for it.
+
+    Error handling: an OSError writing the file propagates (the caller decides whether a
+    missing explanation is worth failing for); the write is atomic (temp file + rename).
+    """
+    data = _reply_for(client, job_cid)
+    path = _explanation_path(directory or explanations_dir(), job_cid)
+    if data is None or path is None:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return path
+
+
+def load_explanation(job_cid: str, directory: Path | None = None) -> ExplanationReply | None:
+    """The explanation :func:`save_explanation` wrote for ``job_cid``, or None when there is
+    none (or the file is not a valid reply about that job)."""
+    path = _explanation_path(directory or explanations_dir(), job_cid)
+    if path is None:
+        return None
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    return parse_reply(data, job_cid)

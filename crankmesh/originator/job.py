@@ -190,6 +190,8 @@ class JobResult:
     #: Correlates this job's log lines across nodes (NATS header ``Crank-Trace``).
     trace_id: str = ""
     explanation: Any = None  # crankmesh.market.Explanation (built lazily on first access)
+    #: The signed receipt envelope as received (pipelines keep it to re-verify later).
+    receipt_raw: bytes = b""
 
     @property
     def ok(self) -> bool:

@@ -31,7 +31,8 @@ in exactly one place each, with ``raise ... from exc``.
     ├── SelectionError                 nothing could be selected
     │   ├── NoBids                     no executor answered the announcement
     │   │   ├── NoCapacity             executors offer it, but all are full or limiting you
-    │   │   └── BidsDeclined           every executor that answered said no, with reasons
+    │   │   ├── BidsDeclined           every executor that answered said no, with reasons
+    │   │   └── NoSuitableExecutor     executors offer it, but each is ruled out (says why)
     │   ├── NoEligibleBid              bids came, none passed the filters
     │   └── ExecutorsExhausted         every attempt failed; lists each one
     ├── BudgetError
@@ -226,7 +227,8 @@ class NoCapacity(NoBids):
         why = (
             "they said:\n  - " + "\n  - ".join(f"{d}: {r}" for d, r in self.declines.items())
             if self.declines
-            else "(full, or rate-limiting this originator)"
+            else "(full, rate-limiting this originator, or not trusting its key: a node "
+            "with a trust list ignores other originators)"
         )
         SelectionError.__init__(
             self,
@@ -251,6 +253,24 @@ class BidsDeclined(NoBids):
             self,
             f"every executor that answered declined job {job_cid} (capability {capability!r}):"
             f"\n  - {body}",
+        )
+
+
+class NoSuitableExecutor(NoBids):
+    """Executors offering the capability are live, but none can take this job: their
+    adverts (price, env profiles, isolation, hardware) or their no-bids rule each one out.
+    ``reasons`` has one line per executor."""
+
+    def __init__(self, job_cid: str, capability: str, reasons: Sequence[str]) -> None:
+        self.job_cid = job_cid
+        self.capability = capability
+        self.window_ms = 0
+        self.reasons = tuple(reasons)
+        body = "\n  - ".join(self.reasons)
+        SelectionError.__init__(
+            self,
+            f"no executor can take job {job_cid}: {len(self.reasons)} offer {capability!r} "
+            f"but each is ruled out:\n  - {body}",
         )
 
 

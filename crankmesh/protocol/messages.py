@@ -455,6 +455,9 @@ class Settlement(SignedMessage):
     currency: Currency = "USD"
     assignment: DocCID | None = None  # the assignment this originator signed
     budget: DocCID | None = None  # leaf budget token CID the charge is booked against
+    # the originator's estimate of the part of observed_us that is not the executor's
+    # service (network + both sides' protocol work), µs; RFC 0002 §6
+    overhead_us: UInt | None = None
 
 
 class AdvertCapability(_Model):

@@ -23,12 +23,17 @@ Definitions used in the per-executor summary (:class:`ExecutorSummary`):
   ``executor``); without one, the receipt's ``metering.wall_us``.
 * **promised p95** of a receipt: ``slo.p95_us`` of the bid it names (``receipt.bid``),
   when that bid is present and carries one.
-* **SLO compliance**: among the executor's receipts that have a promised p95, the
-  fraction whose observed latency is at most that promise plus ``NETWORK_ALLOWANCE_US``
-  (5 ms by default: the originator's view adds two network hops and both sides'
-  protocol work to the service time an executor measures and promises). A p95
-  promise kept exactly gives about 95 %; status does not matter here (failures count
-  in the success rate).
+* **service time** of a receipt: ``max(metering.wall_us, observed − overhead_us)`` with
+  ``overhead_us`` the originator's per-executor estimate, from measurements, of what it
+  observes beyond the executor's service (network and both sides' protocol work), recorded in
+  the settlement (:func:`crankmesh.market.service_time_us`); without a settlement, or one with
+  no ``overhead_us``, the receipt's ``metering.wall_us``.
+* **SLO compliance** (``slo_met`` / ``slo_compliance``): among the executor's receipts that
+  have a promised p95, the fraction whose *service time* is at most that promise. A p95
+  promise kept exactly gives about 95 %; status does not matter here (failures count in the
+  success rate). **End-to-end compliance** (``slo_met_e2e`` / ``slo_compliance_e2e``): the
+  fraction whose *observed latency* is at most the promise (no allowance: what the originator
+  saw against what was promised).
 * **p95** of a list of latencies: the nearest-rank 95th percentile (the value at
   position ``ceil(0.95 * n)`` of the sorted list, 1-based).
 """
@@ -41,6 +46,7 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
+from ..market import service_time_us
 from ..protocol.cid import cid_for_document, parse_cid
 from ..protocol.envelope import Envelope, open_envelope
 from ..protocol.errors import ProtocolError
@@ -170,6 +176,10 @@ class ExecutorSummary:
     first_seq: int | None
     last_seq: int | None
     misconduct: int
+    #: receipts with a promised p95 whose observed (end-to-end) latency kept it
+    slo_met_e2e: int = 0
+    #: p95 of the service times of its receipts (see the module docstring)
+    service_p95_us: int | None = None
 
     @property
     def success_rate(self) -> float | None:
@@ -177,7 +187,13 @@ class ExecutorSummary:
 
     @property
     def slo_compliance(self) -> float | None:
+        """Service-time compliance: the promise against the service time."""
         return self.slo_met / self.slo_jobs if self.slo_jobs else None
+
+    @property
+    def slo_compliance_e2e(self) -> float | None:
+        """End-to-end compliance: the promise against the observed latency."""
+        return self.slo_met_e2e / self.slo_jobs if self.slo_jobs else None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -190,9 +206,12 @@ class ExecutorSummary:
             "settled": self.settled,
             "promised_p95_us": self.promised_p95_us,
             "observed_p95_us": self.observed_p95_us,
+            "service_p95_us": self.service_p95_us,
             "slo_jobs": self.slo_jobs,
             "slo_met": self.slo_met,
             "slo_compliance": self.slo_compliance,
+            "slo_met_e2e": self.slo_met_e2e,
+            "slo_compliance_e2e": self.slo_compliance_e2e,
             "equivocated": self.equivocated,
             "first_seq": self.first_seq,
             "last_seq": self.last_seq,
@@ -278,7 +297,9 @@ class AuditReport:
                 "charged",
                 "promised p95",
                 "observed p95",
-                "SLO met",
+                "service p95",
+                "SLO met (service)",
+                "SLO met (end to end)",
                 "equivocation",
             )
             rows = [header]
@@ -292,15 +313,16 @@ class AuditReport:
                         charged,
                         _fmt_us(s.promised_p95_us) if s.promised_p95_us is not None else "-",
                         _fmt_us(s.observed_p95_us) if s.observed_p95_us is not None else "-",
+                        _fmt_us(s.service_p95_us) if s.service_p95_us is not None else "-",
                         _pct(s.slo_compliance),
+                        _pct(s.slo_compliance_e2e),
                         "YES" if s.equivocated else "no",
                     )
                 )
-            widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+            from .._tables import render_table  # the one table renderer
+
             lines.append("")
-            for row in rows:
-                cells = (c.ljust(w) for c, w in zip(row, widths, strict=True))
-                lines.append("  ".join(cells).rstrip())
+            lines.append(render_table(header, rows[1:]))
         if self.budgets:
             lines += ["", "budgets (root tokens):"]
             for b in self.budgets:
@@ -398,20 +420,14 @@ def _subject_parts(subject: str) -> tuple[str, str] | None:
 # ------------------------------------------------------------------------------ the audit
 
 
-#: Latency an originator observes beyond the executor's own service time (RFC 0002).
-NETWORK_ALLOWANCE_US = 5_000
-
-
 class _Auditor:
     def __init__(
         self,
         now_ms: int,
         trusted: Collection[str] | None,
         max_skew_ms: int,
-        network_allowance_us: int = NETWORK_ALLOWANCE_US,
     ) -> None:
         self.now_ms = now_ms
-        self.network_allowance_us = network_allowance_us
         self.trusted = frozenset(trusted) if trusted is not None else None
         self.max_skew_ms = max_skew_ms
         self.findings: list[Finding] = []
@@ -933,24 +949,28 @@ class _Auditor:
     ) -> ExecutorSummary:
         charged: dict[str, int] = defaultdict(int)
         observed: list[int] = []
+        services: list[int] = []
         promises: list[int] = []
-        slo_jobs = slo_met = ok = n_settled = 0
+        slo_jobs = slo_met = slo_met_e2e = ok = n_settled = 0
         for p in chain:
             r: Receipt = p.msg
             charged[r.currency] += r.charge
             ok += r.status == "ok"
-            latency = r.metering.wall_us
+            latency = service = r.metering.wall_us
             sp = settled.get(p.cid)
             if sp is not None and sp.msg.executor == executor:
                 n_settled += 1
                 latency = sp.msg.observed_us
+                service = service_time_us(latency, r.metering.wall_us, sp.msg.overhead_us)
             observed.append(latency)
+            services.append(service)
             bp = self.bids.get(r.bid)
             promise = bp.msg.slo.p95_us if bp is not None and bp.env.signer == executor else None
             if promise is not None:
                 promises.append(promise)
                 slo_jobs += 1
-                slo_met += latency <= promise + self.network_allowance_us
+                slo_met += service <= promise
+                slo_met_e2e += latency <= promise
         first, last = seq_ranges[executor]
         return ExecutorSummary(
             executor=executor,
@@ -963,6 +983,8 @@ class _Auditor:
             observed_p95_us=p95(observed),
             slo_jobs=slo_jobs,
             slo_met=slo_met,
+            slo_met_e2e=slo_met_e2e,
+            service_p95_us=p95(services),
             equivocated=equivocated,
             first_seq=first,
             last_seq=last,
@@ -982,7 +1004,6 @@ def audit(
     now_ms: int,
     trusted: Collection[str] | None = None,
     max_skew_ms: int = _DEFAULT_MAX_SKEW_MS,
-    network_allowance_us: int = NETWORK_ALLOWANCE_US,
 ) -> AuditReport:
     """Audit a receipts stream (every rule of RFC 0002 §5); pure, deterministic.
 
@@ -996,7 +1017,7 @@ def audit(
     """
     if trusted is not None and any(not d.startswith(DID_PREFIX) for d in trusted):
         raise ValueError("trusted must be a collection of did:key DIDs")
-    auditor = _Auditor(now_ms, trusted, max_skew_ms, network_allowance_us)
+    auditor = _Auditor(now_ms, trusted, max_skew_ms)
     for record in records:
         auditor.add(record)
     return auditor.finish()

@@ -8,7 +8,8 @@ bad observations; one equivocation bans: score 0.0). An executor's observations:
   (:data:`~crankmesh.receipts.audit.EXECUTOR_MISCONDUCT`: overcharge, a bid of someone
   else or for another job, a broken chain link);
 * ``slo_met`` / ``slo_missed``: its receipts whose bid promised a p95, by whether the
-  observed latency was within the promise (definitions in :mod:`.audit`);
+  service time (the observed latency less the originator's measured overhead estimate,
+  never less than the executor's meter) was within the promise (definitions in :mod:`.audit`);
 * ``equivocations``: proven forks of its receipt chain.
 
 Pure: no I/O, no clock.
@@ -20,11 +21,11 @@ from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, replace
 from typing import Final, TypeVar
 
-from ..market import LocalReputation, reputation_score
+from ..market import LocalReputation, reputation_score, service_time_us
 from ..protocol.envelope import Envelope, open_envelope
 from ..protocol.errors import ProtocolError
 from ..protocol.messages import Bid, Receipt, Settlement, decode_message
-from .audit import NETWORK_ALLOWANCE_US, AuditReport
+from .audit import AuditReport
 
 __all__ = ["ReputationBook", "reputation_from_report"]
 
@@ -66,18 +67,21 @@ class _Job:
     currency: str
     promise: int | None = None
     observed_us: int | None = None
+    overhead_us: int | None = None
     misconduct: bool = False
     # the SLO classification currently counted for this job (met, missed, None: no SLO)
     counted_slo: bool | None = None
 
     @property
-    def latency(self) -> int:
-        return self.observed_us if self.observed_us is not None else self.wall_us
+    def service_us(self) -> int:
+        if self.observed_us is None:
+            return self.wall_us
+        return service_time_us(self.observed_us, self.wall_us, self.overhead_us)
 
     def slo(self) -> bool | None:
         if self.promise is None:
             return None
-        return self.latency <= self.promise + NETWORK_ALLOWANCE_US
+        return self.service_us <= self.promise
 
 
 _DEFAULT_MEMORY: Final = 100_000
@@ -115,7 +119,7 @@ class ReputationBook:
         self._jobs: OrderedDict[str, _Job] = OrderedDict()
         self._bids: OrderedDict[str, _BidInfo] = OrderedDict()
         self._waiting_bid: OrderedDict[str, str] = OrderedDict()
-        self._settlements: OrderedDict[str, tuple[str, str, int]] = OrderedDict()
+        self._settlements: OrderedDict[str, tuple[str, str, int, int | None]] = OrderedDict()
         # executor → seq → (receipt CID, its prev), and prev → receipt CID
         self._by_seq: dict[str, OrderedDict[int, tuple[str, str | None]]] = defaultdict(OrderedDict)
         self._by_prev: dict[str, OrderedDict[str, str]] = defaultdict(OrderedDict)
@@ -256,17 +260,20 @@ class ReputationBook:
     def _settlement(self, signer: str, s: Settlement) -> None:
         job = self._jobs.get(s.receipt)
         if job is None:
-            self._settlements[s.receipt] = (signer, s.executor, s.observed_us)
+            self._settlements[s.receipt] = (signer, s.executor, s.observed_us, s.overhead_us)
             _trim(self._settlements, self._memory)
             return
-        self._apply_settlement(job, signer, s.executor, s.observed_us)
+        self._apply_settlement(job, signer, s.executor, s.observed_us, s.overhead_us)
         self._recount(job)
 
     @staticmethod
-    def _apply_settlement(job: _Job, signer: str, executor: str, observed_us: int) -> None:
+    def _apply_settlement(
+        job: _Job, signer: str, executor: str, observed_us: int, overhead_us: int | None
+    ) -> None:
         # only the originator's word, about this executor, replaces the self-metered time
         if signer == job.originator and executor == job.executor:
             job.observed_us = observed_us
+            job.overhead_us = overhead_us
 
     def _recount(self, job: _Job) -> None:
         new, old = job.slo(), job.counted_slo

@@ -86,10 +86,10 @@ def test_identity_new_and_show(tmp_path: Path) -> None:
     shown = json.loads(r.stdout)
     assert shown["did"] == did and shown["spiffe"].startswith("spiffe://example.org/node/z6Mk")
     # refuses to overwrite, refuses unsafe permissions
-    assert run_cli("identity", "new", "--out", str(key)).returncode == 1
+    assert run_cli("identity", "new", "--out", str(key)).returncode == 2  # refused overwrite
     key.chmod(0o644)
     r = run_cli("identity", "show", "--key", str(key))
-    assert r.returncode == 1 and "chmod 600" in r.stderr
+    assert r.returncode == 2 and "chmod 600" in r.stderr
 
 
 def test_node_subprocess_serves_submit_and_exits_0_on_sigterm(nats_server, tmp_path: Path) -> None:

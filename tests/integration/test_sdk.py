@@ -92,7 +92,8 @@ async def test_originator_countersigns_a_settlement_per_receipt(nats_server):
 
 @pytest.mark.anyio
 async def test_observed_latency_feeds_local_reputation(nats_server):
-    async with mesh(nats_server.url, [node_config(0)]) as (node,):
+    # calibrated, so that every bid carries the p95 its service times are judged by
+    async with mesh(nats_server.url, [node_config(0, calibration_runs=5)]) as (node,):
         async with client_for(nats_server.url, "echo", 1) as client:
             for _ in range(6):
                 await client.run(Job.echo(b"x"))

@@ -54,6 +54,10 @@ async def test_executor_with_wrong_canary_answers_is_excluded_within_two_interva
             assert r.executor == honest.did and r.output == b"xyz"
         considered = {c.executor: c for c in r.explanation.considered}
         assert considered[liar.did].failed_filter == "reputation"
+        # counted, and the explanation says why
+        assert me.client.conduct.counts(liar.did).get("canary_wrong", 0) >= 1
+        assert "canary_wrong" in (considered[liar.did].failure_reason or "")
+        assert not set(me.client.conduct.counts(honest.did)) - {"slo_missed"}
 
 
 async def test_executor_far_slower_than_promised_ranks_below_an_honest_one(nats_server):
@@ -77,8 +81,14 @@ async def test_executor_far_slower_than_promised_ranks_below_an_honest_one(nats_
             # Equal prices: the honest executor now wins the tie on reputation ...
             r = await client.run(Job.echo(b"y"))
             assert r.executor == honest.did
-            # ... and under an SLO the slow one is judged by what was observed.
+            # ... and past the threshold of missed promises it is excluded, which the
+            # explanation says (RFC 0002 §6.1: its service time is judged, not a constant).
+            reason = client.excluded(slow.did, "echo")
+            assert reason is not None and "promised p95" in reason
             r = await client.run(Job.echo(b"z", slo_p95_ms=20), policy="slo")
             assert r.executor == honest.did
             considered = {c.executor: c for c in r.explanation.considered}
-            assert considered[slow.did].failed_filter == "slo_p95"
+            assert considered[slow.did].failed_filter == "reputation"
+            assert "excluded: service time above 3 ×" in (considered[slow.did].failure_reason or "")
+            assert client.conduct.counts(slow.did)["slo_missed"] >= 10
+            assert client.conduct.counts(honest.did).get("slo_missed", 0) <= 1

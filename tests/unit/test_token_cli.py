@@ -162,7 +162,7 @@ def test_delegation_refusals(
     assert "issued to" in capsys.readouterr().err
     assert not (tmp_path / "c.json").exists()
     assert run(*base, "--key", akey) == 0
-    assert run(*base, "--key", akey) == 1  # exists
+    assert run(*base, "--key", akey) == 2  # exists: a usage error
     assert "--force" in capsys.readouterr().err
     assert run(*base, "--key", akey, "--force") == 0
 
@@ -183,21 +183,21 @@ def test_usage_and_file_errors(
     assert run(*common, "--scope", "Python", "--amount", "1") == 2
     assert "scope 'Python'" in capsys.readouterr().err
     assert run("issue", "--key", tmp_path / "missing.key", "--audience", alice.did,
-               "--scope", "a", "--amount", "1", "--out", tmp_path / "t.json") == 1  # fmt: skip
+               "--scope", "a", "--amount", "1", "--out", tmp_path / "t.json") == 2  # fmt: skip
     assert "no key file" in capsys.readouterr().err
     assert not (tmp_path / "t.json").exists()
 
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"type": "something-else", "chain": []}))
-    assert run("inspect", "--token", bad) == 1
+    assert run("inspect", "--token", bad) == 2
     assert "not a token file" in capsys.readouterr().err
     bad.write_text(json.dumps({"type": CHAIN_FILE_TYPE, "chain": ["zz"]}))
-    assert run("inspect", "--token", bad) == 1
+    assert run("inspect", "--token", bad) == 2
     assert "link 1 is not a hex string" in capsys.readouterr().err
     bad.write_text(json.dumps({"type": CHAIN_FILE_TYPE, "chain": ["c0"]}))
-    assert run("inspect", "--token", bad) == 1
+    assert run("inspect", "--token", bad) == 2
     assert "link 1 is not a token" in capsys.readouterr().err
-    assert run("inspect", "--token", tmp_path / "nothing.json") == 1
+    assert run("inspect", "--token", tmp_path / "nothing.json") == 2
     assert "cannot read token file" in capsys.readouterr().err
 
 

@@ -8,6 +8,7 @@ import crankmesh.market as market
 MARKET_DIR = pathlib.Path(market.__file__).parent
 ALLOWED_IMPORTS = {
     "__future__",
+    "bisect",
     "collections",
     "collections.abc",
     "dataclasses",

@@ -181,3 +181,25 @@ def test_render_without_bids() -> None:
     text = select([], Terms(), "cost", NOW).explanation(JOB).render()
     assert "(no bids)" in text
     assert "no bids to choose from" in text
+
+
+def test_conduct_notes_show_in_the_explanation_and_the_reputation_filter() -> None:
+    """Misbehaviour the originator saw shows on the bid's row, in JSON, and in the reason an
+    excluded executor's bid failed the reputation filter."""
+    seen = ("2 × slo_missed",)
+    ok = bid("ok", price_micros=900, conduct=seen)
+    out = bid(
+        "out",
+        price_micros=100,
+        reputation=0.0,
+        conduct=("excluded: broke 4 assignments", "4 × rejected_assignment"),
+        arrival=1,
+    )
+    exp = select([ok, out], Terms(min_reputation=0.05), "cost", NOW).explanation(JOB)
+    rows = {c.executor: c for c in exp.considered}
+    assert rows[ok.executor].conduct == seen
+    assert rows[ok.executor].to_dict()["conduct"] == list(seen)
+    assert "2 × slo_missed" in exp.render()
+    reason = rows[out.executor].failure_reason or ""
+    assert rows[out.executor].failed_filter == "reputation"
+    assert "excluded: broke 4 assignments; 4 × rejected_assignment" in reason

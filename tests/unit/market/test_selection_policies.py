@@ -197,6 +197,18 @@ def test_expected_latency() -> None:
     assert select([unknown, known], Terms(), "latency", NOW).candidates == (known, unknown)
 
 
+def test_latency_ranks_an_under_promiser_by_what_it_delivers() -> None:
+    """Promises 10 × below the service p95 this originator measured: its estimate is scaled
+    by that shortfall, and the honest executor wins; observed below the promise earns nothing."""
+    liar = bid("liar", p50_us=100, p95_us=200, observed_p95_us=2000)
+    honest = bid("honest", p50_us=500, p95_us=900, observed_p95_us=800, arrival=1)
+    assert expected_latency_us(liar) == 1000
+    assert expected_latency_us(honest) == 500
+    assert select([liar, honest], Terms(), "latency", NOW).winner == honest
+    fresh = bid("liar", p50_us=100, p95_us=200)  # no history yet: the promise stands
+    assert select([fresh, honest], Terms(), "latency", NOW).winner == fresh
+
+
 def test_reputation_breaks_ties_unknown_counts_as_prior() -> None:
     good = bid("good", reputation=0.9, arrival=2)
     unknown = bid("unknown", arrival=1)

@@ -107,6 +107,7 @@ class History:
         p95_us: int | None = 2000,
         wall_us: int = 1000,
         observed_us: int | None = None,
+        overhead_us: int | None = None,
         status: str = "ok",
         budget: Envelope | None = None,
         settle: bool = True,
@@ -168,6 +169,7 @@ class History:
                 observed_us=wall_us + 200 if observed_us is None else observed_us,
                 promised_p95_us=p95_us,
                 charge=price if charge is None else charge,
+                overhead_us=overhead_us,
             ).sign(by)
         job = Job(bid, receipt, settlement)
         if add:

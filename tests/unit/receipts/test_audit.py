@@ -348,20 +348,55 @@ def test_partial_history_is_a_note_not_a_finding() -> None:
 
 
 def test_slo_figures_and_render() -> None:
+    """Service-time compliance judges the promise against observed − overhead (never below
+    the meter); end-to-end compliance against what the originator observed."""
     h = History()
     o, fast, slow = ident("o"), ident("fast"), ident("slow")
     for i in range(20):
-        h.job(o, fast, p95_us=5000, observed_us=1000 + 100 * i)
-        h.job(o, slow, p95_us=5000, observed_us=40_000 + i, status="ok" if i % 4 else "error")
+        # a 300 µs service promised at p95 500 µs, observed at ~3 ms through the network
+        h.job(o, fast, p95_us=500, wall_us=300, observed_us=3000 + 10 * i, overhead_us=3100)
+        h.job(
+            o,
+            slow,
+            p95_us=5000,
+            wall_us=40_000 + i,
+            observed_us=42_000 + i,
+            overhead_us=2_000,
+            status="ok" if i % 4 else "error",
+        )
     report = run(h.records)
     assert report.ok
     f, s = report.executors[fast.did], report.executors[slow.did]
-    assert f.slo_compliance == 1.0 and f.observed_p95_us == 2800
-    assert s.slo_compliance == 0.0 and s.success_rate == 0.75
+    assert f.slo_compliance == 1.0 and f.observed_p95_us == 3180 and f.service_p95_us == 300
+    assert f.slo_compliance_e2e == 0.0
+    assert s.slo_compliance == 0.0 and s.slo_compliance_e2e == 0.0 and s.success_rate == 0.75
+    assert s.to_dict()["slo_compliance_e2e"] == 0.0 and s.to_dict()["service_p95_us"] == 40_018
     text = report.render()
     assert "crankmesh audit: 120 records (40 bids, 40 receipts, 40 settlements): OK" in text
-    assert "promised p95" in text and "observed p95" in text
-    assert "75.0%" in text and "40.02 ms" in text
+    assert "promised p95" in text and "observed p95" in text and "service p95" in text
+    assert "SLO met (service)" in text and "SLO met (end to end)" in text
+    assert "75.0%" in text and "42.02 ms" in text
+
+
+def test_service_time_is_observed_minus_overhead_when_the_meter_says_less() -> None:
+    """An executor that under-reports its meter is still judged by what was observed
+    less the originator's overhead estimate recorded in the settlement."""
+    h = History()
+    o, liar = ident("o"), ident("liar")
+    for i in range(10):
+        h.job(o, liar, p95_us=1000, wall_us=100, observed_us=12_000 + i, overhead_us=2_000)
+    report = run(h.records)
+    s = report.executors[liar.did]
+    assert s.slo_compliance == 0.0 and s.service_p95_us == 10_009
+
+
+def test_settlement_without_overhead_judges_by_the_meter() -> None:
+    h = History()
+    o, old = ident("o"), ident("old")
+    for i in range(10):
+        h.job(o, old, p95_us=1000, wall_us=900 if i else 5000, observed_us=4000)
+    s = run(h.records).executors[old.did]
+    assert s.slo_met == 9 and s.slo_met_e2e == 0
 
 
 def test_p95_nearest_rank() -> None:
