@@ -18,6 +18,7 @@ import pytest
 from crankmesh.originator import Client, Job
 from crankmesh.protocol.envelope import Envelope
 from crankmesh.protocol.messages import Receipt, decode_message
+from crankmesh.receipts import store as store_module
 from crankmesh.receipts.audit import audit
 from crankmesh.receipts.export import read_stream
 from crankmesh.receipts.store import RecordStore, record_subject, stream_name
@@ -135,6 +136,40 @@ async def test_every_queued_record_is_in_the_journal_until_jetstream_has_it(
         assert await store.flush(timeout_s=5)
         assert spill.stat().st_size == 0  # JetStream has them all: the journal is emptied
         assert RecordStore(nc, federation=FED, spill_path=spill).pending == 0
+    finally:
+        await nc.close()
+
+
+async def test_the_journal_holds_exactly_the_unanswered_records_after_every_batch(
+    nats_server: NatsServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches of 4 out of 10 records: after each, the journal is rewritten without what
+    JetStream answered (compacted; here at any size) or emptied, never more, never less."""
+    monkeypatch.setattr(store_module, "_WINDOW", 4)
+    monkeypatch.setattr(store_module, "_COMPACT_BYTES", 1)
+    envs = _records(10)
+    spill = tmp_path / "records.spill"
+    in_journal: list[tuple[int, int]] = []  # (records left in the file, pending)
+
+    class Watched(RecordStore):
+        def _answer(self, records: list[store_module._Pending]) -> None:
+            super()._answer(records)
+            in_journal.append((store_module.RecordStore._recover(spill)[0], self.pending))
+
+    nc = await connect(nats_server.client_options())
+    try:
+        store = Watched(nc, federation=FED, spill_path=spill)
+        await store.ensure_stream()
+        await store.submit_many([(record_subject(FED, e), e.raw, e.cid) for e in envs])
+        assert await store.flush(timeout_s=5)
+        assert in_journal == [(6, 6), (2, 2), (0, 0)]
+        # the store goes on appending after a compaction:
+        more = _records(12)[10:]
+        await store.submit_many([(record_subject(FED, e), e.raw, e.cid) for e in more])
+        assert RecordStore._recover(spill)[0] == 2
+        assert await store.close(timeout_s=5)
+        records = await read_stream(nc, store.stream)
+        assert [r.data for r in records] == [e.raw for e in envs + more]
     finally:
         await nc.close()
 
