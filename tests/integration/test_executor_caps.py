@@ -40,7 +40,8 @@ async def test_job_over_the_executors_caps_is_declined_and_never_run(nats_server
                     Job(
                         capability="echo",
                         payload=b"x",
-                        constraints=Constraints(memory_mb=1 << 24, timeout_ms=1_000),
+                        # more than the cap, less than the machine: only the executor knows
+                        constraints=Constraints(memory_mb=8_192, timeout_ms=1_000),
                     ),
                     "memory",
                 ),

@@ -265,7 +265,7 @@ def test_cli_export_then_audit_file_and_live(
     (tmp_path / "junk.jsonl").write_text("hello\n")
     assert cmd_audit(_ns(file=str(tmp_path / "junk.jsonl"))) == 2
     assert cmd_audit(_ns(nats=nats_server.url, stream="NOPE")) == 2
-    assert cmd_audit(_ns(nats="nats://127.0.0.1:1", connect_timeout=0.3)) == 2
+    assert cmd_audit(_ns(nats="nats://127.0.0.1:1", connect_timeout=0.3)) == 3  # unreachable
     capsys.readouterr()
 
     # garbage lines in an export are findings, not crashes
