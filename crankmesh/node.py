@@ -499,7 +499,7 @@ class Node:
             pass
         await self.executor.drain(self.config.drain_grace_s)
         if self.record_store is not None:
-            flushed = await self.record_store.flush(5.0)
+            flushed = await self.record_store.close(5.0)
             if not flushed:
                 log.warning(
                     "%d audit records still pending at shutdown (kept in the spill "

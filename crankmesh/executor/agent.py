@@ -1079,6 +1079,21 @@ class Executor:
             receipt=renv.raw,
             result=None if result is None else seal(result, job.originator, sender=self.identity),
         ).encode()
+        # Audit records (RFC 0002): the winning bid, then the receipt, deduplicated by CID.
+        # Queued (and journaled) before the delivery is sent, so no receipt leaves this
+        # process without its record; the store publishes them later, in batches.
+        store = self.record_store
+        if store is not None:
+            await store.submit_many(
+                [
+                    (
+                        subjects.bid_records(self.federation, self.identity.did),
+                        rec.bid_raw,
+                        rec.bid_cid,
+                    ),
+                    (subjects.receipts(self.federation, self.identity.did), renv.raw, renv.cid),
+                ]
+            )
         answer_to, job_rec.answer_to = job_rec.answer_to, ""
         try:
             await self._nc.publish(
@@ -1091,18 +1106,7 @@ class Executor:
             # is off the critical path; a repeat meanwhile gets the Accept (it is in flight).
             self.results.put(rec.job_cid, delivery)
             job_rec.delivered = job_rec.finished = True
-        # Audit records (RFC 0002): the winning bid, then the receipt, deduplicated by CID.
-        store = self.record_store
-        if store is not None:
-            await store.submit(
-                subjects.bid_records(self.federation, self.identity.did),
-                rec.bid_raw,
-                rec.bid_cid,
-            )
-            await store.submit(
-                subjects.receipts(self.federation, self.identity.did), renv.raw, renv.cid
-            )
-        else:
+        if store is None:
             await self._nc.publish(subjects.receipts(self.federation, self.identity.did), renv.raw)
         self.metrics.receipts.labels(status=outcome.status).inc()
         log.info(

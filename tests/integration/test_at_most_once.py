@@ -223,6 +223,8 @@ async def test_a_job_whose_deadline_passed_in_the_queue_is_handed_back_not_start
             assert rej.signer == node.did and rej.job == asg.job
         assert len(heard) == 1 and heard[0] == reply.data
         assert started == [b"1.5"]
+        assert node.record_store is not None
+        await node.record_store.wait_flushed()  # records leave in batches (linger_s)
         counts = await receipts_per_job(nats_server.url)
     assert sorted(counts.values()) == [1]  # the first job's receipt only
 
@@ -264,6 +266,8 @@ async def test_a_drain_whose_grace_expires_hands_back_a_5s_job_which_runs_once_e
         assert took < 5 + 3.5, took
         assert stopped == 0
         assert "handed back, result fenced: drained" in log.read_text()
+        assert survivor.record_store is not None
+        await survivor.record_store.wait_flushed()  # records leave in batches (linger_s)
         counts = await receipts_per_job(nats_server.url)
     assert counts[r.job_cid] == 1  # type: ignore[attr-defined]
 

@@ -69,7 +69,7 @@ async def test_deliveries_beyond_the_memory_bound_are_redelivered_from_the_state
         assert sizes["executor_results_disk"] == cache.disk_entries
         assert sizes["executor_jobs"] == 12
         gauge = node.metrics.registry.get_sample_value(
-            "table_entries", {"table": "executor_results_disk"}
+            "crankmesh_table_entries", {"table": "executor_results_disk"}
         )
         assert gauge == cache.disk_entries
         # The first job's delivery is on disk now: a repeated assignment still gets it.
@@ -94,6 +94,8 @@ async def test_without_a_state_dir_the_oldest_deliveries_are_forgotten_and_count
         assert node.metrics.rejection_count("assignment", "result_forgotten") == 1
         # Not run again either: the idempotency record outlives the delivery.
         assert (
-            node.metrics.registry.get_sample_value("execution_start_total", {"capability": "echo"})
+            node.metrics.registry.get_sample_value(
+                "crankmesh_executions_started_total", {"capability": "echo"}
+            )
             == 12
         )
