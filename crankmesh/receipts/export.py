@@ -32,7 +32,7 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.js import api
 
-from ..protocol.errors import CrankmeshError, TransportError
+from ..protocol.errors import CrankmeshError, StreamNotFound, TransportError
 from .audit import Record
 
 __all__ = [
@@ -223,14 +223,14 @@ async def read_stream(
     the call began, or when no message arrives for ``idle_timeout_s`` (messages removed
     by the stream's limits while reading) — it always terminates.
 
-    Error handling: raises :class:`TransportError` when the stream does not exist or
-    JetStream cannot be reached.
+    Error handling: raises :class:`StreamNotFound` (a :class:`TransportError`) when the
+    stream does not exist, :class:`TransportError` when JetStream cannot be reached.
     """
     js = nc.jetstream()
     try:
         info = await js.stream_info(stream)
     except nats.js.errors.NotFoundError as exc:
-        raise TransportError(f"there is no JetStream stream {stream!r} on this server") from exc
+        raise StreamNotFound(f"there is no JetStream stream {stream!r} on this server") from exc
     except (nats.errors.Error, OSError, TimeoutError) as exc:
         raise TransportError(f"could not read JetStream stream {stream!r}: {exc!r}") from exc
     last = info.state.last_seq or 0

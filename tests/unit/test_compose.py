@@ -190,3 +190,14 @@ def test_dockerfile_installs_crankmesh_and_runs_the_node_as_non_root() -> None:
     ]
     for needed in ("pyproject.toml", "README.md", "crankmesh"):
         assert needed not in ignored, f".dockerignore drops {needed}"
+
+
+def test_nodes_run_without_capabilities_or_new_privileges_and_the_image_has_libseccomp() -> None:
+    for name, node in NODES.items():
+        assert "no-new-privileges:true" in node.get("security_opt", []), name
+        assert node.get("cap_drop") == ["ALL"], name
+        assert any(str(t).startswith("/tmp:") for t in node.get("tmpfs", [])), name
+        assert not node.get("privileged"), name
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "libseccomp2" in dockerfile
+    assert re.search(r"^USER crankmesh", dockerfile, re.M)  # basic level, not root

@@ -169,3 +169,42 @@ def test_default_key_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     assert default_key_path() == tmp_path / "node.key"
     monkeypatch.delenv("CRANKMESH_HOME")
     assert default_key_path() == Path.home() / ".crankmesh" / "node.key"
+
+
+@pytest.mark.parametrize("dir_mode", [0o777, 0o770, 0o722, 0o757])
+def test_key_in_a_directory_others_can_write_is_refused(tmp_path: Path, dir_mode: int) -> None:
+    folder = tmp_path / "keys"
+    path = save_identity(IDENT, folder / "node.key")
+    folder.chmod(dir_mode)
+    try:
+        with pytest.raises(KeystoreError, match="group or others can write") as info:
+            load_identity(path)
+        assert str(folder) in str(info.value) and f"{dir_mode:04o}" in str(info.value)
+        with pytest.raises(KeystoreError, match="chmod go-w"):
+            save_identity(IDENT, folder / "other.key")
+        assert not (folder / "other.key").exists()
+    finally:
+        folder.chmod(0o700)
+
+
+def test_key_below_a_writable_ancestor_is_refused(tmp_path: Path) -> None:
+    outer = tmp_path / "shared"
+    path = save_identity(IDENT, outer / "inner" / "node.key")
+    outer.chmod(0o777)  # anyone can rename inner/ away and put their own in its place
+    try:
+        with pytest.raises(KeystoreError, match=str(outer)):
+            load_identity(path)
+    finally:
+        outer.chmod(0o700)
+
+
+def test_sticky_world_writable_directory_is_accepted_for_an_own_entry(tmp_path: Path) -> None:
+    shared = tmp_path / "tmp-like"
+    shared.mkdir()
+    shared.chmod(0o1777)  # like /tmp: others cannot rename or remove what we own there
+    path = save_identity(IDENT, shared / "node.key")
+    assert load_identity(path).did == IDENT.did
+    path.unlink()
+    shared.chmod(0o0777)  # the same without the sticky bit: refused
+    with pytest.raises(KeystoreError, match="0777"):
+        save_identity(IDENT, shared / "node.key")

@@ -36,12 +36,20 @@ Job code contract
   (``killed``, "cpu time limit"), ``RLIMIT_AS`` = warm interpreter + ``memory_mb``
   (``memory_limit``), ``RLIMIT_NPROC`` (fork fails with ``EAGAIN``), ``RLIMIT_FSIZE``
   (``OSError(EFBIG)``: ``error``, "file size limit"), ``RLIMIT_NOFILE`` 1024, no core dumps.
+  rlimits bind each process; every 100 ms the fork-server also measures the job's whole
+  process tree and directory: all processes together beyond ``memory_mb`` (over their warm
+  copies) is ``memory_limit``, beyond ``cpu_seconds`` of CPU is ``killed``, a directory
+  over ``max_disk_bytes`` / ``max_files`` is ``killed`` ("disk quota ... exceeded").
 - Nothing of a job survives it: when its main process ends (or is killed), every process
   it started is killed and reaped before :meth:`Sandbox.run` returns, and its files are
   removed.
 
 Isolation (:func:`detect_isolation` says what the host allows, honestly, by trying it):
-see :class:`IsolationLevel`. At ``STRICT`` (root on Linux) each job runs as a per-slot uid
+see :class:`IsolationLevel`. From ``BASIC`` up, each job confines itself with Landlock and
+a seccomp filter (``_confine``), and the sandbox proves at start, with a real job, that
+its node is out of reach (``protects_node``).
+
+At ``STRICT`` (root on Linux) each job runs as a per-slot uid
 (61000+) with no supplementary groups and ``no_new_privs``, as pid 2 of its own pid
 namespace, in its own network namespace (no interface up: no network at all, not even
 loopback), IPC/UTS namespaces, and a mount namespace with a private ``/proc`` and fresh

@@ -5,17 +5,20 @@ own directory, so this module uses only the standard library and ``ctypes``.
 
 - **Landlock** (Linux >= 5.13; TCP rules from ABI 4, signal and abstract-unix scoping from
   ABI 6): the job may read and execute only the paths its env profile needs (the
-  interpreter, its libraries, ``/usr/bin`` tools, ``/dev/null`` & co, ``/proc``), and write
+  interpreter, its libraries, ``/usr/bin`` tools, ``/dev/null`` & co, its own ``/proc``
+  entry; all of its private ``/proc`` at ``STRICT``), and write
   only its own working directory (plus, at ``STRICT``, the private ``tmpfs`` mounts of its
   mount namespace). It may neither bind nor connect TCP sockets, nor signal or ``ptrace``
   a process outside its Landlock domain (the node, the fork-server, other jobs), nor reach
   an abstract unix socket created outside it.
 - **seccomp** (through ``libseccomp``, resolved per architecture by the library itself, so
   no syscall table is kept here; the filter denies with ``EPERM``/``EACCES`` and kills on a
-  foreign architecture): no socket other than ``AF_UNIX`` (UDP, raw, netlink, ... included,
-  which Landlock does not cover), no ``ptrace`` / ``process_vm_*`` / ``pidfd_getfd``, no new
-  namespaces (``unshare``, ``setns``, ``clone`` with a ``CLONE_NEW*`` flag; ``clone3`` gets
-  ``ENOSYS`` so the C library falls back to ``clone``), no mounts, no keyring, no ``bpf``,
+  foreign architecture): no ``socket()`` at all (UDP, raw, netlink, and unix sockets that
+  could connect to a host daemon's socket file, none of which Landlock covers); only
+  ``socketpair(AF_UNIX, SOCK_STREAM | SOCK_SEQPACKET)``, already connected, for pipes; no
+  ``ptrace`` / ``process_vm_*`` / ``pidfd_getfd``, no new namespaces (``unshare``,
+  ``setns``, ``clone`` with a ``CLONE_NEW*`` flag; ``clone3`` gets ``ENOSYS`` so the C
+  library falls back to ``clone``), no mounts, no keyring, no ``bpf``,
   ``perf_event_open``, ``userfaultfd``, ``io_uring`` (whose operations bypass seccomp), kernel
   modules, ``kexec``, ``reboot``, swap, clock setting.
 
@@ -177,6 +180,7 @@ def _act_errno(code: int) -> int:
 
 _CMP_NE, _CMP_MASKED_EQ = 1, 7
 AF_UNIX = 1
+SOCK_DGRAM = 2
 CLONE_NEW_FLAGS = (
     0x00020000,  # CLONE_NEWNS
     0x02000000,  # CLONE_NEWCGROUP
@@ -272,8 +276,11 @@ def seccomp_confine() -> None:
         rule(_act_errno(errno.ENOSYS), "clone3")  # flags live in memory: let libc use clone
         for flag in CLONE_NEW_FLAGS:
             rule(eperm, "clone", (0, _CMP_MASKED_EQ, flag, flag))
-        rule(_act_errno(errno.EACCES), "socket", (0, _CMP_NE, AF_UNIX, 0))
+        # no socket() at all: Landlock does not mediate connecting to a named unix socket
+        # (a host daemon's), so only already-connected unix stream pairs are left
+        rule(_act_errno(errno.EACCES), "socket")
         rule(_act_errno(errno.EACCES), "socketpair", (0, _CMP_NE, AF_UNIX, 0))
+        rule(_act_errno(errno.EACCES), "socketpair", (1, _CMP_MASKED_EQ, 0xF, SOCK_DGRAM))
         ret = lib.seccomp_load(ctx)
         if ret < 0:
             raise OSError(-ret, f"seccomp_load: {os.strerror(-ret)}")

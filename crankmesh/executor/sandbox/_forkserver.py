@@ -109,7 +109,8 @@ BASE_ENV: dict[str, str] = {
 STDERR_TAIL = 8 * 1024
 JOB_DIR_IN_NS = "/tmp/job"
 TMPFS_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
-TMPFS_OPTS = b"size=64m,nr_inodes=16384,mode=1777"
+TMPFS_OPTS = b"size=8m,nr_inodes=1024,mode=1777"
+
 RLIMIT_NOFILE_JOB = 1024
 EXIT_SETUP_FAILED = 70
 MAX_FRAME = 512 * 1024 * 1024
@@ -277,6 +278,9 @@ class ServerConfig:
     #: confine each job with Landlock / seccomp (the node enables what the probe found)
     landlock: bool = False
     seccomp: bool = False
+    #: STRICT: the size of the tmpfs that is each job's directory
+    disk_quota_bytes: int = 256 << 20
+    disk_quota_files: int = 4096
 
     @property
     def separate_uid(self) -> bool:
@@ -319,7 +323,7 @@ def _wire_stdio(fds: dict[str, int], *keep: int) -> None:
     _close_all_but((0, 1, 2, *keep))
 
 
-def _enter_namespaces(cfg: ServerConfig, workdir: str) -> str:
+def _enter_namespaces(cfg: ServerConfig, uid: int) -> str:
     """Own mount/IPC/UTS(/net) namespaces, private /proc and tmpfs; return the job's cwd.
 
     Must run as root, in a process that already is in the job's new pid namespace (the
@@ -332,7 +336,6 @@ def _enter_namespaces(cfg: ServerConfig, workdir: str) -> str:
     mount(b"none", b"/", None, MS_REC | MS_PRIVATE)
     # bind sources are opened inside the new mount namespace (they must be in it), before
     # the tmpfs mounts below may hide their paths
-    wd_fd = os.open(workdir, os.O_PATH | os.O_DIRECTORY)
     exposed = [
         (blocker, [(path, os.open(path, os.O_PATH | os.O_DIRECTORY)) for path in paths])
         for blocker, paths in cfg.expose
@@ -347,8 +350,14 @@ def _enter_namespaces(cfg: ServerConfig, workdir: str) -> str:
         for path, fd in opened:
             os.makedirs(path, mode=0o755, exist_ok=True)
             _bind(fd, path, readonly=True)
+    # the job's directory: a tmpfs of the disk quota, owned by the job's uid (the kernel
+    # refuses writes past it: ENOSPC)
     os.mkdir(JOB_DIR_IN_NS, 0o700)
-    _bind(wd_fd, JOB_DIR_IN_NS, readonly=False)
+    inodes = cfg.disk_quota_files + 1  # the root directory takes one
+    opts = f"size={cfg.disk_quota_bytes},nr_inodes={inodes},mode=0700"
+    if cfg.separate_uid:
+        opts += f",uid={uid},gid={uid}"
+    mount(b"tmpfs", JOB_DIR_IN_NS.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, opts.encode())
     sethostname(b"crankmesh-job")
     return JOB_DIR_IN_NS
 
@@ -493,7 +502,7 @@ def _strict_main(cfg: ServerConfig, uid: int, workdir: str, fds: dict[str, int])
         _wire_stdio(fds, fds["job_r"], fds["res_w"], st_w)
         os.setsid()
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        job_dir = _enter_namespaces(cfg, workdir)
+        job_dir = _enter_namespaces(cfg, uid)
         _become_job(cfg, uid, job_dir)
         runner = _JobRunner(cfg, fds["res_w"])
         body = _await_job(runner, fds["job_r"])
@@ -618,7 +627,8 @@ def _set_limits(cfg: ServerConfig, lim: dict[str, Any], device: str) -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
     resource.setrlimit(resource.RLIMIT_NPROC, (lim["max_processes"], lim["max_processes"]))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (lim["max_file_bytes"], lim["max_file_bytes"]))
+    fsize = min(int(lim["max_file_bytes"]), int(lim.get("max_disk_bytes", lim["max_file_bytes"])))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     nofile = RLIMIT_NOFILE_JOB if hard == resource.RLIM_INFINITY else min(RLIMIT_NOFILE_JOB, hard)
     resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
@@ -860,6 +870,16 @@ class _Job:
     kill_sent: float = 0.0
     outbuf: memoryview | None = None
     finished: bool = False
+    disk_cap: int = 0
+    files_cap: int = 0
+    disk_next: float = 0.0
+    disk_exceeded: str = ""
+    #: the whole job tree's memory (bytes beyond its warm copies) and CPU (clock ticks)
+    mem_cap: int = 0
+    cpu_cap_ticks: int = 0
+    tree_exceeded: tuple[str, str] | None = None
+    #: STRICT: the job directory's tmpfs, held open so it can be measured after the job
+    dir_fd: int = -1
 
 
 #: A slot whose child was used is re-forked once the loop has been idle this long (or at
@@ -867,6 +887,79 @@ class _Job:
 PREFORK_IDLE_S = 0.002
 #: After asking init to end a job, how long before it is killed outright.
 KILL_GRACE_S = 2.0
+#: How often a running job's directory is measured against its disk quota.
+DISK_CHECK_S = 0.1
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+#: Per process, what a job's tree may hold beyond ``memory_mb`` and its warm copies.
+TREE_SLACK_BYTES = 8 << 20
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _statm_anon(pid: int) -> int | None:
+    """Resident minus file-backed/shared pages of ``pid``, in bytes (None: it is gone)."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as fh:
+            fields = fh.read().split()
+        return (int(fields[1]) - int(fields[2])) * _PAGE
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _tree_usage(root: int) -> tuple[int, int, int] | None:
+    """(anonymous bytes, CPU clock ticks incl. reaped children, processes) of ``root`` and
+    every descendant (orphans are reparented to ``root``: a subreaper or a pid-ns init)."""
+    anon, ticks, procs = 0, 0, 0
+    stack, seen = [root], set()
+    while stack:
+        pid = stack.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as fh:
+                stat = fh.read().rsplit(b")", 1)[1].split()
+            tids = os.listdir(f"/proc/{pid}/task")
+        except (OSError, IndexError):
+            if pid == root:
+                return None
+            continue
+        ticks += sum(int(v) for v in stat[11:15])  # utime stime cutime cstime
+        mem = _statm_anon(pid)
+        if mem is not None:
+            anon += mem
+            procs += 1
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/children", "rb") as fh:
+                    stack.extend(int(c) for c in fh.read().split())
+            except (OSError, ValueError):
+                continue
+    return anon, ticks, procs
+
+
+def _disk_usage(path: str, max_entries: int) -> tuple[int, int] | None:
+    """(bytes allocated, entries) under ``path``, stopping past ``max_entries`` entries;
+    None when a directory in it cannot be read (a job hiding its files)."""
+    total, entries = 0, 0
+    stack = [path]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as it:
+                for entry in it:
+                    entries += 1
+                    st = entry.stat(follow_symlinks=False)
+                    total += st.st_blocks * 512
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+                    if max_entries and entries > max_entries:
+                        return total, entries
+        except FileNotFoundError:
+            continue  # removed meanwhile
+        except OSError:
+            return None
+    return total, entries
 
 
 class _Server:
@@ -889,6 +982,8 @@ class _Server:
         # exits itself; answering then saves its exit. Not at STANDARD: there init has
         # become the job's uid to kill(-1), so it must be gone before we answer.
         self.answer_early = not cfg.namespaces and not cfg.separate_uid
+        #: anonymous memory of this warm interpreter: what each forked copy starts with
+        self.base_anon = _statm_anon(os.getpid()) or 0
 
     # -- fd bookkeeping
     def watch(self, fd: int, events: int, handler: Callable[[int], None]) -> None:
@@ -1046,6 +1141,12 @@ class _Server:
         try:
             job.cap = int(request["limits"]["max_output_bytes"])
             job.deadline = float(request["limits"]["timeout_s"])
+            job.disk_cap = int(request["limits"].get("max_disk_bytes", 0))
+            job.files_cap = int(request["limits"].get("max_files", 0))
+            if self.cfg.level >= LEVEL_BASIC:
+                if request.get("accelerator", "cpu") == "cpu":  # as RLIMIT_AS (CUDA: not)
+                    job.mem_cap = int(request["limits"]["memory_mb"]) << 20
+                job.cpu_cap_ticks = int(request["limits"]["cpu_seconds"]) * CLOCK_TICKS
             job.payload = frame(request)
         except Exception as exc:
             self.reply(job, self.result(job, "sandbox_error", detail=f"bad request: {exc}"))
@@ -1076,6 +1177,7 @@ class _Server:
         job.child = child
         job.t0 = time.monotonic()
         job.deadline += job.t0
+        job.disk_next = job.t0 + DISK_CHECK_S
         self.watch(child.out_r, select.EPOLLIN, functools.partial(self.on_out, job))
         self.watch(child.err_r, select.EPOLLIN, functools.partial(self.on_err, job))
         self.watch(child.res_r, select.EPOLLIN, functools.partial(self.on_res, job))
@@ -1152,6 +1254,14 @@ class _Server:
             del child.st[: -(1 << 20)]
         if child.job is not None and self.answer_early and _records(child.st).get("E"):
             self.finish(child, -1, None)
+        job = child.job
+        if self.cfg.namespaces and job is not None and job.disk_cap and job.dir_fd < 0:
+            if "P" in _records(child.st):  # the job runs: its tmpfs is mounted
+                with contextlib.suppress(OSError):
+                    job.dir_fd = os.open(
+                        f"/proc/{child.init_pid}/root{JOB_DIR_IN_NS}",
+                        os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC,
+                    )
 
     # -- ending a job
     def kill(self, job: _Job) -> None:
@@ -1182,6 +1292,11 @@ class _Server:
             job.output_exceeded = len(data) > room
         job.stderr += _read_all(child.err_r, 1 << 24)
         job.res += _read_all(child.res_r, job.cap + (1 << 16) + 1 - len(job.res))
+        if job.disk_cap and not job.disk_exceeded and (not self.cfg.namespaces or job.dir_fd >= 0):
+            self.over_quota(child, job)  # what it wrote since the last check
+        if job.dir_fd >= 0:
+            os.close(job.dir_fd)  # the last reference: the tmpfs goes
+            job.dir_fd = -1
         _remove_tree(child.workdir)
         child.workdir_removed = True
         self.reply(job, self.verdict(job, _records(child.st), status, ru, wall))
@@ -1263,6 +1378,10 @@ class _Server:
             return res("output_limit", f"output exceeded {job.cap} bytes")
         if job.timed_out:
             return res("timeout", f"killed after {lim.get('timeout_s', 0):g} s timeout")
+        if job.disk_exceeded:
+            return res("killed", job.disk_exceeded)
+        if job.tree_exceeded:
+            return res(*job.tree_exceeded)
         if failure:
             return res("sandbox_error", f"sandbox setup failed: {failure}")
         kind, detail, packed = "", "", None
@@ -1379,10 +1498,62 @@ class _Server:
                 job.timed_out = True
                 self.kill(job)
                 due = now + KILL_GRACE_S
+            elif self.watched(job) and now >= job.disk_next and self.over_limits(child, job):
+                self.kill(job)
+                due = now + KILL_GRACE_S
             else:
-                due = job.deadline
+                due = min(job.deadline, job.disk_next) if self.watched(job) else job.deadline
             nearest = due if nearest is None else min(nearest, due)
         return None if nearest is None else max(nearest - now, 0.0)
+
+    @staticmethod
+    def watched(job: _Job) -> bool:
+        return bool(job.disk_cap or job.mem_cap or job.cpu_cap_ticks)
+
+    def over_limits(self, child: _Child, job: _Job) -> bool:
+        """Measure the job's process tree and directory; True (and why, in the job) when
+        over a limit. rlimits bind each process; this binds all of them together."""
+        job.disk_next = time.monotonic() + DISK_CHECK_S
+        if job.mem_cap or job.cpu_cap_ticks:
+            usage = _tree_usage(child.init_pid)
+            if usage is not None:
+                anon, ticks, procs = usage
+                allowed = job.mem_cap + procs * (self.base_anon + TREE_SLACK_BYTES)
+                if job.mem_cap and anon > allowed:
+                    job.tree_exceeded = (
+                        "memory_limit",
+                        f"memory limit of {job.mem_cap >> 20} MiB exceeded by the job's "
+                        f"{procs} processes together ({anon >> 20} MiB)",
+                    )
+                elif job.cpu_cap_ticks and ticks > job.cpu_cap_ticks:
+                    job.tree_exceeded = (
+                        "killed",
+                        f"cpu time limit of {job.cpu_cap_ticks // CLOCK_TICKS} s exceeded by "
+                        f"the job's {procs} processes together",
+                    )
+                if job.tree_exceeded:
+                    return True
+        if not job.disk_cap:
+            return False
+        return self.over_quota(child, job)
+
+    def over_quota(self, child: _Child, job: _Job) -> bool:
+        """Measure the job's directory; True (and why, in the job) when over its quota."""
+        job.disk_next = time.monotonic() + DISK_CHECK_S
+        if job.dir_fd >= 0:
+            path = f"/proc/self/fd/{job.dir_fd}"
+        elif self.cfg.namespaces:
+            path = f"/proc/{child.init_pid}/root{JOB_DIR_IN_NS}"
+        else:
+            path = child.workdir
+        usage = _disk_usage(path, job.files_cap)
+        if usage is None:
+            job.disk_exceeded = "disk quota check failed: the job made its directory unreadable"
+        elif usage[0] > job.disk_cap:
+            job.disk_exceeded = f"disk quota of {job.disk_cap} bytes exceeded"
+        elif job.files_cap and usage[1] > job.files_cap:
+            job.disk_exceeded = f"disk quota of {job.files_cap} files exceeded"
+        return bool(job.disk_exceeded)
 
     def begin_close(self) -> None:
         if self.closing:

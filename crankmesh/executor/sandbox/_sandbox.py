@@ -72,6 +72,8 @@ class Sandbox:
     job may read or write; at start a real job tries to read and write them, to read the
     node's environment and memory, to signal and ``ptrace`` it and to connect to a TCP
     port, and :attr:`isolation` says ``protects_node`` only if every attempt failed.
+    ``max_disk_bytes`` / ``max_files``: at ``STRICT``, the size and inode count of the
+    ``tmpfs`` each job's directory is (the most any job can store, whatever its limits say).
 
     Resource handling: entering starts one fork-server process per available profile
     (each pre-forks one sandboxed child per concurrency slot) and reserves a block of
@@ -96,6 +98,8 @@ class Sandbox:
         workdir_root: str | None = None,
         isolation: IsolationLevel | None = None,
         secrets: Sequence[str] = (),
+        max_disk_bytes: int = DEFAULT_LIMITS.max_disk_bytes,
+        max_files: int = DEFAULT_LIMITS.max_files,
     ) -> None:
         if isinstance(profiles, str):
             raise TypeError("profiles must be a sequence of profile names, not one string")
@@ -111,6 +115,12 @@ class Sandbox:
         self._workdir_arg = workdir_root
         self._isolation_arg = isolation
         self._secrets = tuple(str(p) for p in secrets)
+        if max_disk_bytes < 1 << 20:
+            raise ValueError(f"max_disk_bytes must be >= 1 MiB, got {max_disk_bytes}")
+        self._max_disk_bytes = max_disk_bytes
+        if max_files < 1:
+            raise ValueError(f"max_files must be >= 1, got {max_files}")
+        self._max_files = max_files
         self._state = _State.NEW
         self._report: IsolationReport | None = None
         self._servers: dict[str, _ForkServer] = {}
@@ -210,6 +220,8 @@ class Sandbox:
                 slots=self._max_concurrency,
                 root=os.path.join(self._root, f"{index}-{profile}"),
                 uid_block=block,
+                max_disk_bytes=self._max_disk_bytes,
+                max_files=self._max_files,
                 confine={
                     name: self._report.features.get(name, False) for name in ("landlock", "seccomp")
                 },
@@ -396,8 +408,9 @@ try:
     libc = ctypes.CDLL(None, use_errno=True)
 except (ImportError, OSError):
     libc = None
-if libc is not None and libc.ptrace(16, pid, 0, 0) == 0:  # PTRACE_ATTACH
-    libc.ptrace(17, pid, 0, 0)  # PTRACE_DETACH
+# PTRACE_SEIZE, not ATTACH: it does not stop the node when it succeeds (the tracer's exit
+# detaches), where ATTACH's SIGSTOP would outlive this job
+if libc is not None and libc.ptrace(0x4206, pid, 0, 0) == 0:
     done.append("ptrace the node")
 result = done
 """
@@ -470,6 +483,8 @@ def encode_request(
                 "max_processes": limits.max_processes,
                 "max_file_bytes": limits.max_file_bytes,
                 "cpu_seconds": limits.effective_cpu_seconds,
+                "max_disk_bytes": limits.max_disk_bytes,
+                "max_files": limits.max_files,
             },
         }
     )
@@ -558,7 +573,11 @@ class _ForkServer:
         root: str,
         uid_block: UidBlock | None,
         confine: Mapping[str, bool] | None = None,
+        max_disk_bytes: int = DEFAULT_LIMITS.max_disk_bytes,
+        max_files: int = DEFAULT_LIMITS.max_files,
     ) -> None:
+        self.max_disk_bytes = max_disk_bytes
+        self.max_files = max_files
         #: which of ``landlock`` / ``seccomp`` each job applies to itself
         self.confine = dict(confine or {})
         self.profile = profile
@@ -603,6 +622,8 @@ class _ForkServer:
             ctl_fd=theirs.fileno(),
             landlock=self.confine.get("landlock", False),
             seccomp=self.confine.get("seccomp", False),
+            disk_quota_bytes=self.max_disk_bytes,
+            disk_quota_files=self.max_files,
         )
         self.errfile = tempfile.TemporaryFile()  # noqa: SIM115 - closed in _reap
         try:

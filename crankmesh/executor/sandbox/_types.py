@@ -27,7 +27,9 @@ class IsolationLevel(enum.IntEnum):
     - ``NONE``: output capture and wall-clock timeout only.
     - ``BASIC``: rlimits, own session, private working directory, scrubbed environment,
       inherited file descriptors closed, ``no_new_privs``; everything the job spawned is
-      killed when it ends (walking the job's descendants).
+      killed when it ends (walking the job's descendants); Landlock (files, TCP, signal and
+      ptrace scoping) and seccomp where the kernel has them. ``features["protects_node"]``
+      says whether a job can reach the node (key, state, memory, environ, signals, network).
     - ``STANDARD``: ``BASIC`` + a separate unprivileged uid per job slot, so the job can
       neither read the node's private files nor signal the node or other jobs, and the
       uid's processes are killed when the job ends.
@@ -86,6 +88,11 @@ class SandboxLimits:
     ``memory_mb`` bounds each process's *additional* address space on top of the warm
     interpreter it was forked from (``RLIMIT_AS``; not applied to CUDA jobs, whose driver
     reserves huge virtual ranges). ``cpu_seconds`` defaults to ``ceil(timeout_s) + 1``.
+    ``max_disk_bytes`` / ``max_files``: what the job's working directory may hold (the job
+    is killed, ``killed`` "disk quota ... exceeded", when the fork-server's 100 ms check
+    finds more; at ``STRICT`` the directory is also a ``tmpfs`` of the sandbox's
+    ``max_disk_bytes``, which the kernel enforces); each file is also capped at
+    ``min(max_file_bytes, max_disk_bytes)`` by ``RLIMIT_FSIZE``.
     """
 
     timeout_s: float = 10.0
@@ -94,6 +101,8 @@ class SandboxLimits:
     max_processes: int = 64
     max_file_bytes: int = 64 * _MIB
     cpu_seconds: int | None = None
+    max_disk_bytes: int = 256 * _MIB
+    max_files: int = 4096
 
     def __post_init__(self) -> None:
         if not (self.timeout_s > 0 and math.isfinite(self.timeout_s)):
@@ -106,6 +115,10 @@ class SandboxLimits:
             raise ValueError(f"max_processes must be >= 1, got {self.max_processes}")
         if self.max_file_bytes < 0:
             raise ValueError(f"max_file_bytes must be >= 0, got {self.max_file_bytes}")
+        if self.max_disk_bytes < 0:
+            raise ValueError(f"max_disk_bytes must be >= 0, got {self.max_disk_bytes}")
+        if self.max_files < 1:
+            raise ValueError(f"max_files must be >= 1, got {self.max_files}")
         if self.cpu_seconds is not None and self.cpu_seconds < 1:
             raise ValueError(f"cpu_seconds must be >= 1 or None, got {self.cpu_seconds}")
 

@@ -12,7 +12,7 @@ B = "did:key:z6MkfeRKhH6va8g6ntHjfpjo8BwsBC6SiyS5De2fNjSMR4Ht"
 def test_no_capacity_without_answers_keeps_its_guess() -> None:
     exc = NoCapacity("bjob", "echo", [f"{A}: running 2, queued 8, capacity 2"], 650)
     assert exc.declines == {}
-    assert "(full, or rate-limiting this originator)" in str(exc)
+    assert "(full, rate-limiting this originator, or not trusting its key" in str(exc)
     assert "capacity 2" in str(exc)
 
 
