@@ -24,6 +24,7 @@ from functools import partial
 from typing import Any
 
 import anyio
+import nats.errors
 from anyio.abc import TaskStatus
 
 from .directory_kv import open_bucket
@@ -106,8 +107,11 @@ class PeerDirectory:
         trusted: Callable[[str], bool] | None = None,
         max_ttl_ms: int = 120_000,
         impostor: Callable[[Advert], bool] | None = None,
+        max_peers: int = 10_000,
     ) -> None:
         self.federation = federation
+        #: Bound on the table: a new peer beyond it is dropped (``directory_full``).
+        self.max_peers = max_peers
         self.metrics = metrics or Metrics()
         self._trusted = trusted
         self._impostor = impostor
@@ -239,6 +243,10 @@ class PeerDirectory:
                     PROTOCOL_REVISION,
                 )
             raise _Drop("proto_unsupported")
+        if advert.signer not in self._peers and len(self._peers) >= self.max_peers:
+            self.sweep(now)
+            if len(self._peers) >= self.max_peers:
+                raise _Drop("directory_full")
         self.observe(advert, now)
         return advert
 
@@ -312,7 +320,15 @@ class PeerDirectory:
             kv = await open_bucket(nc, self.federation)
         async with anyio.create_task_group() as tg:
             if kv is not None:
-                await tg.start(self.follow_bucket, kv)
+                try:
+                    await tg.start(self.follow_bucket, kv)
+                except (nats.errors.Error, OSError, TimeoutError) as exc:
+                    log.warning(
+                        "cannot watch the directory bucket (%r): following the adverts "
+                        "subject only",
+                        exc,
+                    )
+                    kv = None
             await tg.start(partial(self._follow_subject, nc, solicit=solicit))
             self.source = "kv" if kv is not None else "subject"
             task_status.started()

@@ -32,6 +32,7 @@ from .directory_kv import open_bucket
 from .executor.agent import Executor, ExecutorConfig
 from .executor.handlers import CapabilityHandler, EchoCapability, InProcessCapability
 from .executor.hardware import HardwareMonitor
+from .executor.results import ResultCache
 from .executor.untrusted_code import AllowListedCapability
 from .http import serve_http
 from .keystore import lock_state_dir
@@ -47,6 +48,7 @@ from .receipts.chain import ChainHead
 from .receipts.reputation import ReputationBook
 from .receipts.store import RecordStore
 from .state_dir import check_state_dir
+from .tables import REPUTATION_MEMORY, watch_tables
 from .transport import unsubscribe_quietly
 from .verification import CanaryProber
 
@@ -162,7 +164,7 @@ class Node:
         self.hardware: HardwareMonitor | None = None
         self.prober: CanaryProber | None = None
         #: Reputation derived from audited records on the stream (RFC 0002 §7).
-        self.reputation = ReputationBook()
+        self.reputation = ReputationBook(memory=REPUTATION_MEMORY)
         self._stack: AsyncExitStack | None = None
         self._opened = False
         self._advert_seq = 0
@@ -220,6 +222,8 @@ class Node:
                         profiles=self.config.sandbox_profiles,
                         max_concurrency=self.config.executor.max_concurrency,
                         secrets=secrets,
+                        # strict: each job's tmpfs is sized by the operator's per-job disk cap
+                        max_disk_bytes=self.config.executor.caps.max_disk_mb << 20,
                     )
                 )
                 handlers.append(
@@ -330,7 +334,15 @@ class Node:
                 chain=chain,
                 trusted=self.trusts if self.config.trusted is not None else None,
                 offer=self._merge_declared(CapabilityOffer(), isolation),
+                results=ResultCache(
+                    memory_bytes=exec_cfg.result_memory_bytes,
+                    directory=Path(self.config.state_dir) / "results"
+                    if self.config.state_dir
+                    else None,
+                    disk_bytes=exec_cfg.result_disk_bytes,
+                ),
             )
+            watch_tables(self.metrics, self)
             self.executor.presence.margin_ms = presence_margin_ms(
                 int(self.config.advert_interval_s * 1000), int(self.config.advert_ttl_s * 1000)
             )
@@ -450,7 +462,12 @@ class Node:
     ) -> None:
         """Follow this node's own key only: another node putting adverts signed with
         this node's key is detected (``own_key_elsewhere``) at a cost independent of N."""
-        watcher = await kv.watch(did_node_id(self.did))
+        try:
+            watcher = await kv.watch(did_node_id(self.did))
+        except Exception as exc:  # JetStream refused: no impostor check, the rest works
+            log.warning("cannot watch this node's own directory key: %r", exc)
+            task_status.started()
+            return
         try:
             task_status.started()
             async for entry in watcher:
@@ -494,11 +511,17 @@ class Node:
         """Put this node's advert in the directory bucket: now, when its quotes' facts
         change (checked every :data:`QUOTE_CHECK_S`, puts at least
         :data:`SYNC_MIN_GAP_S` apart) and every :meth:`_refresh_s` otherwise."""
-        await self._put_advert(kv)
+        try:
+            await self._put_advert(kv)
+        except Exception as exc:  # the next refresh tries again
+            log.warning("advert put failed: %s", exc)
         last, facts = time.monotonic(), self._quote_facts()
+        now = last
         task_status.started()
         while True:
-            await anyio.sleep(QUOTE_CHECK_S)
+            # Wake for the next check, or right at the refresh: a late put would look like
+            # a lapse of presence (RFC 0001 §10.7) to this node's own executor.
+            await anyio.sleep(min(QUOTE_CHECK_S, max(0.0, self._refresh_s() - (now - last))))
             now = time.monotonic()
             changed = self._quote_facts() != facts and now - last >= SYNC_MIN_GAP_S
             if not changed and now - last < self._refresh_s():
@@ -592,7 +615,7 @@ class Node:
             pass
         await self.executor.drain(self.config.drain_grace_s)
         if self.record_store is not None:
-            flushed = await self.record_store.flush(5.0)
+            flushed = await self.record_store.close(5.0)
             if not flushed:
                 log.warning(
                     "%d audit records still pending at shutdown (kept in the spill "
@@ -643,7 +666,9 @@ class Node:
             return
         advert = self.advert(draining=draining)
         self._own_adverts.append((advert.ts, advert.seq))
-        if self.executor is not None:  # at most once across pauses (RFC 0001 §10.7)
+        # At most once across pauses (RFC 0001 §10.7): presence extends only with an advert
+        # that can reach peers; after a pause or an outage past the TTL, jobs are fenced.
+        if self.executor is not None and getattr(self.nc, "is_connected", True):
             self.executor.note_advert(advert.ts, advert.exp)
         await self.nc.publish(
             subjects.adverts(self.config.federation), advert.sign(self.identity).raw

@@ -289,7 +289,7 @@ class Metrics:
         )
         self.handed_back = Counter(
             "jobs_handed_back",
-            "Accepted jobs fenced and handed back instead of delivered (RFC 0001 §10.6)",
+            "Accepted jobs fenced and handed back instead of delivered (RFC 0001 §10.7)",
             ["cause"],
             namespace=_NS,
             registry=r,

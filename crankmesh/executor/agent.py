@@ -71,6 +71,7 @@ from .quotes import (
     check_quote_assignment,
     load_band,
 )
+from .results import ResultCache
 
 __all__ = ["Executor", "ExecutorConfig"]
 
@@ -117,6 +118,10 @@ class ExecutorConfig:
     price_per_gib_s: int = 0
     #: How long a firm quote stands (RFC 0001 §8.14, seed 000's ``valid_for``).
     quote_valid_ms: int = DEFAULT_QUOTE_VALID_MS
+    #: Bounds of the deliveries kept for re-delivery (§10.4): bytes in memory, and bytes
+    #: on disk in the node's state dir (none without one); the oldest go first.
+    result_memory_bytes: int = 2 << 20
+    result_disk_bytes: int = 1 << 30
 
     def price_for(self, capability: str) -> int:
         return self.prices.get(capability, self.default_price)
@@ -199,8 +204,10 @@ class _JobRecord:
     job_cid: str
     #: The signed Accept; empty while the job's answer is to be its receipt (below).
     accept_raw: bytes
-    delivery: bytes | None = None
-    done: anyio.Event = field(default_factory=anyio.Event)
+    #: The ReceiptDelivery was made (its bytes live in the executor's ResultCache).
+    delivered: bool = False
+    #: Answered (delivered or handed back): the record may be forgotten when full.
+    finished: bool = False
     #: Where the ReceiptDelivery goes as the answer to the Assignment (RFC 0001 §8.6),
     #: for a quick job that started at once; empty: published on the receipt subject.
     answer_to: str = ""
@@ -228,6 +235,7 @@ class Executor:
         offer: CapabilityOffer | None = None,
         bench: SelfBenchmark | None = None,
         trusted: Callable[[str], bool] | None = None,
+        results: ResultCache | None = None,
     ) -> None:
         self.identity = identity
         self.federation = subjects.check_federation(federation)
@@ -283,6 +291,12 @@ class Executor:
         self._live: dict[str, _JobRecord] = {}
         #: Firm quotes signed for the adverts (RFC 0001 §8.14), remembered by CID.
         self.quotes = QuoteBook(identity, valid_ms=self.config.quote_valid_ms)
+        #: Deliveries kept for idempotent re-delivery (§10.4), bounded by bytes.
+        self.results = (
+            results
+            if results is not None
+            else ResultCache(memory_bytes=self.config.result_memory_bytes, disk_bytes=0)
+        )
 
     # ------------------------------------------------------------------ state
 
@@ -457,9 +471,10 @@ class Executor:
         while jobs:
             exp, oldest = next(iter(jobs.values()))
             if exp < now or len(jobs) > self.config.idempotency_capacity:
-                if not oldest.done.is_set() and len(jobs) <= self.config.idempotency_capacity:
+                if not oldest.finished and len(jobs) <= self.config.idempotency_capacity:
                     break
                 jobs.popitem(last=False)
+                self.results.discard(oldest.job_cid)
             else:
                 break
 
@@ -865,7 +880,12 @@ class Executor:
             job_rec = known[1]
             self.metrics.assignments.labels(outcome="duplicate").inc()
             if job_rec.handed_back is not None:  # fenced: the answer is the hand-back
-                await self._reply(msg, job_rec.handed_back)
+                if msg.reply:
+                    await self._reply(msg, job_rec.handed_back)
+                else:  # a re-send after the deadline waits on the receipt subject
+                    await self._nc.publish(
+                        subjects.receipt_delivery(self.federation, asg.job), job_rec.handed_back
+                    )
                 return
             if not job_rec.accept_raw:  # a quick job: its answer is (or was) the receipt
                 job_rec.accept_raw = self._accept(asg, env.cid, now).raw
@@ -873,9 +893,14 @@ class Executor:
                 # to the receipt subject, where the originator now waits for it.
                 job_rec.answer_to = ""
             await self._reply(msg, job_rec.accept_raw)
-            if job_rec.delivery is not None:
+            if job_rec.delivered:
+                delivery = self.results.get(asg.job)
+                if delivery is None:  # both bounds of the result cache were full
+                    self.metrics.reject("assignment", "result_forgotten")
+                    log.warning("job %s: its delivery is no longer kept to re-send", asg.job)
+                    return
                 await self._nc.publish(
-                    subjects.receipt_delivery(self.federation, asg.job), job_rec.delivery
+                    subjects.receipt_delivery(self.federation, asg.job), delivery
                 )
             return
         if asg.quote is not None:  # an assignment on a firm quote (RFC 0001 §8.14)
@@ -1092,7 +1117,7 @@ class Executor:
             .sign(self.identity)
             .raw
         )
-        job_rec.done.set()
+        job_rec.finished = True
         if rec.job.budget is not None:
             self.budgets.release_if_reserved(rec.job_cid)
         self.metrics.handed_back.labels(cause=cause).inc()
@@ -1196,26 +1221,34 @@ class Executor:
             receipt=renv.raw,
             result=None if result is None else seal(result, job.originator, sender=self.identity),
         ).encode()
-        job_rec.delivery = delivery
-        job_rec.done.set()
-        answer_to, job_rec.answer_to = job_rec.answer_to, ""
-        await self._nc.publish(
-            answer_to or subjects.receipt_delivery(self.federation, rec.job_cid),
-            delivery,
-            headers=trace_headers(rec.trace, rec.job_cid),
-        )
         # Audit records (RFC 0002): the winning bid, then the receipt, deduplicated by CID.
+        # Queued (and journaled) before the delivery is sent, so no receipt leaves this
+        # process without its record; the store publishes them later, in batches.
         store = self.record_store
         if store is not None:
-            await store.submit(
-                subjects.bid_records(self.federation, self.identity.did),
-                rec.bid_raw,
-                rec.bid_cid,
+            await store.submit_many(
+                [
+                    (
+                        subjects.bid_records(self.federation, self.identity.did),
+                        rec.bid_raw,
+                        rec.bid_cid,
+                    ),
+                    (subjects.receipts(self.federation, self.identity.did), renv.raw, renv.cid),
+                ]
             )
-            await store.submit(
-                subjects.receipts(self.federation, self.identity.did), renv.raw, renv.cid
+        answer_to, job_rec.answer_to = job_rec.answer_to, ""
+        try:
+            await self._nc.publish(
+                answer_to or subjects.receipt_delivery(self.federation, rec.job_cid),
+                delivery,
+                headers=trace_headers(rec.trace, rec.job_cid),
             )
-        else:
+        finally:
+            # Kept once it went out (or failed to): a spill to disk when the cache is full
+            # is off the critical path; a repeat meanwhile gets the Accept (it is in flight).
+            self.results.put(rec.job_cid, delivery)
+            job_rec.delivered = job_rec.finished = True
+        if store is None:
             await self._nc.publish(subjects.receipts(self.federation, self.identity.did), renv.raw)
         self.metrics.receipts.labels(status=outcome.status).inc()
         log.info(

@@ -200,7 +200,9 @@ class PythonRunCapability:
             max_output_bytes=eff.max_output_bytes,
             memory_mb=eff.memory_mb,
             cpu_seconds=eff.cpu_seconds,
+            # the operator's disk cap bounds each file and the job directory as a whole
             max_file_bytes=eff.disk_bytes,
+            max_disk_bytes=eff.disk_bytes,
         )
         res = await self._sandbox.run(
             code=code,

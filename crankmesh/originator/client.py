@@ -41,7 +41,7 @@ import logging
 import os
 import random
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from contextvars import ContextVar
@@ -111,6 +111,9 @@ from .job import Job, JobResult
 __all__ = ["Client", "ClientConfig", "CostEntry", "CostReport", "JobEvent", "JobHandle"]
 
 log = logging.getLogger("crankmesh.originator")
+
+#: Cost entries a client keeps for :meth:`Client.costs` (the most recent jobs).
+COSTS_KEPT = 10_000
 
 
 def _overhead_key(executor: str, capability: str) -> str:
@@ -254,7 +257,7 @@ class Client:
         self._tracks: dict[str, _JobTrack] = {}
         # Last ranking per job (bounded): `explain(job_cid)` builds explanations on demand.
         self._rankings: _Bounded = _Bounded(1024)
-        self._costs: list[CostEntry] = []
+        self._costs: deque[CostEntry] = deque(maxlen=COSTS_KEPT)  # bounded (tables.py)
         #: Spend per budget token (RFC 0001 §8.12): reserve at assignment, settle on receipt.
         self.budgets = market.BudgetLedger()
         # Observed vs promised, per executor: a local reputation used in scoring.
@@ -522,7 +525,8 @@ class Client:
         return out
 
     def costs(self) -> CostReport:
-        """Every completed job's executor, duration and charge, with totals."""
+        """The executor, duration and charge of the last :data:`COSTS_KEPT` completed
+        jobs, with totals."""
         return CostReport(tuple(self._costs))
 
     def reputation(self, executor: str) -> market.LocalReputation | None:

@@ -48,6 +48,7 @@ __all__ = [
     "open_envelope",
     "sign_envelope",
     "signing_input",
+    "verified_cache_size",
 ]
 
 PROTOCOL_VERSION: Final = 1
@@ -58,17 +59,28 @@ _ENVELOPE_KEYS: Final = frozenset({"b", "s", "t", "v"})
 _TYPE_RE: Final = re.compile(r"[a-z][a-z0-9_]{0,31}\Z")
 
 
-#: Envelope bytes whose signature verified, most recent last (bounded).
+#: Envelope bytes whose signature verified, most recent last (bounded by count and by
+#: bytes: 4,096 entries of up to 16 KiB each could pin 64 MiB; a soak filled it for minutes).
 _VERIFIED: OrderedDict[bytes, None] = OrderedDict()
 _VERIFIED_MAX = 4096
+_VERIFIED_MAX_BYTES = 1 << 20
+_verified_bytes = 0
 
 
 def _remember_verified(raw: bytes) -> None:
-    if len(raw) > 16384:  # big envelopes (assignments with payloads) are not worth it
+    global _verified_bytes
+    if len(raw) > 16384 or raw in _VERIFIED:  # big envelopes (assignments) are not worth it
         return
     _VERIFIED[raw] = None
-    if len(_VERIFIED) > _VERIFIED_MAX:
-        _VERIFIED.popitem(last=False)
+    _verified_bytes += len(raw)
+    while len(_VERIFIED) > _VERIFIED_MAX or _verified_bytes > _VERIFIED_MAX_BYTES:
+        old, _ = _VERIFIED.popitem(last=False)
+        _verified_bytes -= len(old)
+
+
+def verified_cache_size() -> tuple[int, int]:
+    """Entries and bytes in the cache of verified envelopes (for the node's gauges)."""
+    return len(_VERIFIED), _verified_bytes
 
 
 def signing_input(mtype: str, body_bytes: bytes) -> bytes:

@@ -12,11 +12,25 @@ Every record is published with ``Nats-Msg-Id`` = its envelope CID, so JetStream 
 a republished copy (within the stream's duplicate window; the audit ignores identical
 copies outside it too).
 
-When JetStream cannot take a record (no responders, a timeout, JetStream not enabled,
-no stream, the connection down), :meth:`RecordStore.publish` keeps it in a bounded
-in-memory buffer (and, beyond it, in an optional spill file), and the background loop
-:meth:`RecordStore.run` publishes the buffer in order, with backoff, once JetStream
-answers again. Typical use, inside a node's task group::
+Records of the hot path (an executor's winning bid and receipt, an originator's
+settlement) are *submitted* (:meth:`RecordStore.submit`): queued, and published by the
+background loop :meth:`RecordStore.run` in batches (up to :data:`BATCH_MAX` records back to
+back, then their acks) after waiting up to ``linger_s`` for a batch to fill, so a burst of
+jobs costs one event-loop trip, one socket write and one read of acks per batch instead
+of per record. When JetStream cannot take a record (no responders, a timeout, JetStream
+not enabled, no stream, the connection down) it stays queued and the loop retries in
+order, with backoff, once JetStream answers again.
+
+With a ``spill_path`` the queue is journaled: every submitted record is appended to
+that file (one ``write(2)`` on a descriptor kept open, before ``submit`` returns) and
+the file is truncated once JetStream has answered for everything in it. A store killed
+at any point (SIGKILL, a crash) therefore loses no record it accepted: the next store
+on the same file publishes what is left first (JetStream drops the copies it already
+has, by message id). The journal is not fsynced per record (a power loss may lose its
+last records), only on :meth:`RecordStore.close`. Without a spill file, up to
+``buffer_limit`` records wait in memory and die with the process. Records beyond
+``buffer_limit`` are kept in the journal only and read back in order. Typical use,
+inside a node's task group::
 
     async with open_record_store(nc, federation="acme") as store:
         await store.publish_envelope(receipt_env)
@@ -30,6 +44,7 @@ import dataclasses
 import itertools
 import json
 import logging
+import os
 import re
 import struct
 from collections.abc import AsyncIterator
@@ -52,6 +67,7 @@ from ..protocol.errors import TransportError
 from ..protocol.identity import did_node_id
 
 __all__ = [
+    "BATCH_MAX",
     "RECORD_KINDS",
     "PublishOutcome",
     "RecordStore",
@@ -75,8 +91,10 @@ PublishOutcome = Literal["stored", "duplicate", "buffered", "spilled", "dropped"
 """What :meth:`RecordStore.publish` did with a record.
 
 ``stored``: JetStream acknowledged it; ``duplicate``: JetStream already had a record
-with this message id; ``buffered`` / ``spilled``: kept in memory / in the spill file for
-the flush loop; ``dropped``: the buffer was full and there is no spill file (counted in
+with this message id, or (:meth:`RecordStore.submit`) this store has already queued or
+stored one recently (a quote many jobs were assigned on is sent once, not per job);
+``buffered`` / ``spilled``: kept in memory / in the spill file for the flush loop;
+``dropped``: the buffer was full and there is no spill file (counted in
 :attr:`RecordStore.dropped`); ``rejected``: JetStream refused it for good (e.g. larger
 than the stream's maximum message size; counted in :attr:`RecordStore.rejected`).
 """
@@ -85,8 +103,16 @@ _HEADER: Final = "Nats-Msg-Id"
 _SPILL_HEAD: Final = struct.Struct(">HHI")  # subject length, msg id length, data length
 _BACKOFF_MIN_S: Final = 0.05
 _BACKOFF_MAX_S: Final = 2.0
-#: Records the flush loop publishes before it waits for their acks (pipelining).
-_WINDOW: Final = 64
+#: Records the flush loop publishes back to back before it waits for their acks (a batch).
+BATCH_MAX: Final = 64
+_WINDOW: Final = BATCH_MAX
+#: Answered bytes at the head of the journal beyond which it is rewritten without them
+#: (when it never empties under a steady load).
+_COMPACT_BYTES: Final = 4 * 1024 * 1024
+#: The unanswered tail a compaction copies at most (in the event loop; else it waits).
+_COMPACT_TAIL_MAX: Final = 1024 * 1024
+#: Message ids remembered as queued or stored, so that a repeated submit costs nothing.
+_RECENT_MAX: Final = 4096
 
 
 def stream_name(federation: str) -> str:
@@ -117,6 +143,16 @@ class _Pending:
     subject: str
     data: bytes
     msg_id: str
+    #: where the record ends in the journal (a logical offset, see RecordStore._jbase);
+    #: -1 when it is not journaled
+    end: int = -1
+
+
+def _frame(record: _Pending) -> bytes:
+    """A record as the journal stores it: length header, subject, message id, data."""
+    subject, msg_id = record.subject.encode(), record.msg_id.encode()
+    head = _SPILL_HEAD.pack(len(subject), len(msg_id), len(record.data))
+    return b"".join((head, subject, msg_id, record.data))
 
 
 class _Transient(Exception):
@@ -150,25 +186,33 @@ def _is_transient(exc: BaseException) -> bool:
 
 
 class RecordStore:
-    """Publishes signed records to the federation's JetStream stream, buffering through
-    outages.
+    """Publishes signed records to the federation's JetStream stream, in batches off
+    the hot path, buffering through outages.
 
     Resource handling:
         Does not own ``nc`` (the caller connects and closes it). Holds at most
-        ``buffer_limit`` records in memory; with ``spill_path``, records beyond that are
-        appended to that file (length-prefixed) and read back in order; a spill file
-        left by a previous run is picked up at construction and published first.
-        :meth:`run` must run (in the caller's task group) for buffered records to be
-        published in the background; :meth:`flush` publishes them in the foreground.
+        ``buffer_limit`` records in memory. With ``spill_path``, every record queued
+        for the loop is also appended to that file (the journal, see the module doc)
+        and records beyond ``buffer_limit`` live only there until they are read back
+        in order; a journal left by a previous run (killed, or stopped while JetStream
+        was away) is picked up at construction and published first. :meth:`run` must
+        run (in the caller's task group) for queued records to be published in the
+        background; :meth:`flush` publishes them in the foreground; :meth:`close`
+        flushes, then fsyncs and closes the journal.
+
+    Batching: the loop publishes a batch once ``batch_size`` records are queued or
+    the oldest has waited ``linger_s`` seconds (0: at once), whichever is first.
 
     Error handling:
-        :meth:`publish` never raises for JetStream trouble: a transient failure
-        (no responders, timeout, no stream, JetStream disabled, disconnected) buffers
-        the record; the flush loop retries with exponential backoff (50 ms to 2 s) and,
-        on "no stream", re-creates the stream. A permanent refusal (any other JetStream
-        API error) is logged with the record's CID and counted in :attr:`rejected`.
-        Without a spill file, a record that finds the buffer full is logged and counted
-        in :attr:`dropped`. :meth:`ensure_stream` raises :class:`TransportError`.
+        :meth:`publish` and :meth:`submit` never raise for JetStream trouble: a
+        transient failure (no responders, timeout, no stream, JetStream disabled,
+        disconnected) keeps the record queued; the loop retries with exponential
+        backoff (50 ms to 2 s) and, on "no stream", re-creates the stream. A permanent
+        refusal (any other JetStream API error) is logged with the record's CID and
+        counted in :attr:`rejected`. A record that finds the buffer full with no
+        journal to take it is logged and counted in :attr:`dropped`. A journal that
+        cannot be written (disk full, read-only) is logged once and switched off: the
+        store goes on in memory. :meth:`ensure_stream` raises :class:`TransportError`.
     """
 
     def __init__(
@@ -185,6 +229,8 @@ class RecordStore:
         buffer_limit: int = 100_000,
         spill_path: str | Path | None = None,
         publish_timeout_s: float = 2.0,
+        linger_s: float = 0.02,
+        batch_size: int = BATCH_MAX,
     ) -> None:
         self.federation = subjects.check_federation(federation)
         self.stream = stream or stream_name(federation)
@@ -192,6 +238,8 @@ class RecordStore:
             raise ValueError("buffer_limit must be at least 1")
         if replicas < 1 or publish_timeout_s <= 0 or max_age_s < 0 or duplicate_window_s < 0:
             raise ValueError("replicas, publish_timeout_s and the durations must be positive")
+        if linger_s < 0 or not 1 <= batch_size <= BATCH_MAX:
+            raise ValueError(f"linger_s must be ≥ 0 and batch_size within 1..{BATCH_MAX}")
         self._nc = nc
         self._js = nc.jetstream(timeout=publish_timeout_s)
         self._max_age_s = max_age_s
@@ -201,13 +249,22 @@ class RecordStore:
         self._duplicate_window_s = duplicate_window_s
         self._buffer_limit = buffer_limit
         self._timeout_s = publish_timeout_s
+        self._linger_s = linger_s
+        self._batch_size = batch_size
         self._buffer: collections.deque[_Pending] = collections.deque()
         self._spill = Path(spill_path) if spill_path is not None else None
-        self._spill_offset = 0  # where the next unread spilled record starts
-        self._spill_count = 0  # records in the spill file not yet read back
+        self._journal_ok = self._spill is not None  # off after a failed write
+        # The journal: logical offsets grow for ever; file byte 0 is logical _jbase.
+        self._jfd: int | None = None
+        self._jbase = 0
+        self._jend = 0  # logical end of the journal
+        self._answered = 0  # logical offset up to which JetStream answered every record
+        self._spill_offset = 0  # logical offset of the first record not in memory
+        self._spill_count = 0  # journaled records not in memory (not yet read back)
         self._spill_lock = anyio.Lock(fast_acquire=True)
         self._flush_lock = anyio.Lock(fast_acquire=True)
         self._wake = anyio.Event()
+        self._full = anyio.Event()  # set when a batch is ready (batch_size queued)
         self._idle = anyio.Event()  # set while nothing is pending
         self._last_warning = ""
         # Pipelined acks of the flush loop: reply subject -> future of the ack message.
@@ -215,11 +272,17 @@ class RecordStore:
         self._ack_sub: Any = None
         self._ack_waiting: dict[str, asyncio.Future[Any]] = {}
         self._ack_seq = itertools.count()
+        # Message ids queued or stored lately (oldest first): a repeat is not sent again.
+        self._recent: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.stored = 0
         self.dropped = 0
         self.rejected = 0
+        #: submits skipped because this store had queued or stored the same record lately
+        self.repeats = 0
+        #: batches the loop (or a flush) published
+        self.batches = 0
         if self._spill is not None:
-            self._spill_count = self._count_spilled(self._spill)
+            self._spill_count, self._jend = self._recover(self._spill)
             if self._spill_count:
                 self._wake.set()
                 logger.warning(
@@ -318,7 +381,7 @@ class RecordStore:
                 return await self._send(record)
             except _Transient as exc:
                 self._warn(f"JetStream did not take record {msg_id} ({exc}); buffering")
-        return await self._enqueue(record)
+        return self._enqueue([record])[0]
 
     async def _send(self, record: _Pending) -> PublishOutcome:
         """One JetStream publish; :class:`_Transient` when it may work later."""
@@ -420,32 +483,73 @@ class RecordStore:
 
         For hot paths (an executor's receipts): the JetStream ack is awaited by the
         loop, not by the caller; ordering, deduplication, buffering while JetStream is
-        away and the spill file work exactly as for :meth:`publish`.
+        away and the journal work exactly as for :meth:`publish`. With a journal the
+        record is in it when this returns.
         """
-        return await self._enqueue(_Pending(subject, bytes(raw), msg_id))
+        return (await self.submit_many([(subject, raw, msg_id)]))[0]
 
-    async def _enqueue(self, record: _Pending) -> PublishOutcome:
-        self._wake.set()
-        if self._idle.is_set():
-            self._idle = anyio.Event()
-        if self._spill_count == 0 and len(self._buffer) < self._buffer_limit:
-            self._buffer.append(record)
-            return "buffered"
-        if self._spill is None:
-            self.dropped += 1
-            logger.error(
-                "record buffer full (%d records) and no spill file: dropping record %s on %s",
-                self._buffer_limit,
-                record.msg_id,
-                record.subject,
-            )
-            return "dropped"
-        async with self._spill_lock:
-            await anyio.to_thread.run_sync(self._append_spill, self._spill, record)
-            self._spill_count += 1
-        if self._spill_count == 1:
-            logger.warning("record buffer full: spilling records to %s", self._spill)
-        return "spilled"
+    async def submit_many(self, records: list[tuple[str, bytes, str]]) -> list[PublishOutcome]:
+        """:meth:`submit` for several ``(subject, raw, msg_id)`` records, in order, with
+        one journal write for all of them.
+
+        A record whose message id this store queued or stored lately (the last
+        4,096 ids) is not queued again: its outcome is ``duplicate``, counted in
+        :attr:`repeats`. A record that was dropped is not remembered, so it can be
+        submitted again.
+        """
+        fresh: list[_Pending] = []
+        repeat: list[bool] = []
+        recent = self._recent
+        for subject, raw, msg_id in records:
+            seen = msg_id in recent or any(r.msg_id == msg_id for r in fresh)
+            if seen:
+                self.repeats += 1
+            else:
+                fresh.append(_Pending(subject, bytes(raw), msg_id))
+            repeat.append(seen)
+        queued = iter(self._enqueue(fresh) if fresh else ())
+        return ["duplicate" if seen else next(queued) for seen in repeat]
+
+    def _remember(self, msg_id: str) -> None:
+        recent = self._recent
+        recent[msg_id] = None
+        recent.move_to_end(msg_id)
+        if len(recent) > _RECENT_MAX:
+            recent.popitem(last=False)
+
+    def _enqueue(self, records: list[_Pending]) -> list[PublishOutcome]:
+        journaled = self._journal(records)
+        if journaled is not None:
+            records = journaled
+        outcomes: list[PublishOutcome] = []
+        for record in records:
+            if self._spill_count == 0 and len(self._buffer) < self._buffer_limit:
+                self._buffer.append(record)
+                self._remember(record.msg_id)
+                outcomes.append("buffered")
+            elif record.end >= 0:  # in the journal only, read back when there is room
+                if self._spill_count == 0:
+                    self._spill_offset = record.end - len(_frame(record))
+                    logger.warning("record buffer full: spilling records to %s", self._spill)
+                self._spill_count += 1
+                self._remember(record.msg_id)
+                outcomes.append("spilled")
+            else:
+                self.dropped += 1
+                logger.error(
+                    "record buffer full (%d records) and no spill file: dropping record %s on %s",
+                    self._buffer_limit,
+                    record.msg_id,
+                    record.subject,
+                )
+                outcomes.append("dropped")
+        if self.pending:
+            self._wake.set()
+            if self._idle.is_set():
+                self._idle = anyio.Event()
+            if len(self._buffer) >= self._batch_size or self._spill_count:
+                self._full.set()
+        return outcomes
 
     def _warn(self, text: str) -> None:
         # one warning per kind of trouble, not one per record
@@ -454,18 +558,91 @@ class RecordStore:
             self._last_warning = kind
             logger.warning("%s", text)
 
-    # ---------------------------------------------------------------- the spill file
+    # ---------------------------------------------------------------- the journal
 
-    @staticmethod
-    def _append_spill(path: Path, record: _Pending) -> None:
-        subject, msg_id = record.subject.encode(), record.msg_id.encode()
-        with path.open("ab") as f:
-            f.write(_SPILL_HEAD.pack(len(subject), len(msg_id), len(record.data)))
-            f.write(subject + msg_id + record.data)
-            f.flush()
+    def _journal(self, records: list[_Pending]) -> list[_Pending] | None:
+        """Append ``records`` to the journal in one write; the records with their
+        journal offsets, or None when there is no journal (or it just failed)."""
+        if not self._journal_ok:
+            return None
+        frames = [_frame(r) for r in records]
+        data = b"".join(frames)
+        try:
+            fd = self._open_journal()
+            if os.write(fd, data) != len(data):  # regular files: all or an error
+                raise OSError(f"short write to {self._spill}")
+        except OSError as exc:
+            logger.error(
+                "cannot write the record journal %s (%s): records are kept in memory only "
+                "from now on, and die with the process",
+                self._spill,
+                exc,
+            )
+            self._journal_ok = False  # a torn write is cut off when a later store recovers it
+            self._close_journal(fsync=False)
+            return None
+        out, end = [], self._jend
+        for record, frame in zip(records, frames, strict=True):
+            end += len(frame)
+            out.append(_Pending(record.subject, record.data, record.msg_id, end))
+        self._jend = end
+        return out
+
+    def _answer(self, records: list[_Pending]) -> None:
+        """JetStream answered for ``records`` (the oldest queued): forget them in the
+        journal, truncating it when nothing in it is waiting any more."""
+        ends = [r.end for r in records if r.end >= 0]
+        if not ends or not self._journal_ok:
+            return
+        self._answered = max(self._answered, ends[-1])
+        try:
+            if self._answered >= self._jend:  # everything journaled is answered
+                os.ftruncate(self._open_journal(), 0)
+                self._jbase = self._jend
+            elif (
+                self._answered - self._jbase > _COMPACT_BYTES
+                and self._jend - self._answered <= _COMPACT_TAIL_MAX
+            ):
+                self._compact()
+        except OSError as exc:  # the journal is only longer than it needs to be
+            logger.warning("could not truncate the record journal %s: %s", self._spill, exc)
+
+    def _open_journal(self) -> int:
+        assert self._spill is not None
+        if self._jfd is None:
+            self._jfd = os.open(self._spill, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        return self._jfd
+
+    def _compact(self) -> None:
+        """Rewrite the journal without its answered head: copy the tail, rename."""
+        assert self._spill is not None and self._jfd is not None
+        with self._spill.open("rb") as f:
+            f.seek(self._answered - self._jbase)
+            tail = f.read()
+        tmp = self._spill.with_name(self._spill.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, tail)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self._spill)  # a SIGKILL leaves the old journal or the new one
+        os.close(self._jfd)
+        self._jfd = os.open(self._spill, os.O_WRONLY | os.O_APPEND, 0o600)
+        self._jbase = self._answered
+
+    def _close_journal(self, *, fsync: bool = True) -> None:
+        fd, self._jfd = self._jfd, None
+        if fd is None:
+            return
+        try:
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
 
     @staticmethod
     def _read_spill(path: Path, offset: int, limit: int) -> tuple[list[_Pending], int]:
+        """Up to ``limit`` records from file offset ``offset`` (ends as file offsets)."""
         out: list[_Pending] = []
         with path.open("rb") as f:
             f.seek(offset)
@@ -479,52 +656,64 @@ class RecordStore:
                     break  # a torn last write: the count below ignores it too
                 subject = body[:ls].decode("utf-8", "replace")
                 msg_id = body[ls : ls + lm].decode("utf-8", "replace")
-                out.append(_Pending(subject, body[ls + lm :], msg_id))
                 offset += _SPILL_HEAD.size + ls + lm + ld
+                out.append(_Pending(subject, body[ls + lm :], msg_id, offset))
         return out, offset
 
     @staticmethod
-    def _count_spilled(path: Path) -> int:
+    def _recover(path: Path) -> tuple[int, int]:
+        """Count the whole records of a journal left by an earlier run and cut off a
+        torn last one (a write cut short), so that appends continue a readable file.
+        Returns ``(records, end of the last whole record)``."""
         if not path.exists():
-            return 0
-        count, size = 0, path.stat().st_size
+            return 0, 0
+        count, offset, size = 0, 0, path.stat().st_size
         with path.open("rb") as f:
-            offset = 0
             while True:
                 head = f.read(_SPILL_HEAD.size)
                 if len(head) < _SPILL_HEAD.size:
                     break
                 ls, lm, ld = _SPILL_HEAD.unpack(head)
-                offset += _SPILL_HEAD.size + ls + lm + ld
-                if offset > size:
-                    logger.warning("ignoring a torn record at the end of spill file %s", path)
+                if offset + _SPILL_HEAD.size + ls + lm + ld > size:
                     break
+                offset += _SPILL_HEAD.size + ls + lm + ld
                 f.seek(offset)
                 count += 1
-        return count
+        if offset < size:
+            logger.warning("ignoring a torn record at the end of spill file %s", path)
+            try:
+                os.truncate(path, offset)
+            except OSError as exc:
+                logger.error("cannot cut the torn record off %s: %s", path, exc)
+        return count, offset
 
     async def _refill(self) -> None:
-        """Move spilled records back into the (empty) memory buffer, oldest first."""
+        """Move journal-only records back into the (empty) memory buffer, oldest first."""
         if self._spill is None or not self._spill_count or self._buffer:
             return
         async with self._spill_lock:
-            records, offset = await anyio.to_thread.run_sync(
-                self._read_spill, self._spill, self._spill_offset, self._buffer_limit
+            records, _ = await anyio.to_thread.run_sync(
+                self._read_spill,
+                self._spill,
+                self._spill_offset - self._jbase,
+                min(self._buffer_limit, self._spill_count),
             )
             if not records:  # torn tail only
                 self._spill_count = 0
-            self._buffer.extend(records)
-            self._spill_offset = offset
+                return
+            base = self._jbase
+            self._buffer.extend(
+                _Pending(r.subject, r.data, r.msg_id, r.end + base) for r in records
+            )
+            self._spill_offset = self._buffer[-1].end
             self._spill_count -= len(records)
-            if self._spill_count <= 0:
-                self._spill_count = 0
-                self._spill_offset = 0
-                await anyio.to_thread.run_sync(self._spill.unlink, True)
 
     # ---------------------------------------------------------------- flushing
 
-    async def _drain(self) -> bool:
-        """Publish buffered records in order until empty (True) or a transient failure."""
+    async def _drain(self, *, batched: bool = False) -> bool:
+        """Publish queued records in order until empty (True) or a transient failure
+        (False). ``batched`` (the background loop): stop early, returning True, when
+        fewer than a batch are left, so the loop lingers for more."""
         async with self._flush_lock:
             while True:
                 await self._refill()
@@ -534,20 +723,22 @@ class RecordStore:
                 if not self._nc.is_connected:
                     return False
                 window = list(itertools.islice(self._buffer, _WINDOW))
+                self.batches += 1
                 try:
                     done = await self._send_window(window)
                 except _Transient as exc:
-                    for _ in range(exc.done):
-                        self._buffer.popleft()
+                    self._answer([self._buffer.popleft() for _ in range(exc.done)])
                     if exc.no_stream:
                         await self._recreate_stream()
                     self._warn(f"JetStream still unavailable ({exc}); {self.pending} pending")
                     return False
-                for _ in range(done):
-                    self._buffer.popleft()
+                self._answer([self._buffer.popleft() for _ in range(done)])
                 if not self._buffer and not self._spill_count:
-                    self._last_warning = ""
-                    logger.info("record buffer flushed to JetStream stream %s", self.stream)
+                    if self._last_warning:
+                        self._last_warning = ""
+                        logger.info("record buffer flushed to JetStream stream %s", self.stream)
+                elif batched and len(self._buffer) < self._batch_size and not self._spill_count:
+                    return True
 
     async def _recreate_stream(self) -> None:
         try:
@@ -556,10 +747,11 @@ class RecordStore:
             logger.debug("stream not (re)created yet: %s", exc)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Background loop: publish buffered records whenever there are any.
+        """Background loop: publish queued records in batches whenever there are any.
 
-        Start it with ``await tg.start(store.run)``; it runs until cancelled. Retries
-        with exponential backoff while JetStream is unavailable.
+        Start it with ``await tg.start(store.run)``; it runs until cancelled. Waits up
+        to ``linger_s`` for a batch to fill; retries with exponential backoff while
+        JetStream is unavailable.
         """
         task_status.started()
         backoff = _BACKOFF_MIN_S
@@ -568,7 +760,11 @@ class RecordStore:
                 await self._wake.wait()
                 self._wake = anyio.Event()
                 continue
-            if await self._drain():
+            if self._linger_s and len(self._buffer) < self._batch_size and not self._spill_count:
+                with anyio.move_on_after(self._linger_s):
+                    await self._full.wait()
+            self._full = anyio.Event()
+            if await self._drain(batched=True):
                 backoff = _BACKOFF_MIN_S
                 continue
             await anyio.sleep(backoff)
@@ -580,7 +776,8 @@ class RecordStore:
             await self._idle.wait()
 
     async def flush(self, timeout_s: float = 5.0) -> bool:
-        """Publish everything pending, retrying for up to ``timeout_s`` seconds.
+        """Publish everything pending now (no lingering), retrying for up to
+        ``timeout_s`` seconds.
 
         Returns True when nothing is pending any more. For shutdown, call it under a
         shielded scope (``with anyio.CancelScope(shield=True)``).
@@ -592,24 +789,47 @@ class RecordStore:
                 backoff = min(backoff * 2, _BACKOFF_MAX_S)
         if self.pending:
             logger.warning(
-                "%d record(s) not yet stored in JetStream stream %s after %.1f s",
+                "%d record(s) not yet stored in JetStream stream %s after %.1f s%s",
                 self.pending,
                 self.stream,
                 timeout_s,
+                f"; they stay in {self._spill} for the next start" if self._spill else "",
             )
         return not self.pending
+
+    async def close(self, timeout_s: float = 5.0) -> bool:
+        """Flush (for up to ``timeout_s``), then fsync and close the journal, removing
+        it when it is empty. What JetStream has not taken stays in the journal for the
+        next store on the same file (without one, it is lost: logged). Idempotent;
+        returns True when nothing was left pending."""
+        flushed = await self.flush(timeout_s)
+        spill = self._spill
+        try:
+            self._close_journal()
+            if spill is not None and flushed and spill.exists() and not spill.stat().st_size:
+                spill.unlink()
+        except OSError as exc:
+            logger.warning("could not close the record journal %s: %s", spill, exc)
+        if not flushed and spill is None:
+            logger.error(
+                "%d record(s) never reached JetStream stream %s and are lost (no spill file)",
+                self.pending,
+                self.stream,
+            )
+        return flushed
 
 
 @asynccontextmanager
 async def open_record_store(
     nc: Client, *, federation: str, flush_timeout_s: float = 5.0, **options: Any
 ) -> AsyncIterator[RecordStore]:
-    """A :class:`RecordStore` with its flush loop running, flushed on exit.
+    """A :class:`RecordStore` with its flush loop running, flushed and closed on exit.
 
     Creates the stream when JetStream answers (a failure is logged, not raised: the
     records wait in the buffer and the loop creates the stream later). On exit,
-    publishes what is pending for up to ``flush_timeout_s`` (shielded), then stops the
-    loop. ``options`` go to :class:`RecordStore`.
+    publishes what is pending for up to ``flush_timeout_s`` (shielded) and closes the
+    journal (:meth:`RecordStore.close`), then stops the loop. ``options`` go to
+    :class:`RecordStore`.
 
     Error handling: an exception raised in the body reaches the caller inside an
     ``ExceptionGroup`` (the loop's task group), after the flush.
@@ -625,5 +845,5 @@ async def open_record_store(
             yield store
         finally:
             with anyio.CancelScope(shield=True):
-                await store.flush(flush_timeout_s)
+                await store.close(flush_timeout_s)
             tg.cancel_scope.cancel()

@@ -14,17 +14,19 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import anyio
 import nats
 import pytest
 
 from crankmesh.originator import Job
-from crankmesh.protocol.messages import Constraints, Receipt, decode_message
+from crankmesh.protocol import subjects
+from crankmesh.protocol.messages import Assignment, Constraints, Receipt, Reject, decode_message
 from crankmesh.receipts.export import read_stream
 from crankmesh.receipts.store import stream_name
 
-from .helpers import client_for, mesh, node_config
+from .helpers import client_for, mesh, node_config, raw_connection
 from .test_cli import CLI, DEV_ENV, run_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
@@ -158,7 +160,17 @@ async def test_a_job_whose_deadline_passed_in_the_queue_is_handed_back_not_start
         return payload
 
     cfg = node_config(0, capabilities=(), max_concurrency=1, advert_interval_s=1.0)
-    async with mesh(nats_server.url, [cfg], slow=slow) as (node,):
+    async with (
+        mesh(nats_server.url, [cfg], slow=slow) as (node,),
+        raw_connection(nats_server.url) as sniffer,
+    ):
+        assignments: list[tuple[str, bytes]] = []
+
+        async def grab(msg: Any) -> None:
+            assignments.append((msg.subject, msg.data))
+
+        await sniffer.subscribe("crank.default.jobs.*.assignment.*", cb=grab)
+        await sniffer.flush()
         async with client_for(
             nats_server.url, "slow", 1, receipt_grace_ms=100, busy_wait_s=0
         ) as client:
@@ -191,6 +203,28 @@ async def test_a_job_whose_deadline_passed_in_the_queue_is_handed_back_not_start
             while node.metrics.handed_back.labels(cause="deadline")._value.get() < 1:
                 await node.directory.wait_changed()  # adverts: once a second
         assert started == [b"1.5"]
+        # The same assignment again -- as the originator re-sends it at the deadline
+        # (no reply subject), and as a request: the same signed hand-back, never a run.
+        subject, raw = assignments[-1]
+        _, asg = decode_message(raw, Assignment)
+        heard: list[bytes] = []
+
+        async def on_receipt(msg: Any) -> None:
+            heard.append(msg.data)
+
+        await sniffer.subscribe(subjects.receipt_delivery("default", asg.job), cb=on_receipt)
+        await sniffer.publish(subject, raw)
+        reply = await sniffer.request(subject, raw, timeout=2)
+        await anyio.sleep(0.3)
+        for data in (reply.data, *heard):
+            env, rej = decode_message(data, Reject)
+            env.verify()
+            assert rej.reason == "handed_back" and rej.detail.startswith("deadline:")
+            assert rej.signer == node.did and rej.job == asg.job
+        assert len(heard) == 1 and heard[0] == reply.data
+        assert started == [b"1.5"]
+        assert node.record_store is not None
+        await node.record_store.wait_flushed()  # records leave in batches (linger_s)
         counts = await receipts_per_job(nats_server.url)
     assert sorted(counts.values()) == [1]  # the first job's receipt only
 
@@ -232,6 +266,8 @@ async def test_a_drain_whose_grace_expires_hands_back_a_5s_job_which_runs_once_e
         assert took < 5 + 3.5, took
         assert stopped == 0
         assert "handed back, result fenced: drained" in log.read_text()
+        assert survivor.record_store is not None
+        await survivor.record_store.wait_flushed()  # records leave in batches (linger_s)
         counts = await receipts_per_job(nats_server.url)
     assert counts[r.job_cid] == 1  # type: ignore[attr-defined]
 

@@ -45,6 +45,7 @@ async def test_a_client_that_joins_late_has_every_executor_at_once(nats_server):
             assert {p.did for p in client.directory.offering("echo")} == {n.did for n in nodes}
             quotes = client.directory.quotes("echo")
             assert {q.did for q in quotes} == {n.did for n in nodes}
+            assert all(p.advert.proto == PROTOCOL_REVISION for p in client.directory.peers())
             r = await client.run(Job.echo(b"hello"))
             assert r.ok and r.output == b"hello" and r.executor == nodes[0].did
 
@@ -219,7 +220,7 @@ async def test_directory_subject_mode_keeps_revision_1_adverts(nats_server):
         await nc.subscribe(subjects.adverts("default"), cb=cb)
         await nc.flush()
         async with mesh(nats_server.url, [node_config(0, **FAST, directory="subject")]) as (n,):
-            assert n.directory_bucket is None
+            assert n.directory_bucket is None and n.directory.source == "subject"
             await anyio.sleep(0.5)
         async with mesh(nats_server.url, [node_config(1, **FAST)]) as (m,):
             assert m.directory_bucket is not None
@@ -227,3 +228,17 @@ async def test_directory_subject_mode_keeps_revision_1_adverts(nats_server):
             await anyio.sleep(0.5)
             assert len(seen) == count  # bucket mode: no heartbeats on the subject
     assert seen
+
+
+async def test_on_a_cluster_a_late_client_on_another_server_has_the_r3_directory(nats_cluster):
+    cfgs = [node_config(i, **SLOW, receipts_replicas=3) for i in range(2)]
+    async with mesh(nats_cluster.urls[2], cfgs) as nodes:
+        assert all(n.directory_bucket is not None for n in nodes)
+        status = await nodes[0].directory_bucket.status()
+        assert status.stream_info.config.num_replicas == 3  # replicated like the records
+        await anyio.sleep(0.3)
+        async with Client(nats=nats_cluster.urls[0]) as client:
+            assert client.directory.source == "kv"
+            assert {p.did for p in client.directory.offering("echo")} == {n.did for n in nodes}
+            r = await client.run(Job.echo(b"across the routes"))
+            assert r.ok and r.executor == nodes[0].did

@@ -135,6 +135,17 @@ async def test_python_job_disk_is_capped_by_max_job_disk_mb(nats_server):
             )
             r = await client.run(Job.python(code.replace("2 * 1024", "512"), timeout_sec=10))
             assert r.ok, (r.status, r.receipt.detail)
+            # many files, each under the cap, together over it: the job directory's quota
+            many = (
+                "import time\nfor i in range(8):\n"
+                "    with open(f'f{i}', 'wb') as f:\n        f.write(b'x' * (512 * 1024))\n"
+                "time.sleep(0.5)"
+            )
+            r = await client.run(Job.python(many, timeout_sec=10))
+            # strict (root): the job's tmpfs is full (ENOSPC); basic: the quota check kills it
+            detail = r.receipt.detail
+            assert not r.ok, (r.status, detail)
+            assert "No space left" in detail or "disk" in detail, detail
 
 
 async def test_price_scales_with_the_reserved_gib_seconds_in_bid_and_receipt(nats_server):

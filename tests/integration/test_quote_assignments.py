@@ -244,3 +244,28 @@ async def test_the_audit_links_a_receipt_to_the_quote_it_was_won_on(nats_server)
     # And a receipt whose quote is missing from the stream is flagged.
     without = [r for r in records if r is not quotes[0]]
     assert any(f.kind == "missing_bid" for f in audit(without, now_ms=_now()).findings)
+
+
+async def test_a_change_of_load_band_replaces_the_quote_at_once(nats_server):
+    # SLOW adverts: the next timed refresh is 5 s away, so a new quote within a second
+    # was put because the load band changed (idle -> full).
+    cfg = node_config(0, **SLOW, max_concurrency=1, queue_depth=0)
+    async with (
+        mesh(nats_server.url, [cfg], slow=_slow) as (node,),
+        Client(nats=nats_server.url) as client,
+        raw_connection(nats_server.url) as nc,
+    ):
+        me = Identity.generate()
+        idle = await _quote(client, "slow", node.did)
+        assert idle.quote.load.running == 0
+        t0 = time.monotonic()
+        first = await assign(nc, me, idle, make_job(me, "slow", b"1"), b"1")
+        assert isinstance(first, Accept)
+        with anyio.fail_after(1.0):
+            while True:
+                (q,) = [x for x in client.directory.quotes("slow") if x.did == node.did]
+                if q.quote.seq > idle.quote.seq:
+                    break
+                await client.directory.wait_changed()
+        assert time.monotonic() - t0 < 1.0
+        assert q.quote.load.running + q.quote.load.queued == 1 and q.quote.ts > idle.quote.ts

@@ -427,3 +427,13 @@ def test_bytes_and_str_keys_can_share_a_guard() -> None:
     assert len(guard) == 4
     assert guard.evictions == 2
     assert "o" in guard and b"o" in guard
+
+
+def test_the_cache_of_verified_envelopes_is_bounded_by_bytes() -> None:
+    from crankmesh.protocol.envelope import _VERIFIED_MAX_BYTES, verified_cache_size
+
+    ident = Identity.generate()
+    for i in range(400):  # ~8 KiB each: 3.2 MiB signed in all
+        sign_envelope(ident, "note", {"signer": ident.did, "ts": i, "pad": bytes(8000)})
+    entries, size = verified_cache_size()
+    assert size <= _VERIFIED_MAX_BYTES and 100 <= entries <= 140
