@@ -258,37 +258,68 @@ class PeerDirectory:
             log.exception("advert handler failed", exc_info=exc)
 
     async def follow_bucket(
-        self, kv: Any, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+        self,
+        kv: Any,
+        *,
+        nc: Any = None,
+        reopen: Callable[[], Any] | None = None,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Follow the directory bucket (RFC 0001 §8.15) until cancelled: every current
         value first -- ``task_status.started()`` once they are all in --, then each
         update.  Deletions and the server's expiry markers are ignored: the adverts'
-        own ``exp`` ages peers out (:meth:`sweep`)."""
-        watcher = await kv.watchall()
+        own ``exp`` ages peers out (:meth:`sweep`).
+
+        Error handling: with ``nc`` and ``reopen`` (an async callable returning the bucket,
+        or None), a reconnect to NATS or a watch that ends makes it reopen the bucket --
+        a restarted server may have lost it (it lives in memory), and then ``reopen``
+        creates it again -- and watch anew, so the directory never goes quietly stale."""
         started = False
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._sweep_forever)
-                async for entry in watcher:
-                    if entry is None:  # the initial values are all in
-                        if not started:
-                            started = True
-                            self.source = "kv"
-                            task_status.started()
-                        continue
-                    if entry.operation is not None or not entry.value:
-                        continue  # DEL / PURGE / expiry marker
-                    try:
-                        self.handle(entry.value, key=entry.key)
-                    except Exception as exc:
-                        self._count(exc)
-                tg.cancel_scope.cancel()
-        finally:
-            with anyio.CancelScope(shield=True):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._sweep_forever)
+            while True:
+                seen = reconnect_count(nc)
                 try:
-                    await watcher.stop()
-                except Exception:
-                    pass
+                    watcher = await kv.watchall()
+                except Exception as exc:
+                    if reopen is None or not started:
+                        raise
+                    log.warning("cannot watch the directory bucket again (%r); retrying", exc)
+                    await anyio.sleep(1.0)
+                    kv = await reopen() or kv
+                    continue
+                done = anyio.Event()
+                try:
+                    with anyio.CancelScope() as scope:
+                        if reopen is not None and nc is not None:
+                            tg.start_soon(cancel_on_reconnect, nc, seen, scope, done)
+                        async for entry in watcher:
+                            if entry is None:  # the initial values are all in
+                                if not started:
+                                    started = True
+                                    self.source = "kv"
+                                    task_status.started()
+                                continue
+                            if entry.operation is not None or not entry.value:
+                                continue  # DEL / PURGE / expiry marker
+                            try:
+                                self.handle(entry.value, key=entry.key)
+                            except Exception as exc:
+                                self._count(exc)
+                finally:
+                    done.set()
+                    with anyio.CancelScope(shield=True):
+                        try:
+                            await watcher.stop()
+                        except Exception:
+                            pass
+                if reopen is None:
+                    break  # the watch ended and nothing can renew it
+                if not scope.cancel_called:
+                    await anyio.sleep(1.0)  # it ended by itself: no hot loop
+                log.info("NATS reconnected (or the watch ended): watching the directory anew")
+                kv = await reopen() or kv
+            tg.cancel_scope.cancel()
 
     async def _sweep_forever(self) -> None:
         while True:
@@ -302,6 +333,7 @@ class PeerDirectory:
         solicit: bool = True,
         bucket: bool = True,
         kv: Any = None,
+        reopen: Callable[[], Any] | None = None,
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Follow the directory until cancelled: the JetStream bucket (RFC 0001 §8.15,
@@ -321,7 +353,14 @@ class PeerDirectory:
         async with anyio.create_task_group() as tg:
             if kv is not None:
                 try:
-                    await tg.start(self.follow_bucket, kv)
+                    await tg.start(
+                        partial(
+                            self.follow_bucket,
+                            kv,
+                            nc=nc,
+                            reopen=reopen or partial(open_bucket, nc, self.federation),
+                        )
+                    )
                 except (nats.errors.Error, OSError, TimeoutError) as exc:
                     log.warning(
                         "cannot watch the directory bucket (%r): following the adverts "
@@ -356,6 +395,24 @@ class PeerDirectory:
                 self.sweep()
         finally:
             await unsubscribe_quietly(sub)
+
+
+def reconnect_count(nc: Any) -> int:
+    """How often ``nc`` (a nats-py client) has reconnected; 0 without one."""
+    stats = getattr(nc, "stats", None)
+    return int(stats.get("reconnects", 0)) if isinstance(stats, dict) else 0
+
+
+async def cancel_on_reconnect(
+    nc: Any, seen: int, scope: anyio.CancelScope, done: anyio.Event
+) -> None:
+    """Cancel ``scope`` once ``nc`` reconnects (checked every second); ends at ``done``."""
+    while not done.is_set():
+        with anyio.move_on_after(1.0):
+            await done.wait()
+        if not done.is_set() and reconnect_count(nc) != seen:
+            scope.cancel()
+            return
 
 
 class _Drop(ProtocolError):

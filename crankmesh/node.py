@@ -27,7 +27,7 @@ from anyio.abc import TaskStatus
 
 from ._config_checks import ConfigError, advert_timing_problems
 from .capabilities import CapabilityOffer, IsolationLevel
-from .directory import PeerDirectory
+from .directory import PeerDirectory, cancel_on_reconnect, reconnect_count
 from .directory_kv import open_bucket
 from .executor.agent import Executor, ExecutorConfig
 from .executor.handlers import CapabilityHandler, EchoCapability, InProcessCapability
@@ -446,7 +446,7 @@ class Node:
         self.directory.source = "kv"
         await tg.start(self._watch_own_key, kv)
         await tg.start(self._advertise_in_bucket, kv)
-        follow = partial(self.directory.serve, self.nc, kv=kv)
+        follow = partial(self.directory.serve, self.nc, kv=kv, reopen=self._reopen_bucket)
         if self.config.originate == "always":
             await tg.start(follow)
         elif self.config.originate == "auto":
@@ -456,6 +456,16 @@ class Node:
                 await tg.start(follow)
 
             self.client._first_run_hooks.append(follow_directory)
+
+    async def _reopen_bucket(self) -> Any:
+        """The directory bucket again, created anew if a restarted server lost it (it is
+        kept in memory); None when JetStream cannot serve it now."""
+        kv = await open_bucket(
+            self.nc, self.config.federation, replicas=self.config.receipts_replicas
+        )
+        if kv is not None:
+            self.directory_bucket = kv
+        return kv
 
     async def _watch_own_key(
         self, kv: Any, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -468,21 +478,37 @@ class Node:
             log.warning("cannot watch this node's own directory key: %r", exc)
             task_status.started()
             return
-        try:
-            task_status.started()
-            async for entry in watcher:
-                if entry is None or entry.operation is not None or not entry.value:
-                    continue
-                try:
-                    self.directory.handle(entry.value, key=entry.key)
-                except Exception as exc:
-                    self.directory._count(exc)
-        finally:
-            with anyio.CancelScope(shield=True):
-                try:
-                    await watcher.stop()
-                except Exception:
-                    pass
+        task_status.started()
+        while True:  # a reconnect (a restarted server may have lost the bucket): watch anew
+            seen = reconnect_count(self.nc)
+            done = anyio.Event()
+            try:
+                with anyio.CancelScope() as scope:
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(cancel_on_reconnect, self.nc, seen, scope, done)
+                        async for entry in watcher:
+                            if entry is None or entry.operation is not None or not entry.value:
+                                continue
+                            try:
+                                self.directory.handle(entry.value, key=entry.key)
+                            except Exception as exc:
+                                self.directory._count(exc)
+                        done.set()
+            finally:
+                done.set()
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await watcher.stop()
+                    except Exception:
+                        pass
+            if not scope.cancel_called:
+                await anyio.sleep(1.0)  # it ended by itself: no hot loop
+            try:
+                kv = await self._reopen_bucket() or kv
+                watcher = await kv.watch(did_node_id(self.did))
+            except Exception as exc:
+                log.warning("cannot watch this node's own directory key again: %r", exc)
+                await anyio.sleep(1.0)
 
     def _refresh_s(self) -> float:
         """How often an unchanged advert is put again: every TTL/3 (RFC 0001 §8.15), no
@@ -501,9 +527,11 @@ class Node:
     async def _put_advert(self, kv: Any, *, draining: bool = False) -> None:
         advert = self.advert(draining=draining)
         self._own_adverts.append((advert.ts, advert.seq))
-        if self.executor is not None:  # at most once across pauses (RFC 0001 §10.7)
-            self.executor.note_advert(advert.ts, advert.exp)
         await kv.put(did_node_id(self.did), advert.sign(self.identity).raw)
+        # At most once across pauses (RFC 0001 §10.7): presence extends only with an advert
+        # peers can read -- one the bucket stored, as on the subject one sent while connected.
+        if self.executor is not None:
+            self.executor.note_advert(advert.ts, advert.exp)
 
     async def _advertise_in_bucket(
         self, kv: Any, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -528,8 +556,10 @@ class Node:
                 continue
             try:
                 await self._put_advert(kv)
-            except Exception as exc:  # disconnected or JetStream busy: the next try
+            except Exception as exc:  # disconnected, JetStream busy, or the bucket lost
                 log.warning("advert put failed: %s", exc)
+                with anyio.move_on_after(5):
+                    kv = await self._reopen_bucket() or kv  # a restarted server lost it?
             last, facts = now, self._quote_facts()
 
     def _merge_declared(self, detected: CapabilityOffer, isolation: str) -> CapabilityOffer:

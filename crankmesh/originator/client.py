@@ -328,8 +328,11 @@ class Client:
                 with anyio.move_on_after(5, shield=True):
                     try:
                         await self._nc.drain()
-                    except Exception:
-                        await self._nc.close()
+                    except Exception:  # e.g. still reconnecting: close instead
+                        try:
+                            await self._nc.close()
+                        except Exception as exc:  # never mask what ended the block
+                            log.debug("closing the NATS connection: %r", exc)
 
     async def __aenter__(self) -> Client:
         if self._state is not _State.NEW:

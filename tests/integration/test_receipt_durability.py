@@ -119,7 +119,9 @@ async def test_receipts_signed_while_jetstream_is_unreachable_reach_the_stream_w
     cfg = node_config(0, capabilities=("python.run",), state_dir=str(tmp_path), max_concurrency=2)
     # The originator loses the connection too: a delivery published before it is back is
     # lost to it (the test below checks it gets that receipt from the same executor).
-    config = ClientConfig(busy_wait_s=0.5, receipt_grace_ms=500)
+    # On the call-for-bids path each job leaves two records (its winning bid and its
+    # receipt), which the counts below rely on; on a quote, jobs share one quote record.
+    config = ClientConfig(busy_wait_s=0.5, receipt_grace_ms=500, use_quotes=False)
 
     def job(i: int, sleep_s: float = 0.0) -> Job:
         code = f"import time\ntime.sleep({sleep_s})\nprint(args['i'])"
