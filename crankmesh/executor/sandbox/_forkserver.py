@@ -430,6 +430,18 @@ def mount_job_tmpfs(cfg: ServerConfig, uid: int, workdir: str) -> None:
         _drop_capabilities()
 
 
+def _send_dir(sock_fd: int, path: str) -> None:
+    """Send the server an fd of the directory ``path`` (the job's tmpfs, which only this
+    mount namespace shows) over the datagram socket ``sock_fd``, and close both."""
+    sock = socket.socket(fileno=sock_fd)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        socket.send_fds(sock, [b"d"], [fd])
+    finally:
+        os.close(fd)
+        sock.close()
+
+
 def exposure_plan(paths: Iterable[str]) -> tuple[tuple[str, tuple[str, ...]], ...]:
     """Group the directories other uids cannot reach by their first non-searchable ancestor.
 
@@ -589,7 +601,9 @@ def _init_main(
     try:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
         signal.signal(signal.SIGTERM, _raise_abort)
-        _wire_stdio(fds, fds["job_r"], fds["res_w"], st_w)
+        _wire_stdio(
+            fds, fds["job_r"], fds["res_w"], st_w, *[fds[k] for k in ("dir_w",) if k in fds]
+        )
         os.setsid()
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != server_pid:
@@ -597,6 +611,7 @@ def _init_main(
         prctl(PR_SET_CHILD_SUBREAPER, 1)
         if cfg.tmpfs_below_strict:
             mount_job_tmpfs(cfg, uid, workdir)
+            _send_dir(fds.pop("dir_w"), workdir)
         _write_all(st_w, frame(["S", _cpu_us(resource.getrusage(resource.RUSAGE_SELF))]))
         pid = os.fork()
         if pid == 0:
@@ -911,7 +926,8 @@ class _Child:
     st: bytearray = field(default_factory=bytearray)
     job: _Job | None = None
     workdir_removed: bool = False
-    #: below STRICT with a job tmpfs: that tmpfs, opened once init reports it mounted
+    #: below STRICT with a job tmpfs: the socket init sends that tmpfs's fd over, and the fd
+    dir_r: int = -1
     dir_fd: int = -1
 
 
@@ -1074,6 +1090,9 @@ class _Server:
         fds: dict[str, int] = {}
         for name in ("job", "out", "err", "res", "st"):
             fds[f"{name}_r"], fds[f"{name}_w"] = os.pipe2(os.O_CLOEXEC)
+        if cfg.tmpfs_below_strict:  # init sends its job tmpfs's fd over this
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+            fds["dir_r"], fds["dir_w"] = ours.detach(), theirs.detach()
         if cfg.namespaces:
             unshare(CLONE_NEWPID)  # the next child is pid 1 of a new pid namespace
         try:
@@ -1093,6 +1112,8 @@ class _Server:
             raise OSError(errno.EAGAIN, "fork failed")
         for name in ("job_r", "out_w", "err_w", "res_w", "st_w"):
             os.close(fds[name])
+        if "dir_w" in fds:
+            os.close(fds["dir_w"])
         for name in ("job_w", "out_r", "err_r", "res_r", "st_r"):
             os.set_blocking(fds[name], False)
         child = _Child(
@@ -1105,6 +1126,7 @@ class _Server:
             res_r=fds["res_r"],
             st_r=fds["st_r"],
             workdir=workdir,
+            dir_r=fds.get("dir_r", -1),
         )
         self.children[slot] = child
         self.empty.discard(slot)
@@ -1318,8 +1340,8 @@ class _Server:
         child.st += data
         if len(child.st) > 1 << 20:
             del child.st[: -(1 << 20)]
-        if self.cfg.tmpfs_below_strict and child.dir_fd < 0 and "S" in _records(child.st):
-            child.dir_fd = self.open_job_tmpfs(child)  # init mounts it before its "S"
+        if child.dir_r >= 0 and "S" in _records(child.st):
+            child.dir_fd = self.open_job_tmpfs(child)  # init sends it before its "S"
             if child.job is not None and child.job.dir_fd < 0:  # its job already started
                 child.job.dir_fd, child.dir_fd = child.dir_fd, -1
         if child.job is not None and self.answer_early and _records(child.st).get("E"):
@@ -1386,9 +1408,10 @@ class _Server:
             if fd >= 0:
                 self.unwatch(fd)
                 os.close(fd)
-        if child.dir_fd >= 0:
-            os.close(child.dir_fd)
-            child.dir_fd = -1
+        for fd in (child.dir_fd, child.dir_r):
+            if fd >= 0:
+                os.close(fd)
+        child.dir_fd = child.dir_r = -1
         if not child.workdir_removed:
             _remove_tree(child.workdir)
         if self.children[child.slot] is child:
@@ -1634,19 +1657,26 @@ class _Server:
         return bool(job.disk_exceeded)
 
     def open_job_tmpfs(self, child: _Child) -> int:
-        """Below STRICT: the job directory's tmpfs, seen through init's mount namespace
-        (-1 while init has not mounted it yet, or is gone)."""
+        """Below STRICT: the job directory's tmpfs, as init sent it (-1: not yet, or never;
+        the datagram stays queued after init is gone)."""
+        if child.dir_fd >= 0:
+            fd, child.dir_fd = child.dir_fd, -1
+            return fd
+        if child.dir_r < 0:
+            return -1
+        sock = socket.socket(fileno=os.dup(child.dir_r))
         try:
-            fd = os.open(
-                f"/proc/{child.init_pid}/root{child.workdir}",
-                os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC,
-            )
+            sock.setblocking(False)
+            _msg, fds, _flags, _addr = socket.recv_fds(sock, 1, 1, socket.MSG_CMSG_CLOEXEC)
         except OSError:
             return -1
-        if os.fstat(fd).st_dev == os.stat(child.workdir).st_dev:
-            os.close(fd)  # still the bare directory: not mounted yet
-            return -1
-        return fd
+        finally:
+            sock.close()
+        os.close(child.dir_r)
+        child.dir_r = -1
+        for extra in fds[1:]:
+            os.close(extra)
+        return fds[0] if fds else -1
 
     def begin_close(self) -> None:
         if self.closing:
