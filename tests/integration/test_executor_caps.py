@@ -142,7 +142,8 @@ async def test_python_job_disk_is_capped_by_max_job_disk_mb(nats_server):
                 "time.sleep(0.5)"
             )
             r = await client.run(Job.python(many, timeout_sec=10))
-            # strict (root): the job's tmpfs is full (ENOSPC); basic: the quota check kills it
+            # a tmpfs of the quota (strict; basic where kernel_disk_quota) is full (ENOSPC);
+            # elsewhere the fork-server's quota check kills the job
             detail = r.receipt.detail
             assert not r.ok, (r.status, detail)
             assert "No space left" in detail or "disk" in detail, detail

@@ -416,23 +416,26 @@ async def test_job_cannot_exceed_its_disk_quota(target: Target) -> None:
         "    print('stopped', e.errno, flush=True)\n"
         "print('written', written)\n"
     )
+    # the job directory is a tmpfs of the quota at strict, and at basic where the host allows
+    # unprivileged user namespaces (the node's features say which)
+    kernel = target.level == "strict" or _nobody_capabilities()["features"]["kernel_disk_quota"]
     r = await _run(target, code, timeout_sec=20)
     # the per-job quota is the operator's disk cap (max_job_disk_mb, 64 MiB by default): the
-    # kernel refuses more (STRICT's tmpfs: ENOSPC), or the fork-server's check kills the job
+    # kernel refuses more (the tmpfs: ENOSPC), or the fork-server's check kills the job
     quota_mb = ExecutorCaps().max_disk_mb
-    if r.status == "killed":
-        detail = r.receipt.detail
-        assert f"disk quota of {quota_mb << 20} bytes exceeded" in detail, detail
-    else:
-        assert "stopped 28" in r.stdout, r.stdout  # ENOSPC
     counts = [int(line.split()[1]) for line in r.stdout.splitlines() if line.startswith("written")]
     assert counts
-    if r.status == "killed":
+    if kernel:
+        assert r.ok, (r.status, r.receipt.detail)
+        assert "stopped 28" in r.stdout, r.stdout  # ENOSPC
+        assert max(counts) <= quota_mb, counts  # never a byte past the quota
+    else:
+        detail = r.receipt.detail
+        assert r.status == "killed", (r.status, detail)
+        assert f"disk quota of {quota_mb << 20} bytes exceeded" in detail, detail
         # a quota enforced by the fork-server's check (every 100 ms, and at the end): the job is
         # stopped long before its 400 files, but may write for one check interval past the quota
         assert max(counts) < 400, counts
-    else:
-        assert max(counts) <= quota_mb, counts  # enforced by the kernel (a sized tmpfs)
     many = "for i in range(6000):\n    open(f'e{i}', 'w').close()\n"
     r = await _run(target, many, timeout_sec=20)
     assert r.status in ("killed", "error"), r
@@ -505,7 +508,8 @@ def test_capabilities_command_says_whether_the_node_is_protected_and_why(
     assert "python.run: served only to allow-listed originators" in capsys.readouterr().out
 
 
-def test_unprivileged_capabilities_report_basic_protected_isolation() -> None:
+def _nobody_capabilities() -> dict[str, Any]:
+    """``crankmesh capabilities --json`` of a node running as uid ``nobody``."""
     if UNPRIVILEGED is None:
         pytest.skip("needs root and a python that uid nobody can run")
     exe, path = UNPRIVILEGED
@@ -521,11 +525,37 @@ def test_unprivileged_capabilities_report_basic_protected_isolation() -> None:
         timeout=120,
         check=True,
     )
-    doc = json.loads(out.stdout)["isolation"]
+    doc: dict[str, Any] = json.loads(out.stdout)["isolation"]
+    return doc
+
+
+def _userns_allowed() -> bool:
+    """What the host's sysctls say about unprivileged user namespaces."""
+    knobs = {
+        "/proc/sys/user/max_user_namespaces": lambda v: int(v) > 0,
+        "/proc/sys/kernel/unprivileged_userns_clone": lambda v: int(v) == 1,
+        "/proc/sys/kernel/apparmor_restrict_unprivileged_userns": lambda v: int(v) == 0,
+    }
+    for knob, ok in knobs.items():
+        try:
+            value = Path(knob).read_text().strip()
+        except OSError:
+            continue
+        if not ok(value):
+            return False
+    return True
+
+
+def test_unprivileged_capabilities_report_basic_protected_isolation() -> None:
+    doc = _nobody_capabilities()
     assert doc["level"] == "basic"
     features = doc["features"]
     expected = features["landlock"] and features["seccomp"]
     assert doc["protects_node"] is expected, doc
+    # the job directory's quota: a tmpfs in a user + mount namespace where the host allows
+    # unprivileged user namespaces, else only the fork-server's check
+    assert features["kernel_disk_quota"] is features["job_tmpfs"], doc
+    assert features["job_tmpfs"] is _userns_allowed(), doc
 
 
 SPIN_IN_CHILDREN = (  # CPU in processes that each stay under the per-process RLIMIT_CPU

@@ -40,6 +40,8 @@ Job code contract
   process tree and directory: all processes together beyond ``memory_mb`` (over their warm
   copies) is ``memory_limit``, beyond ``cpu_seconds`` of CPU is ``killed``, a directory
   over ``max_disk_bytes`` / ``max_files`` is ``killed`` ("disk quota ... exceeded").
+  Where the job directory is a ``tmpfs`` of the sandbox's quota (``STRICT``, and below it
+  where ``isolation.features["job_tmpfs"]``), a write past it fails with ``ENOSPC``.
 - Nothing of a job survives it: when its main process ends (or is killed), every process
   it started is killed and reaped before :meth:`Sandbox.run` returns, and its files are
   removed.

@@ -60,6 +60,7 @@ import signal
 import socket
 import struct
 import sys
+import tempfile
 import time
 import traceback
 import types
@@ -116,6 +117,7 @@ EXIT_SETUP_FAILED = 70
 MAX_FRAME = 512 * 1024 * 1024
 
 CLONE_NEWNS = 0x00020000
+CLONE_NEWUSER = 0x10000000
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
 CLONE_NEWPID = 0x20000000
@@ -210,6 +212,7 @@ def _lib() -> ctypes.CDLL:
         lib.unshare.argtypes = [ctypes.c_int]
         lib.setns.argtypes = [ctypes.c_int, ctypes.c_int]
         lib.sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+        lib.capset.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
         _libc = lib
     return _libc
 
@@ -281,6 +284,10 @@ class ServerConfig:
     #: STRICT: the size of the tmpfs that is each job's directory
     disk_quota_bytes: int = 256 << 20
     disk_quota_files: int = 4096
+    #: below STRICT: make each job's directory such a tmpfs too, in a mount namespace of
+    #: the slot's init (in a new user namespace when the node is not root); the node sets
+    #: it where the probe's ``job_tmpfs`` worked
+    job_tmpfs: bool = False
 
     @property
     def separate_uid(self) -> bool:
@@ -289,6 +296,10 @@ class ServerConfig:
     @property
     def namespaces(self) -> bool:
         return self.level >= LEVEL_STRICT
+
+    @property
+    def tmpfs_below_strict(self) -> bool:
+        return self.job_tmpfs and LEVEL_BASIC <= self.level < LEVEL_STRICT
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, sort_keys=True)
@@ -368,6 +379,67 @@ def _bind(fd: int, target: str, *, readonly: bool) -> None:
     if readonly:
         with contextlib.suppress(OSError):
             mount(b"none", target.encode(), None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+
+
+def _write_file(path: str, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        _write_all(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _drop_capabilities() -> None:
+    """Empty this process's effective, permitted and inheritable capability sets."""
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this thread
+    data = (ctypes.c_uint32 * 6)()
+    _check(_lib().capset(header, data), "capset")
+
+
+def mount_job_tmpfs(cfg: ServerConfig, uid: int, workdir: str) -> None:
+    """Below STRICT: mount a tmpfs of the disk quota on ``workdir`` in a new mount namespace.
+
+    A root node only needs the mount namespace; an unprivileged one creates a user
+    namespace with it, that maps its own uid and gid to themselves (files, ``HOME`` and the
+    Landlock rules stay what they were), and then gives up the capabilities the new
+    namespace granted, so neither this process nor the job it forks can unmount or
+    remount anything (the job's seccomp filter and Landlock also deny mount and new
+    namespaces). The job sees the same path; the kernel refuses writes past the quota
+    (``ENOSPC``). Must run single-threaded (``unshare(CLONE_NEWUSER)``).
+    """
+    euid, egid = os.geteuid(), os.getegid()
+    if euid == 0:
+        unshare(CLONE_NEWNS)
+    else:
+        # /proc/self/*_map of a non-dumpable process belong to root: dumpable for the maps
+        prctl(PR_SET_DUMPABLE, 1)
+        try:
+            unshare(CLONE_NEWUSER | CLONE_NEWNS)
+            _write_file("/proc/self/setgroups", b"deny")
+            _write_file("/proc/self/uid_map", f"{euid} {euid} 1".encode())
+            _write_file("/proc/self/gid_map", f"{egid} {egid} 1".encode())
+        finally:
+            prctl(PR_SET_DUMPABLE, 0)
+    mount(b"none", b"/", None, MS_REC | MS_PRIVATE)
+    inodes = cfg.disk_quota_files + 1  # the root directory takes one
+    opts = f"size={cfg.disk_quota_bytes},nr_inodes={inodes},mode=0700"
+    if cfg.separate_uid:
+        opts += f",uid={uid},gid={uid}"
+    mount(b"tmpfs", workdir.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, opts.encode())
+    if euid != 0:
+        _drop_capabilities()
+
+
+def _send_dir(sock_fd: int, path: str) -> None:
+    """Send the server an fd of the directory ``path`` (the job's tmpfs, which only this
+    mount namespace shows) over the datagram socket ``sock_fd``, and close both."""
+    sock = socket.socket(fileno=sock_fd)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        socket.send_fds(sock, [b"d"], [fd])
+    finally:
+        os.close(fd)
+        sock.close()
 
 
 def exposure_plan(paths: Iterable[str]) -> tuple[tuple[str, tuple[str, ...]], ...]:
@@ -529,12 +601,17 @@ def _init_main(
     try:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
         signal.signal(signal.SIGTERM, _raise_abort)
-        _wire_stdio(fds, fds["job_r"], fds["res_w"], st_w)
+        _wire_stdio(
+            fds, fds["job_r"], fds["res_w"], st_w, *[fds[k] for k in ("dir_w",) if k in fds]
+        )
         os.setsid()
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != server_pid:
             os._exit(0)  # the server died before pdeathsig was armed
         prctl(PR_SET_CHILD_SUBREAPER, 1)
+        if cfg.tmpfs_below_strict:
+            mount_job_tmpfs(cfg, uid, workdir)
+            _send_dir(fds.pop("dir_w"), workdir)
         _write_all(st_w, frame(["S", _cpu_us(resource.getrusage(resource.RUSAGE_SELF))]))
         pid = os.fork()
         if pid == 0:
@@ -849,6 +926,9 @@ class _Child:
     st: bytearray = field(default_factory=bytearray)
     job: _Job | None = None
     workdir_removed: bool = False
+    #: below STRICT with a job tmpfs: the socket init sends that tmpfs's fd over, and the fd
+    dir_r: int = -1
+    dir_fd: int = -1
 
 
 @dataclass(eq=False)
@@ -1010,6 +1090,9 @@ class _Server:
         fds: dict[str, int] = {}
         for name in ("job", "out", "err", "res", "st"):
             fds[f"{name}_r"], fds[f"{name}_w"] = os.pipe2(os.O_CLOEXEC)
+        if cfg.tmpfs_below_strict:  # init sends its job tmpfs's fd over this
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+            fds["dir_r"], fds["dir_w"] = ours.detach(), theirs.detach()
         if cfg.namespaces:
             unshare(CLONE_NEWPID)  # the next child is pid 1 of a new pid namespace
         try:
@@ -1029,6 +1112,8 @@ class _Server:
             raise OSError(errno.EAGAIN, "fork failed")
         for name in ("job_r", "out_w", "err_w", "res_w", "st_w"):
             os.close(fds[name])
+        if "dir_w" in fds:
+            os.close(fds["dir_w"])
         for name in ("job_w", "out_r", "err_r", "res_r", "st_r"):
             os.set_blocking(fds[name], False)
         child = _Child(
@@ -1041,6 +1126,7 @@ class _Server:
             res_r=fds["res_r"],
             st_r=fds["st_r"],
             workdir=workdir,
+            dir_r=fds.get("dir_r", -1),
         )
         self.children[slot] = child
         self.empty.discard(slot)
@@ -1178,6 +1264,8 @@ class _Server:
         job.t0 = time.monotonic()
         job.deadline += job.t0
         job.disk_next = job.t0 + DISK_CHECK_S
+        if child.dir_fd >= 0:
+            job.dir_fd, child.dir_fd = child.dir_fd, -1
         self.watch(child.out_r, select.EPOLLIN, functools.partial(self.on_out, job))
         self.watch(child.err_r, select.EPOLLIN, functools.partial(self.on_err, job))
         self.watch(child.res_r, select.EPOLLIN, functools.partial(self.on_res, job))
@@ -1252,6 +1340,10 @@ class _Server:
         child.st += data
         if len(child.st) > 1 << 20:
             del child.st[: -(1 << 20)]
+        if child.dir_r >= 0 and "S" in _records(child.st):
+            child.dir_fd = self.open_job_tmpfs(child)  # init sends it before its "S"
+            if child.job is not None and child.job.dir_fd < 0:  # its job already started
+                child.job.dir_fd, child.dir_fd = child.dir_fd, -1
         if child.job is not None and self.answer_early and _records(child.st).get("E"):
             self.finish(child, -1, None)
         job = child.job
@@ -1292,7 +1384,10 @@ class _Server:
             job.output_exceeded = len(data) > room
         job.stderr += _read_all(child.err_r, 1 << 24)
         job.res += _read_all(child.res_r, job.cap + (1 << 16) + 1 - len(job.res))
-        if job.disk_cap and not job.disk_exceeded and (not self.cfg.namespaces or job.dir_fd >= 0):
+        in_ns = self.cfg.namespaces or self.cfg.tmpfs_below_strict
+        if job.disk_cap and job.dir_fd < 0 and self.cfg.tmpfs_below_strict:
+            job.dir_fd = self.open_job_tmpfs(child)
+        if job.disk_cap and not job.disk_exceeded and (not in_ns or job.dir_fd >= 0):
             self.over_quota(child, job)  # what it wrote since the last check
         if job.dir_fd >= 0:
             os.close(job.dir_fd)  # the last reference: the tmpfs goes
@@ -1313,6 +1408,10 @@ class _Server:
             if fd >= 0:
                 self.unwatch(fd)
                 os.close(fd)
+        for fd in (child.dir_fd, child.dir_r):
+            if fd >= 0:
+                os.close(fd)
+        child.dir_fd = child.dir_r = -1
         if not child.workdir_removed:
             _remove_tree(child.workdir)
         if self.children[child.slot] is child:
@@ -1540,6 +1639,8 @@ class _Server:
     def over_quota(self, child: _Child, job: _Job) -> bool:
         """Measure the job's directory; True (and why, in the job) when over its quota."""
         job.disk_next = time.monotonic() + DISK_CHECK_S
+        if job.dir_fd < 0 and self.cfg.tmpfs_below_strict:
+            job.dir_fd = self.open_job_tmpfs(child)
         if job.dir_fd >= 0:
             path = f"/proc/self/fd/{job.dir_fd}"
         elif self.cfg.namespaces:
@@ -1554,6 +1655,28 @@ class _Server:
         elif job.files_cap and usage[1] > job.files_cap:
             job.disk_exceeded = f"disk quota of {job.files_cap} files exceeded"
         return bool(job.disk_exceeded)
+
+    def open_job_tmpfs(self, child: _Child) -> int:
+        """Below STRICT: the job directory's tmpfs, as init sent it (-1: not yet, or never;
+        the datagram stays queued after init is gone)."""
+        if child.dir_fd >= 0:
+            fd, child.dir_fd = child.dir_fd, -1
+            return fd
+        if child.dir_r < 0:
+            return -1
+        sock = socket.socket(fileno=os.dup(child.dir_r))
+        try:
+            sock.setblocking(False)
+            _msg, fds, _flags, _addr = socket.recv_fds(sock, 1, 1, socket.MSG_CMSG_CLOEXEC)
+        except OSError:
+            return -1
+        finally:
+            sock.close()
+        os.close(child.dir_r)
+        child.dir_r = -1
+        for extra in fds[1:]:
+            os.close(extra)
+        return fds[0] if fds else -1
 
     def begin_close(self) -> None:
         if self.closing:
@@ -1748,6 +1871,33 @@ def probe() -> dict[str, Any]:
         if status != 0:
             raise OSError(f"mount namespace setup failed (status {status})")
 
+    def job_tmpfs() -> None:
+        # what a slot's init does below STRICT (mount_job_tmpfs), on a scratch directory
+        scratch = tempfile.mkdtemp(prefix="crankmesh-probe-")
+        try:
+            pid = os.fork()
+            if pid == 0:
+                code = 3
+                try:
+                    cfg = ServerConfig("python-core", LEVEL_BASIC, 1, scratch, job_tmpfs=True)
+                    cfg = dataclasses.replace(cfg, disk_quota_bytes=1 << 20, disk_quota_files=8)
+                    mount_job_tmpfs(cfg, -1, scratch)
+                    with open(os.path.join(scratch, "f"), "wb") as fh:
+                        try:
+                            fh.write(b"x" * (2 << 20))
+                            fh.flush()
+                            code = 1  # the quota was not enforced
+                        except OSError as exc:
+                            code = 0 if exc.errno == errno.ENOSPC else 2
+                except BaseException:  # noqa: B036
+                    code = 4
+                os._exit(code)
+            _, status = os.waitpid(pid, 0)
+        finally:
+            _remove_tree(scratch)
+        if status != 0:
+            raise OSError(f"no size-limited tmpfs in a new mount/user namespace (status {status})")
+
     def landlock() -> None:
         confine = load_confine()
         prctl(PR_SET_NO_NEW_PRIVS, 1)
@@ -1782,6 +1932,7 @@ def probe() -> dict[str, Any]:
     attempt("netns", netns)
     attempt("ipc_uts_ns", ipc_uts)
     attempt("mount_ns", mount_ns)
+    attempt("job_tmpfs", job_tmpfs)
     features["uid_kill"] = features["separate_uid"]
     features["pidns_or_uid_kill"] = features["pidns"] or features["uid_kill"]
     return {"features": features, "notes": notes, "root": root}

@@ -64,6 +64,7 @@ def detect_isolation() -> IsolationReport:
     level = best_level(features)
     best = report_for_level(level, IsolationReport(level, features, notes))
     features["protects_node"] = best.features["protects_node"]
+    features["kernel_disk_quota"] = best.features["kernel_disk_quota"]
     return IsolationReport(level, features, best.notes)
 
 
@@ -122,7 +123,13 @@ def report_for_level(level: IsolationLevel, host: IsolationReport) -> IsolationR
         pidns_or_uid_kill=uid,
         landlock=level >= IsolationLevel.BASIC and host.features.get("landlock", False),
         seccomp=level >= IsolationLevel.BASIC and host.features.get("seccomp", False),
+        # each job's directory is a tmpfs of its quota (ENOSPC past it): STRICT's own mount
+        # namespace, below it one of the slot's init (a user namespace when not root);
+        # without it the quota is a check every 100 ms, which a fast writer can overrun
+        job_tmpfs=strict
+        or (level >= IsolationLevel.BASIC and host.features.get("job_tmpfs", False)),
     )
+    features["kernel_disk_quota"] = features["job_tmpfs"]
     notes = [note for note in host.notes if not note.startswith(_GAP_PREFIX)]
     if level < host.level:
         notes.append(f"level {level.token} was asked for; the host allows {host.level.token}")

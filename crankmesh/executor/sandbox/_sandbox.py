@@ -72,7 +72,8 @@ class Sandbox:
     job may read or write; at start a real job tries to read and write them, to read the
     node's environment and memory, to signal and ``ptrace`` it and to connect to a TCP
     port, and :attr:`isolation` says ``protects_node`` only if every attempt failed.
-    ``max_disk_bytes`` / ``max_files``: at ``STRICT``, the size and inode count of the
+    ``max_disk_bytes`` / ``max_files``: at ``STRICT`` (and below it where
+    ``isolation.features["job_tmpfs"]``), the size and inode count of the
     ``tmpfs`` each job's directory is (the most any job can store, whatever its limits say).
 
     Resource handling: entering starts one fork-server process per available profile
@@ -223,7 +224,8 @@ class Sandbox:
                 max_disk_bytes=self._max_disk_bytes,
                 max_files=self._max_files,
                 confine={
-                    name: self._report.features.get(name, False) for name in ("landlock", "seccomp")
+                    name: self._report.features.get(name, False)
+                    for name in ("landlock", "seccomp", "job_tmpfs")
                 },
             )
             self._servers[profile] = server
@@ -578,7 +580,7 @@ class _ForkServer:
     ) -> None:
         self.max_disk_bytes = max_disk_bytes
         self.max_files = max_files
-        #: which of ``landlock`` / ``seccomp`` each job applies to itself
+        #: which of ``landlock`` / ``seccomp`` each job applies to itself, and ``job_tmpfs``
         self.confine = dict(confine or {})
         self.profile = profile
         self.level = level
@@ -622,6 +624,7 @@ class _ForkServer:
             ctl_fd=theirs.fileno(),
             landlock=self.confine.get("landlock", False),
             seccomp=self.confine.get("seccomp", False),
+            job_tmpfs=self.confine.get("job_tmpfs", False),
             disk_quota_bytes=self.max_disk_bytes,
             disk_quota_files=self.max_files,
         )

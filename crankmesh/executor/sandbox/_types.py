@@ -90,8 +90,10 @@ class SandboxLimits:
     reserves huge virtual ranges). ``cpu_seconds`` defaults to ``ceil(timeout_s) + 1``.
     ``max_disk_bytes`` / ``max_files``: what the job's working directory may hold (the job
     is killed, ``killed`` "disk quota ... exceeded", when the fork-server's 100 ms check
-    finds more; at ``STRICT`` the directory is also a ``tmpfs`` of the sandbox's
-    ``max_disk_bytes``, which the kernel enforces); each file is also capped at
+    finds more; at ``STRICT``, and below it where the host allows (``features["job_tmpfs"]``:
+    a mount namespace of the job slot, in a user namespace for a non-root node), the
+    directory is also a ``tmpfs`` of the sandbox's ``max_disk_bytes``, which the kernel
+    enforces: ``ENOSPC``); each file is also capped at
     ``min(max_file_bytes, max_disk_bytes)`` by ``RLIMIT_FSIZE``.
     """
 

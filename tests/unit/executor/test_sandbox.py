@@ -659,3 +659,87 @@ async def test_many_jobs_in_a_row_stay_fast_and_clean(sandbox: Sandbox) -> None:
         result = await sandbox.run(code="print(args['i'])", args={"i": i})
         assert result.status is ExecStatus.OK and result.stdout == f"{i}\n".encode()
     assert time.monotonic() - started < 10  # generous: a shared 2-core machine
+
+
+# --------------------------------------------------------------------------- disk quota
+
+_FILL = (
+    "import os, time\n"
+    "written = 0\n"
+    "try:\n"
+    "    for i in range(64):\n"  # 64 files of 1 MiB, each under the file size limit
+    "        with open(f'f{i}', 'wb') as f:\n"
+    "            f.write(b'x' * (1 << 20))\n"
+    "        written += 1\n"
+    "        time.sleep(0.02)\n"
+    "except OSError as e:\n"
+    "    print('stopped', e.errno, flush=True)\n"
+    "print('written', written, flush=True)\n"
+)
+needs_job_tmpfs = pytest.mark.skipif(
+    not HOST.features.get("job_tmpfs"), reason=f"no job tmpfs below STRICT here: {HOST.notes}"
+)
+
+
+@pytest.mark.anyio
+@needs_job_tmpfs
+@pytest.mark.parametrize(
+    "level",
+    [
+        pytest.param(IsolationLevel.STANDARD, marks=needs_standard, id="standard"),
+        pytest.param(IsolationLevel.BASIC, id="basic"),
+    ],
+)
+async def test_below_strict_the_job_directory_is_a_tmpfs_of_its_quota(
+    level: IsolationLevel,
+) -> None:
+    async with Sandbox(isolation=level, max_concurrency=1, max_disk_bytes=8 << 20) as sb:
+        assert sb.isolation.features["kernel_disk_quota"], sb.isolation
+        limits = SandboxLimits(timeout_s=20, max_disk_bytes=8 << 20)
+        result = await sb.run(code=_FILL, limits=limits)
+        # the kernel refuses the write past the quota (ENOSPC): the job goes on and ends ok
+        assert result.status is ExecStatus.OK, result
+        assert b"stopped 28" in result.stdout, result.stdout
+        written = int(result.stdout.split()[-1])
+        assert 4 <= written <= 8, result.stdout
+        # the job's view is unchanged: its directory (cwd = HOME) is its own
+        probe = (
+            "import os\n"
+            "result = [os.getcwd() == os.environ['HOME'], os.stat('.').st_uid == os.getuid()]"
+        )
+        again = await sb.run(code=probe)
+        assert msgpack.unpackb(again.return_value) == [True, True], again
+        # a job's own, lower quota: still the fork-server's check, at the end of a short job too
+        quick = (
+            "for i in range(2):\n"
+            "    with open(f'f{i}', 'wb') as f:\n"
+            "        f.write(b'x' * (3 << 19))\n"
+        )
+        over = await sb.run(code=quick, limits=SandboxLimits(max_disk_bytes=2 << 20))
+        assert over.status is ExecStatus.KILLED, over
+        assert f"disk quota of {2 << 20} bytes exceeded" in over.detail, over
+
+
+@pytest.mark.anyio
+async def test_without_a_job_tmpfs_the_quota_is_the_fork_servers_check(
+    monkeypatch: pytest.MonkeyPatch, workdir_root: Path
+) -> None:
+    """A host without (unprivileged) mount namespaces: the check every 100 ms kills."""
+    from crankmesh.executor.sandbox import _sandbox
+
+    features = {**HOST.features, "job_tmpfs": False}
+    no_tmpfs = IsolationReport(HOST.level, features, HOST.notes)
+    monkeypatch.setattr(_sandbox, "host_isolation", lambda: no_tmpfs)
+    async with Sandbox(
+        isolation=IsolationLevel.BASIC,
+        max_concurrency=1,
+        workdir_root=str(workdir_root),
+        max_disk_bytes=8 << 20,
+    ) as sb:
+        assert not sb.isolation.features["kernel_disk_quota"], sb.isolation
+        limits = SandboxLimits(timeout_s=20, max_disk_bytes=8 << 20)
+        result = await sb.run(code=_FILL, limits=limits)
+        assert result.status is ExecStatus.KILLED, result
+        assert f"disk quota of {8 << 20} bytes exceeded" in result.detail, result
+        assert b"stopped" not in result.stdout, result.stdout
+    assert files_under(workdir_root) == []
