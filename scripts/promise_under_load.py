@@ -102,7 +102,8 @@ async def main_async(args: argparse.Namespace) -> int:
             name="under-load",
         )
         async with Node(nats=server.url, config=cfg, services={"work": work}) as node:
-            async with Client(nats=server.url) as client:
+            # bids quote the profile at the load of the moment (quotes at their load band)
+            async with Client(nats=server.url, use_quotes=False) as client:
                 await client.wait_for_peers("work", 1, wait_s=10)
                 await _phase(client, node.did, 0.0, args.warmup, service_s, args.concurrency)
                 await anyio.sleep(0.15)  # the agent refreshes its quoted profile every 100 ms

@@ -138,8 +138,9 @@ async def test_200_jobs_with_the_winner_paused_20s_none_lost_none_run_twice(
     assert sorted(results) == list(range(200))  # none lost
     by_executor = Counter(r.executor for r in results.values())  # type: ignore[attr-defined]
     assert by_executor[victim] > 0  # the victim won work before its pause
-    # It held jobs when paused; resumed, it handed them back instead of delivering them.
-    assert "handed back, result fenced: presence" in victim_log, victim_log[-3000:]
+    # It held jobs when paused; resumed, it handed them back instead of delivering them
+    # (fenced because its presence lapsed, or because their deadline passed meanwhile).
+    assert "handed back, result fenced:" in victim_log, victim_log[-3000:]
     assert set(counts) >= set(job_cids.values())
     twice = {cid: n for cid, n in counts.items() if n > 1}
     assert not twice, twice  # none run twice: one receipt per job CID in JetStream

@@ -63,8 +63,11 @@ async def test_attacker_cannot_publish_into_other_nodes_audit_subjects(
             # The permissions let a node put its own directory key (RFC 0001 §8.15), and
             # an originator watch the bucket: neither falls back to the adverts subject.
             assert honest_node.directory_bucket is not None
-            async with Client(
-                nats=member_options(url, origin, tmp_path), identity=origin, federation=FED
+            async with Client(  # call for bids: one winning-bid record per job (counted below)
+                nats=member_options(url, origin, tmp_path),
+                identity=origin,
+                federation=FED,
+                use_quotes=False,
             ) as client:
                 assert client.directory.source == "kv"
                 assert await client.wait_for_peers("echo", 1, wait_s=10) >= 1

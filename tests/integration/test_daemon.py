@@ -79,7 +79,8 @@ def test_metrics_match_jobs_and_sigterm_drains_a_running_job(nats_server, tmp_pa
         assert ready["metrics"].startswith("http://127.0.0.1:")
 
         async def drive() -> tuple[list, object]:
-            async with Client(nats=nats_server.url) as client:
+            # the call-for-bids path, where every job is bid for (on a quote none is)
+            async with Client(nats=nats_server.url, use_quotes=False) as client:
                 await client.wait_for_peers("python.run", 1)
                 done = [await client.run(Job.echo(b"%d" % i)) for i in range(5)]
                 done += [await client.run(Job.python("print(1)")) for _ in range(3)]

@@ -5,6 +5,7 @@ against a real nats-server while in-process nodes serve the mesh in the test's e
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -268,8 +269,8 @@ async def test_top_shows_peers_and_message_counts_while_jobs_run(nats_server):
         async with anyio.create_task_group() as tg:
             tg.start_soon(watch)
             jobs = 0
-            while not results:
-                await client.run(Job.echo(b"tick"))
+            while not results:  # an auction: announces and bids for top to count
+                await client.run(dataclasses.replace(Job.echo(b"tick"), auction=True))
                 jobs += 1
                 await anyio.sleep(0.05)
     text, as_json = results
