@@ -751,27 +751,51 @@ class Client:
 
     def _candidate(self, env: Envelope, b: Bid, capability: str) -> market.Candidate:
         """A bid as the selector sees it, with what only this originator knows."""
-        return market.Candidate(
-            bid_cid=env.cid,
-            executor=b.signer,
-            price_micros=b.price,
-            currency=b.currency,
-            p50_us=b.slo.p50_us,
-            p95_us=b.slo.p95_us,
-            p99_us=b.slo.p99_us,
-            accuracy_ppm=b.slo.accuracy_ppm,
-            running=b.load.running,
-            queued=b.load.queued,
-            capacity=b.load.capacity,
+        return self._offer_candidate(
+            env.cid,
+            b.signer,
+            b,
+            capability,
             est_latency_us=b.est_us,
-            local=b.signer == self.local_executor,
             degraded=b.match == "degraded",
             warnings=tuple(b.warnings),
-            expires_ms=b.exp,
-            observed_p95_us=self._observed_p95(b.signer, capability, b.slo.p95_us),
-            conduct=self._conduct_notes(b.signer, capability),
-            network_rtt_us=self.overhead.typical(_overhead_key(b.signer, capability)),
-            reputation=self._reputation_score(b.signer, capability),
+        )
+
+    def _offer_candidate(
+        self,
+        cid: str,
+        executor: str,
+        offer: Bid | Quote,
+        capability: str,
+        *,
+        degraded: bool,
+        warnings: tuple[str, ...],
+        est_latency_us: int | None = None,
+    ) -> market.Candidate:
+        """A bid or a firm quote (the same terms: price, SLO, load, expiry) as the selector
+        sees it, with what only this originator knows of its executor."""
+        slo, load = offer.slo, offer.load
+        return market.Candidate(
+            bid_cid=cid,
+            executor=executor,
+            price_micros=offer.price,
+            currency=offer.currency,
+            p50_us=slo.p50_us,
+            p95_us=slo.p95_us,
+            p99_us=slo.p99_us,
+            accuracy_ppm=slo.accuracy_ppm,
+            running=load.running,
+            queued=load.queued,
+            capacity=load.capacity,
+            est_latency_us=est_latency_us,
+            local=executor == self.local_executor,
+            degraded=degraded,
+            warnings=warnings,
+            expires_ms=offer.exp,
+            observed_p95_us=self._observed_p95(executor, capability, slo.p95_us),
+            conduct=self._conduct_notes(executor, capability),
+            network_rtt_us=self.overhead.typical(_overhead_key(executor, capability)),
+            reputation=self._reputation_score(executor, capability),
         )
 
     def _quote_candidates(
@@ -809,28 +833,14 @@ class Client:
         for lq, match in fitting:
             q = lq.quote
             track.offers[lq.cid] = (lq._env, q)
-            warnings = tuple(match.warnings) if match is not None else ()
             out.append(
-                market.Candidate(
-                    bid_cid=lq.cid,
-                    executor=lq.did,
-                    price_micros=q.price,
-                    currency=q.currency,
-                    p50_us=q.slo.p50_us,
-                    p95_us=q.slo.p95_us,
-                    p99_us=q.slo.p99_us,
-                    accuracy_ppm=q.slo.accuracy_ppm,
-                    running=q.load.running,
-                    queued=q.load.queued,
-                    capacity=q.load.capacity,
-                    local=lq.did == self.local_executor,
+                self._offer_candidate(
+                    lq.cid,
+                    lq.did,
+                    q,
+                    spec.capability,
                     degraded=match is not None and match.outcome is MatchOutcome.DEGRADED,
-                    warnings=warnings,
-                    expires_ms=q.exp,
-                    observed_p95_us=self._observed_p95(lq.did, spec.capability, q.slo.p95_us),
-                    conduct=self._conduct_notes(lq.did, spec.capability),
-                    network_rtt_us=self.overhead.typical(_overhead_key(lq.did, spec.capability)),
-                    reputation=self._reputation_score(lq.did, spec.capability),
+                    warnings=tuple(match.warnings) if match is not None else (),
                 )
             )
         return out
